@@ -1,0 +1,1 @@
+//! prefork-heartbeat (skeleton: being written).

@@ -1,0 +1,1 @@
+//! prefork-proc (skeleton: being written).

@@ -1,0 +1,1 @@
+//! prefork-selfpipe (skeleton: being written).
