@@ -1,0 +1,604 @@
+//! The frame codec: the messages, [`encode`], and the incremental [`Decoder`].
+//!
+//! Layout of one frame (all integers little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 1 | version ([`VERSION`]) |
+//! | 1 | 1 | kind |
+//! | 2 | 4 | body length `n` (u32) |
+//! | 6 | `n` | body |
+//!
+//! The README of the crate has the body of every kind.
+
+use std::fmt;
+
+/// Version byte written at the start of every frame, and the only one accepted.
+pub const VERSION: u8 = 1;
+
+/// Largest frame body accepted by default, in bytes; [`Decoder::with_max_frame`]
+/// changes it.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Size of the frame header: version, kind, body length.
+pub const HEADER_LEN: usize = 6;
+
+const KIND_READY: u8 = 1;
+const KIND_HEARTBEAT: u8 = 2;
+const KIND_JOB: u8 = 3;
+const KIND_DONE: u8 = 4;
+const KIND_FAILED: u8 = 5;
+const KIND_STATS: u8 = 6;
+const KIND_CONTROL: u8 = 7;
+
+const PROGRESS_IDLE: u8 = 0;
+const PROGRESS_BUSY: u8 = 1;
+
+const CONTROL_STOP: u8 = 1;
+const CONTROL_REOPEN_LOGS: u8 = 2;
+const CONTROL_RECYCLE: u8 = 3;
+
+/// Smallest buffer the decoder allocates once it holds any bytes.
+const MIN_BUFFER: usize = 4096;
+/// An empty decoder buffer larger than this is released instead of kept.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// One message between the master and a worker.
+///
+/// `#[non_exhaustive]`: later versions add kinds. A peer that receives a
+/// kind it does not know gets [`Message::Unknown`] instead of an error.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_heartbeat::{Decoder, Message, Progress, encode};
+///
+/// let msg = Message::Heartbeat(Progress::Busy { job: "42".into(), since_unix_ms: 1_700_000_000_000 });
+/// let mut bytes = Vec::new();
+/// encode(&msg, &mut bytes);
+///
+/// let mut decoder = Decoder::new();
+/// decoder.feed(&bytes);
+/// assert_eq!(decoder.next_message().unwrap(), Some(msg));
+/// ```
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Worker -> master: set up and ready for work.
+    Ready {
+        /// The worker's process id.
+        pid: u32,
+    },
+    /// Worker -> master: alive, and what it is doing.
+    Heartbeat(Progress),
+    /// Master -> worker: a job to run (dispatch mode).
+    Job {
+        /// The broker's delivery id, opaque to this crate.
+        id: String,
+        /// The job's bytes, opaque to this crate.
+        payload: Vec<u8>,
+    },
+    /// Worker -> master: the job finished and is acknowledged (or may be).
+    Done {
+        /// The delivery id from [`Message::Job`] (or the worker's own, in pull mode).
+        id: String,
+    },
+    /// Worker -> master: the job failed.
+    Failed {
+        /// The delivery id.
+        id: String,
+        /// Why, for the log and the dead-letter place.
+        reason: String,
+        /// Whether the retry policy may run the job again.
+        retry: bool,
+    },
+    /// Worker -> master: resource usage.
+    Stats(Stats),
+    /// Master -> worker: a control request, read between iterations.
+    Control(Control),
+    /// A frame of a kind this version does not know, from a newer peer: kept,
+    /// not an error (forward compatibility).
+    ///
+    /// A frame of a known kind whose tag byte is unknown (a [`Progress`] or
+    /// [`Control`] added by a later version) decodes to this too, with the
+    /// known kind and the whole body.
+    ///
+    /// Encoding `Unknown` writes `kind` and `body` as they are, so a frame can
+    /// be relayed. Encoding it with a kind this version knows produces a frame
+    /// that decodes as that kind (or fails to, if the body does not fit it).
+    Unknown {
+        /// The kind byte of the frame.
+        kind: u8,
+        /// The body, as received.
+        body: Vec<u8>,
+    },
+}
+
+impl Message {
+    /// The kind byte this message is encoded with.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use prefork_heartbeat::Message;
+    /// assert_eq!(Message::Ready { pid: 7 }.kind(), 1);
+    /// assert_eq!(Message::Unknown { kind: 200, body: vec![] }.kind(), 200);
+    /// ```
+    pub fn kind(&self) -> u8 {
+        match self {
+            Message::Ready { .. } => KIND_READY,
+            Message::Heartbeat(_) => KIND_HEARTBEAT,
+            Message::Job { .. } => KIND_JOB,
+            Message::Done { .. } => KIND_DONE,
+            Message::Failed { .. } => KIND_FAILED,
+            Message::Stats(_) => KIND_STATS,
+            Message::Control(_) => KIND_CONTROL,
+            Message::Unknown { kind, .. } => *kind,
+        }
+    }
+}
+
+/// What a worker is doing, as told in its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Waiting for work.
+    Idle,
+    /// Running a job.
+    Busy {
+        /// The job's delivery id.
+        job: String,
+        /// When the job started, in milliseconds since the UNIX epoch.
+        since_unix_ms: u64,
+    },
+}
+
+/// A worker's resource usage.
+///
+/// A plain struct with public fields, built with
+/// `Stats { rss_bytes, ..Stats::default() }`. It is not `#[non_exhaustive]`
+/// so that callers can build it that way; a field added later is a new major
+/// version of this crate, while on the wire it is appended to the body, which
+/// older peers ignore (see the compatibility rules in the README).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Resident set size, in bytes.
+    pub rss_bytes: u64,
+    /// Proportional set size, in bytes (0 when unknown).
+    pub pss_bytes: u64,
+    /// Jobs this worker has finished since it started.
+    pub jobs_done: u64,
+    /// Iterations of the worker's loop since it started.
+    pub iterations: u64,
+}
+
+/// A request from the master to a worker.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Finish the current job, then exit.
+    Stop,
+    /// Reopen log files (after rotation).
+    ReopenLogs,
+    /// Finish the current job, then exit so the master starts a fresh worker.
+    Recycle,
+}
+
+/// Why a byte stream could not be decoded.
+///
+/// Every error is final for the stream: the decoder that returned it returns
+/// it again on every later call, since the frame boundaries can no longer be
+/// trusted.
+#[non_exhaustive]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The frame starts with a version byte this decoder does not speak.
+    Version(u8),
+    /// The frame announces a body of this many bytes, more than the maximum.
+    TooLarge(usize),
+    /// The body does not match its kind; the text says how.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Version(v) => {
+                write!(
+                    f,
+                    "frame version {v} is not supported (this peer speaks {VERSION})"
+                )
+            }
+            DecodeError::TooLarge(n) => write!(f, "frame body of {n} bytes exceeds the maximum"),
+            DecodeError::Malformed(why) => write!(f, "malformed frame: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Appends one encoded frame to `out`.
+///
+/// Encoding never fails. The receiver refuses a body larger than its maximum
+/// ([`DEFAULT_MAX_FRAME`] unless configured); [`Channel::send`](crate::Channel::send)
+/// checks that before queueing.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_heartbeat::{Message, encode};
+///
+/// let mut out = Vec::new();
+/// encode(&Message::Ready { pid: 1234 }, &mut out);
+/// assert_eq!(out, [1, 1, 4, 0, 0, 0, 0xd2, 0x04, 0, 0]);
+/// ```
+///
+/// # Panics
+///
+/// If the body, or one string or payload in it, is longer than `u32::MAX`
+/// bytes.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[VERSION, msg.kind(), 0, 0, 0, 0]);
+    match msg {
+        Message::Ready { pid } => out.extend_from_slice(&pid.to_le_bytes()),
+        Message::Heartbeat(Progress::Idle) => out.push(PROGRESS_IDLE),
+        Message::Heartbeat(Progress::Busy { job, since_unix_ms }) => {
+            out.push(PROGRESS_BUSY);
+            out.extend_from_slice(&since_unix_ms.to_le_bytes());
+            put_bytes(out, job.as_bytes());
+        }
+        Message::Job { id, payload } => {
+            put_bytes(out, id.as_bytes());
+            put_bytes(out, payload);
+        }
+        Message::Done { id } => put_bytes(out, id.as_bytes()),
+        Message::Failed { id, reason, retry } => {
+            put_bytes(out, id.as_bytes());
+            put_bytes(out, reason.as_bytes());
+            out.push(u8::from(*retry));
+        }
+        Message::Stats(s) => {
+            for v in [s.rss_bytes, s.pss_bytes, s.jobs_done, s.iterations] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Message::Control(c) => out.push(match c {
+            Control::Stop => CONTROL_STOP,
+            Control::ReopenLogs => CONTROL_REOPEN_LOGS,
+            Control::Recycle => CONTROL_RECYCLE,
+        }),
+        Message::Unknown { body, .. } => out.extend_from_slice(body),
+    }
+    let len = u32::try_from(out.len() - start - HEADER_LEN).expect("frame body exceeds u32::MAX");
+    out[start + 2..start + HEADER_LEN].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Writes a u32 length and the bytes.
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    let len = u32::try_from(bytes.len()).expect("field exceeds u32::MAX bytes");
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(bytes);
+}
+
+/// Reads fields off a frame body, checking every length against what is left.
+struct Body<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Body<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        if n > self.rest.len() {
+            return Err(DecodeError::Malformed(what));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        let b = self.take(8, what)?;
+        let mut a = [0; 8];
+        a.copy_from_slice(b);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    /// A u32 length, checked against the bytes left before anything is copied.
+    fn bytes(&mut self, what: &'static str) -> Result<&'a [u8], DecodeError> {
+        let len = self.u32(what)?;
+        let len = usize::try_from(len).map_err(|_| DecodeError::Malformed(what))?;
+        self.take(len, what)
+    }
+
+    fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
+        let b = self.bytes(what)?;
+        std::str::from_utf8(b)
+            .map(str::to_owned)
+            .map_err(|_| DecodeError::Malformed("string is not UTF-8"))
+    }
+}
+
+/// Decodes the body of one complete frame. Trailing bytes are ignored.
+fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
+    let mut b = Body { rest: body };
+    let unknown = || Message::Unknown {
+        kind,
+        body: body.to_vec(),
+    };
+    let msg = match kind {
+        KIND_READY => Message::Ready {
+            pid: b.u32("ready: truncated pid")?,
+        },
+        KIND_HEARTBEAT => match b.u8("heartbeat: missing progress")? {
+            PROGRESS_IDLE => Message::Heartbeat(Progress::Idle),
+            PROGRESS_BUSY => {
+                let since_unix_ms = b.u64("heartbeat: truncated start time")?;
+                let job = b.string("heartbeat: truncated job id")?;
+                Message::Heartbeat(Progress::Busy { job, since_unix_ms })
+            }
+            _ => unknown(),
+        },
+        KIND_JOB => Message::Job {
+            id: b.string("job: truncated id")?,
+            payload: b.bytes("job: truncated payload")?.to_vec(),
+        },
+        KIND_DONE => Message::Done {
+            id: b.string("done: truncated id")?,
+        },
+        KIND_FAILED => Message::Failed {
+            id: b.string("failed: truncated id")?,
+            reason: b.string("failed: truncated reason")?,
+            retry: match b.u8("failed: missing retry flag")? {
+                0 => false,
+                1 => true,
+                _ => return Err(DecodeError::Malformed("failed: retry flag is not 0 or 1")),
+            },
+        },
+        KIND_STATS => Message::Stats(Stats {
+            rss_bytes: b.u64("stats: truncated")?,
+            pss_bytes: b.u64("stats: truncated")?,
+            jobs_done: b.u64("stats: truncated")?,
+            iterations: b.u64("stats: truncated")?,
+        }),
+        KIND_CONTROL => match b.u8("control: missing request")? {
+            CONTROL_STOP => Message::Control(Control::Stop),
+            CONTROL_REOPEN_LOGS => Message::Control(Control::ReopenLogs),
+            CONTROL_RECYCLE => Message::Control(Control::Recycle),
+            _ => unknown(),
+        },
+        _ => unknown(),
+    };
+    Ok(msg)
+}
+
+/// Incremental decoder for a byte stream (`SOCK_STREAM`): feed bytes, take
+/// messages.
+///
+/// Bytes may arrive in any chunks: a frame split over many
+/// [`feed`](Decoder::feed) calls decodes the same as one fed at once.
+/// Memory is bounded: a frame header announcing more than the maximum body
+/// size is refused before any of its body is buffered, and the buffer grows
+/// only as bytes arrive.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_heartbeat::{Decoder, Message, encode};
+///
+/// let mut bytes = Vec::new();
+/// encode(&Message::Done { id: "7".into() }, &mut bytes);
+///
+/// let mut decoder = Decoder::new();
+/// for byte in &bytes {
+///     assert_eq!(decoder.next_message().unwrap(), None);
+///     decoder.feed(std::slice::from_ref(byte));
+/// }
+/// assert_eq!(decoder.next_message().unwrap(), Some(Message::Done { id: "7".into() }));
+/// assert_eq!(decoder.next_message().unwrap(), None);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    /// Always initialised; the bytes held are `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max: usize,
+    error: Option<DecodeError>,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new()
+    }
+}
+
+impl Decoder {
+    /// A decoder that accepts bodies up to [`DEFAULT_MAX_FRAME`] bytes.
+    /// Allocates nothing until bytes arrive.
+    pub fn new() -> Self {
+        Decoder::with_max_frame(DEFAULT_MAX_FRAME)
+    }
+
+    /// A decoder that accepts bodies up to `max` bytes.
+    pub fn with_max_frame(max: usize) -> Self {
+        Decoder {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max,
+            error: None,
+        }
+    }
+
+    /// The largest body accepted, in bytes.
+    pub fn max_frame(&self) -> usize {
+        self.max
+    }
+
+    /// Changes the largest body accepted, for frames not yet decoded.
+    pub fn set_max_frame(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// Number of bytes held: fed but not yet decoded.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Adds bytes from the stream.
+    ///
+    /// After an error the bytes are dropped: they would never be decoded.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if self.error.is_some() {
+            return;
+        }
+        self.spare(bytes.len())[..bytes.len()].copy_from_slice(bytes);
+        self.end += bytes.len();
+    }
+
+    /// Returns the next complete message, `Ok(None)` if the bytes held do not
+    /// yet make one.
+    ///
+    /// # Errors
+    ///
+    /// [`DecodeError::Version`] as soon as a frame's first byte is not
+    /// [`VERSION`], [`DecodeError::TooLarge`] as soon as its header announces a
+    /// body above the maximum, [`DecodeError::Malformed`] when a complete body
+    /// does not fit its kind. An error is final: later calls return it again.
+    pub fn next_message(&mut self) -> Result<Option<Message>, DecodeError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let held = &self.buf[self.start..self.end];
+        let Some(&version) = held.first() else {
+            return Ok(None);
+        };
+        if version != VERSION {
+            return Err(self.fail(DecodeError::Version(version)));
+        }
+        if held.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let kind = held[1];
+        let len = u32::from_le_bytes([held[2], held[3], held[4], held[5]]);
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > self.max {
+            return Err(self.fail(DecodeError::TooLarge(len)));
+        }
+        if held.len() - HEADER_LEN < len {
+            return Ok(None);
+        }
+        let decoded = decode_body(kind, &held[HEADER_LEN..HEADER_LEN + len]);
+        self.start += HEADER_LEN + len;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > KEEP_BUFFER {
+                self.buf = Vec::new();
+            }
+        }
+        decoded.map(Some).map_err(|e| self.fail(e))
+    }
+
+    fn fail(&mut self, e: DecodeError) -> DecodeError {
+        self.error = Some(e.clone());
+        e
+    }
+
+    /// How many bytes a read should ask for: the rest of the frame being
+    /// received when its header is known and valid, else a small chunk.
+    pub(crate) fn read_hint(&self) -> usize {
+        let held = &self.buf[self.start..self.end];
+        if held.len() >= HEADER_LEN && held[0] == VERSION {
+            let len = u32::from_le_bytes([held[2], held[3], held[4], held[5]]);
+            if let Ok(len) = usize::try_from(len)
+                && len <= self.max
+            {
+                return (HEADER_LEN + len)
+                    .saturating_sub(held.len())
+                    .max(MIN_BUFFER);
+            }
+        }
+        MIN_BUFFER
+    }
+
+    /// Free space of at least `want` bytes after the bytes held, for a read
+    /// to fill; [`commit`](Decoder::commit) then counts what it wrote.
+    pub(crate) fn spare(&mut self, want: usize) -> &mut [u8] {
+        if self.buf.len() - self.end < want && self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() - self.end < want {
+            let need = (self.end + want).max(MIN_BUFFER);
+            self.buf.resize(need, 0);
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Counts `n` bytes written into [`spare`](Decoder::spare) as held.
+    pub(crate) fn commit(&mut self, n: usize) {
+        debug_assert!(self.end + n <= self.buf.len());
+        self.end += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_is_refused_before_the_body_arrives() {
+        let mut d = Decoder::with_max_frame(10);
+        d.feed(&[VERSION, KIND_JOB, 11, 0, 0, 0]);
+        assert_eq!(d.next_message(), Err(DecodeError::TooLarge(11)));
+        assert_eq!(d.next_message(), Err(DecodeError::TooLarge(11)));
+    }
+
+    #[test]
+    fn version_is_checked_on_the_first_byte() {
+        let mut d = Decoder::new();
+        d.feed(&[2]);
+        assert_eq!(d.next_message(), Err(DecodeError::Version(2)));
+    }
+
+    #[test]
+    fn buffer_grows_with_the_bytes_not_the_announced_length() {
+        let mut d = Decoder::new();
+        d.feed(&[VERSION, KIND_JOB, 0, 0, 0, 1]); // 16 MiB announced
+        assert_eq!(d.next_message(), Ok(None));
+        assert!(d.buf.len() <= MIN_BUFFER);
+    }
+
+    #[test]
+    fn large_buffer_is_released_when_empty() {
+        let msg = Message::Job {
+            id: "a".into(),
+            payload: vec![7; 200_000],
+        };
+        let mut bytes = Vec::new();
+        encode(&msg, &mut bytes);
+        let mut d = Decoder::new();
+        d.feed(&bytes);
+        assert_eq!(d.next_message(), Ok(Some(msg)));
+        assert_eq!(d.buf.capacity(), 0);
+    }
+
+    #[test]
+    fn read_hint_asks_for_the_rest_of_a_large_frame() {
+        let mut d = Decoder::new();
+        d.feed(&[VERSION, KIND_JOB, 0, 0, 1, 0]); // 65536-byte body
+        assert_eq!(d.read_hint(), 65536);
+        let spare = d.spare(d.read_hint()).len();
+        assert!(spare >= 65536);
+    }
+}
