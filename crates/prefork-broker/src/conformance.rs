@@ -1,0 +1,947 @@
+//! The conformance kit: one test suite that every broker adapter runs
+//! against its live broker (feature `conformance`).
+//!
+//! Each case is a method of [`Kit`] that panics on failure. The kit proves
+//! what the [`Broker`] contract promises:
+//!
+//! | case | what it proves |
+//! |---|---|
+//! | `round_trip_bytes` | publish then fetch returns the exact bytes: empty, every byte value, 1 MiB |
+//! | `fetch_times_out_empty` | fetch on an empty queue returns an empty batch, not an error |
+//! | `batch_fetch_respects_max` | a batch never exceeds `max`; `max` 0 returns nothing |
+//! | `ack_removes` | an acked job never comes back, even after the claim timeout |
+//! | `redelivered_after_holder_killed` | a job held by a SIGKILLed process is delivered again |
+//! | `retry_delay_hides_the_job` | a retried job is invisible until its delay passed, and counts an attempt |
+//! | `delayed_publish_hides_the_job` | a job published with a delay is invisible until then |
+//! | `release_returns_without_attempt` | a released job comes back with the same attempt number |
+//! | `dead_letters_kept_listed_redriven` | dead letters keep their reason, are listed, are not redelivered, and can be re-driven |
+//! | `claims_are_exclusive` | a second handle is not handed a job another handle holds |
+//! | `touch_keeps_the_claim` | renewing a claim keeps it past several claim timeouts |
+//! | `concurrent_consumers_ack_once` | three consumer processes: every job acked exactly once |
+//! | `restart_loses_nothing` | a consumer that stops mid-batch (acked some, released some, held some) loses nothing |
+//!
+//! # Using it
+//!
+//! Enable the feature in the adapter's dev-dependencies and add a
+//! `harness = false` test (`tests/fork_conformance.rs`, see the workspace's
+//! `prefork_tests::harness`) whose `main` first lets the kit take over the
+//! process when it was started as a helper (the kill and multi-consumer cases
+//! start the test binary again, with an environment variable naming the
+//! role), then runs every case, each in a process of its own:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use prefork_broker::conformance::Kit;
+//! # struct MyBroker;
+//! # fn open_my_broker(_queue: &str) -> Result<Box<dyn prefork_broker::Broker>, prefork_broker::BrokerError> { unimplemented!() }
+//! # mod prefork_tests { pub mod harness {
+//! #   #[derive(Clone, Copy)] pub struct Case;
+//! #   impl Case { pub fn new(_: &'static str, _: fn()) -> Case { Case } }
+//! #   pub fn run(_: &[Case]) -> ! { loop {} }
+//! # } }
+//! use prefork_tests::harness::{run, Case};
+//!
+//! // A fresh handle on a (unique) queue, configured with a short claim timeout.
+//! fn kit() -> Kit {
+//!     Kit::new(open_my_broker).lease(Duration::from_secs(1))
+//! }
+//!
+//! fn main() {
+//!     kit().serve_role(); // returns unless this process is one of the kit's helpers
+//!     run(&prefork_broker::conformance_cases!(Case::new, kit()));
+//! }
+//! ```
+//!
+//! [`conformance_cases!`](crate::conformance_cases) lists every case, so an
+//! adapter picks up cases added to the kit later without editing its test.
+//!
+//! # Timing
+//!
+//! The kit never asserts that anything is fast. It waits for what must
+//! happen with generous deadlines ([`Kit::patience`]), and it asserts only
+//! lower bounds that the contract promises (a delayed job is not visible
+//! before its delay). The claim timeout you declare with [`Kit::lease`] is
+//! how the kit tells a legitimate redelivery (the claim expired because the
+//! machine stalled) from a double delivery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::{Broker, BrokerError, Delivery, DeliveryId, ErrorKind};
+
+/// Environment variable naming the helper role of a re-executed test binary.
+const ROLE_ENV: &str = "PREFORK_BROKER_KIT_ROLE";
+/// Environment variable naming the queue a helper works on.
+const QUEUE_ENV: &str = "PREFORK_BROKER_KIT_QUEUE";
+
+type Opener = dyn Fn(&str) -> Result<Box<dyn Broker>, BrokerError>;
+
+/// The conformance suite, bound to a factory that opens a fresh handle on a
+/// named queue of the broker under test.
+///
+/// The factory is called with queue names unique to each case (they match
+/// `[a-z0-9-]{1,40}`), and again with the same name in helper processes, so
+/// it must reach the same broker from any process (an address, a directory
+/// known from the name alone).
+pub struct Kit {
+    open: Box<Opener>,
+    lease: Duration,
+    patience: Duration,
+    redeliveries_counted: bool,
+}
+
+impl fmt::Debug for Kit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kit")
+            .field("lease", &self.lease)
+            .field("patience", &self.patience)
+            .field("redeliveries_counted", &self.redeliveries_counted)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The names of every case, in the order [`conformance_cases!`](crate::conformance_cases) lists them.
+pub const CASES: &[&str] = &[
+    "round_trip_bytes",
+    "fetch_times_out_empty",
+    "batch_fetch_respects_max",
+    "ack_removes",
+    "redelivered_after_holder_killed",
+    "retry_delay_hides_the_job",
+    "delayed_publish_hides_the_job",
+    "release_returns_without_attempt",
+    "dead_letters_kept_listed_redriven",
+    "claims_are_exclusive",
+    "touch_keeps_the_claim",
+    "concurrent_consumers_ack_once",
+    "restart_loses_nothing",
+];
+
+/// Expands to an array with one test case per conformance case: each element
+/// is `$case("name", || $kit.name())`, e.g. with
+/// `prefork_tests::harness::Case::new` as `$case` and a function call that
+/// builds the [`Kit`](crate::conformance::Kit) as `$kit` (closures that
+/// capture nothing, so they coerce to `fn()`).
+///
+/// # Examples
+///
+/// ```no_run
+/// # use prefork_broker::conformance::Kit;
+/// # fn kit() -> Kit { unimplemented!() }
+/// # #[derive(Clone, Copy)] struct Case;
+/// # impl Case { fn new(_: &'static str, _: fn()) -> Case { Case } }
+/// let cases = prefork_broker::conformance_cases!(Case::new, kit());
+/// assert_eq!(cases.len(), prefork_broker::conformance::CASES.len());
+/// ```
+#[macro_export]
+macro_rules! conformance_cases {
+    ($case:path, $kit:expr) => {
+        [
+            $case("round_trip_bytes", || $kit.round_trip_bytes()),
+            $case("fetch_times_out_empty", || $kit.fetch_times_out_empty()),
+            $case("batch_fetch_respects_max", || {
+                $kit.batch_fetch_respects_max()
+            }),
+            $case("ack_removes", || $kit.ack_removes()),
+            $case("redelivered_after_holder_killed", || {
+                $kit.redelivered_after_holder_killed()
+            }),
+            $case("retry_delay_hides_the_job", || {
+                $kit.retry_delay_hides_the_job()
+            }),
+            $case("delayed_publish_hides_the_job", || {
+                $kit.delayed_publish_hides_the_job()
+            }),
+            $case("release_returns_without_attempt", || {
+                $kit.release_returns_without_attempt()
+            }),
+            $case("dead_letters_kept_listed_redriven", || {
+                $kit.dead_letters_kept_listed_redriven()
+            }),
+            $case("claims_are_exclusive", || $kit.claims_are_exclusive()),
+            $case("touch_keeps_the_claim", || $kit.touch_keeps_the_claim()),
+            $case("concurrent_consumers_ack_once", || {
+                $kit.concurrent_consumers_ack_once()
+            }),
+            $case("restart_loses_nothing", || $kit.restart_loses_nothing()),
+        ]
+    };
+}
+
+impl Kit {
+    /// A kit whose handles come from `open(queue)`. Defaults: a claim
+    /// timeout ([`lease`](Kit::lease)) of 1 s, 20 s of
+    /// [`patience`](Kit::patience), redeliveries counted.
+    pub fn new<F, B>(open: F) -> Kit
+    where
+        F: Fn(&str) -> Result<B, BrokerError> + 'static,
+        B: Broker + 'static,
+    {
+        Kit {
+            open: Box::new(move |q| Ok(Box::new(open(q)?) as Box<dyn Broker>)),
+            lease: Duration::from_secs(1),
+            patience: Duration::from_secs(20),
+            redeliveries_counted: true,
+        }
+    }
+
+    /// Declares the claim timeout the factory's handles use (lease,
+    /// visibility timeout, TTR, reclaim idle time): a held job that is not
+    /// touched comes back after about this long. Keep it short (about a
+    /// second) so the suite is quick.
+    pub fn lease(mut self, lease: Duration) -> Kit {
+        self.lease = lease;
+        self
+    }
+
+    /// The longest the kit waits for something that must happen (a job to
+    /// arrive, a redelivery after the claim timeout, a helper to finish).
+    /// Generous, so a loaded machine does not fail the suite; keep it well
+    /// under the test runner's per-case time limit.
+    pub fn patience(mut self, patience: Duration) -> Kit {
+        self.patience = patience;
+        self
+    }
+
+    /// Whether the broker counts a redelivery after the holder died as an
+    /// attempt (see [`Delivery::attempt`]); when `false` the kit does not
+    /// check attempt numbers of such redeliveries (retries are always
+    /// checked).
+    pub fn redeliveries_counted(mut self, counted: bool) -> Kit {
+        self.redeliveries_counted = counted;
+        self
+    }
+
+    /// Runs a helper role and exits the process, when this process was
+    /// started by the kit as a helper; returns at once otherwise. Call it
+    /// first thing in the test's `main`.
+    pub fn serve_role(&self) {
+        let Ok(role) = std::env::var(ROLE_ENV) else {
+            return;
+        };
+        let queue = std::env::var(QUEUE_ENV).expect("kit helper started without a queue");
+        let mut b = self.open(&queue);
+        match role.as_str() {
+            "hold" => self.role_hold(&mut b),
+            "consume" => self.role_consume(&mut b),
+            "partial" => self.role_partial(&mut b),
+            other => panic!("unknown kit role {other:?}"),
+        }
+        std::process::exit(0);
+    }
+
+    // ----- the cases -------------------------------------------------------
+
+    /// Publish then fetch returns the exact bytes: an empty payload, every
+    /// byte value, and 1 MiB of pseudo-random bytes.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn round_trip_bytes(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        let all_bytes: Vec<u8> = (0..=255u8).cycle().take(1024).collect();
+        let big = pseudo_random(1 << 20, 0x5eed);
+        let sent = [Vec::new(), all_bytes, big];
+        for p in &sent {
+            b.publish(p, Duration::ZERO).expect("publish");
+        }
+        let got = self.collect(&mut b, sent.len());
+        let mut got_payloads: Vec<&[u8]> = got.iter().map(Delivery::payload).collect();
+        let mut want: Vec<&[u8]> = sent.iter().map(Vec::as_slice).collect();
+        got_payloads.sort();
+        want.sort();
+        assert!(
+            got_payloads == want,
+            "payloads changed in transit (lengths sent {:?}, got {:?})",
+            want.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            got_payloads.iter().map(|p| p.len()).collect::<Vec<_>>()
+        );
+        for d in &got {
+            assert_eq!(d.attempt(), 1, "first delivery of {}", d.id());
+        }
+        self.ack_all(&mut b, got);
+        assert_empty(&mut b, Duration::from_millis(200));
+    }
+
+    /// Fetch on an empty queue returns an empty batch when the timeout
+    /// passes, not an error.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn fetch_times_out_empty(&self) {
+        let mut b = self.open(&unique_queue());
+        let got = b
+            .fetch(5, Duration::from_millis(300))
+            .expect("fetch on an empty queue");
+        assert!(got.is_empty(), "empty queue gave {got:?}");
+        assert!(
+            b.fetch_one(Duration::ZERO).expect("fetch_one").is_none(),
+            "empty queue gave a job"
+        );
+    }
+
+    /// A batch never holds more than `max`; `max` 0 returns nothing; every
+    /// job is fetched once.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn batch_fetch_respects_max(&self) {
+        let mut b = self.open(&unique_queue());
+        for i in 0..10 {
+            b.publish(format!("batch-{i}").as_bytes(), Duration::ZERO)
+                .expect("publish");
+        }
+        let none = b.fetch(0, Duration::from_millis(100)).expect("fetch 0");
+        assert!(none.is_empty(), "fetch(max = 0) returned {none:?}");
+        let deadline = Instant::now() + self.patience;
+        let mut seen = BTreeSet::new();
+        let mut held = Vec::new();
+        while seen.len() < 10 {
+            assert!(
+                Instant::now() < deadline,
+                "only {} of 10 jobs came",
+                seen.len()
+            );
+            let batch = b.fetch(4, Duration::from_millis(500)).expect("fetch");
+            assert!(batch.len() <= 4, "fetch(max = 4) returned {}", batch.len());
+            for d in batch {
+                assert!(
+                    seen.insert(d.payload().to_vec()),
+                    "job delivered twice: {d:?}"
+                );
+                held.push(d);
+            }
+        }
+        self.ack_all(&mut b, held);
+        assert_empty(&mut b, Duration::from_millis(200));
+    }
+
+    /// An acked job never comes back, even after the claim timeout passed,
+    /// to this handle or a fresh one.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn ack_removes(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        b.publish(b"ack me", Duration::ZERO).expect("publish");
+        let d = self.collect(&mut b, 1).pop().expect("one job");
+        b.ack(d).expect("ack");
+        assert_empty(&mut b, self.lease * 2 + Duration::from_millis(500));
+        let mut fresh = self.open(&q);
+        assert_empty(&mut fresh, Duration::from_millis(300));
+    }
+
+    /// A job held by a process that is then SIGKILLed is delivered again (to
+    /// another handle), with its attempt number counted.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn redelivered_after_holder_killed(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        b.publish(b"survive the kill", Duration::ZERO)
+            .expect("publish");
+        let mut holder = Helper::spawn("hold", &q);
+        let line = holder.next_line().expect("the holder said nothing");
+        assert_eq!(line, format!("held {}", hex(b"survive the kill")));
+        holder.kill();
+        let mut other = self.open(&q);
+        let d = self.collect(&mut other, 1).pop().expect("redelivery");
+        assert_eq!(d.payload(), b"survive the kill");
+        if self.redeliveries_counted {
+            assert!(
+                d.attempt() >= 2,
+                "redelivery after a kill has attempt {}",
+                d.attempt()
+            );
+        }
+        other.ack(d).expect("ack the redelivered job");
+        assert_empty(&mut other, Duration::from_millis(200));
+    }
+
+    /// A retried job is not visible before its delay has passed, comes back
+    /// after it, and counts one attempt.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn retry_delay_hides_the_job(&self) {
+        let mut b = self.open(&unique_queue());
+        b.publish(b"later", Duration::ZERO).expect("publish");
+        let d = self.collect(&mut b, 1).pop().expect("one job");
+        assert_eq!(d.attempt(), 1);
+        let delay = Duration::from_secs(1);
+        let start = Instant::now();
+        b.retry(d, delay).expect("retry");
+        let d = self.collect(&mut b, 1).pop().expect("the retried job");
+        let waited = start.elapsed();
+        assert!(
+            waited >= delay,
+            "retried job visible after {waited:?} < {delay:?}"
+        );
+        assert_eq!(d.payload(), b"later");
+        assert_eq!(d.attempt(), 2, "a retry counts one attempt");
+        b.ack(d).expect("ack");
+    }
+
+    /// A job published with a delay is not visible before the delay passed.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn delayed_publish_hides_the_job(&self) {
+        let mut b = self.open(&unique_queue());
+        let delay = Duration::from_secs(1);
+        let start = Instant::now();
+        b.publish(b"scheduled", delay).expect("publish");
+        b.publish(b"now", Duration::ZERO).expect("publish");
+        let first = self.collect(&mut b, 1).pop().expect("the undelayed job");
+        if first.payload() == b"scheduled" {
+            let waited = start.elapsed();
+            assert!(waited >= delay, "delayed job visible after {waited:?}");
+        }
+        let second = self.collect(&mut b, 1).pop().expect("the delayed job");
+        let waited = start.elapsed();
+        assert!(
+            waited >= delay,
+            "delayed job visible after {waited:?} < {delay:?}"
+        );
+        let mut payloads = [first.payload(), second.payload()];
+        payloads.sort();
+        assert_eq!(payloads, [&b"now"[..], &b"scheduled"[..]]);
+        assert_eq!((first.attempt(), second.attempt()), (1, 1));
+        self.ack_all(&mut b, vec![first, second]);
+    }
+
+    /// A released job comes back (before its claim would have expired,
+    /// typically at once) with the same attempt number.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn release_returns_without_attempt(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        b.publish(b"not started", Duration::ZERO).expect("publish");
+        let d = self.collect(&mut b, 1).pop().expect("one job");
+        assert_eq!(d.attempt(), 1);
+        b.release(d).expect("release");
+        let mut other = self.open(&q);
+        let d = self.collect(&mut other, 1).pop().expect("released job");
+        assert_eq!(d.payload(), b"not started");
+        assert_eq!(d.attempt(), 1, "release must not count an attempt");
+        other.ack(d).expect("ack");
+    }
+
+    /// Dead-lettered jobs are not delivered again, are listed with their
+    /// reason, and come back when re-driven; re-driving an unknown id is
+    /// [`ErrorKind::NotFound`].
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn dead_letters_kept_listed_redriven(&self) {
+        let mut b = self.open(&unique_queue());
+        let reasons: BTreeMap<&[u8], &str> = [
+            (
+                &b"poison \x00\xff"[..],
+                "handler panicked: index out of bounds\nat line 3 \u{2713}",
+            ),
+            (&b"unknown job"[..], "no handler named \"resize\""),
+        ]
+        .into_iter()
+        .collect();
+        for p in reasons.keys() {
+            b.publish(p, Duration::ZERO).expect("publish");
+        }
+        for d in self.collect(&mut b, 2) {
+            let reason = reasons[d.payload()];
+            b.dead_letter(d, reason).expect("dead_letter");
+        }
+        assert_empty(&mut b, self.lease + Duration::from_millis(500));
+        assert!(b.dead_letters(0).expect("dead_letters(0)").is_empty());
+        assert_eq!(b.dead_letters(1).expect("dead_letters(1)").len(), 1);
+        let dead = b.dead_letters(10).expect("dead_letters");
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        for d in &dead {
+            let want = reasons
+                .get(d.payload())
+                .unwrap_or_else(|| panic!("unexpected dead letter {d:?}"));
+            assert_eq!(d.reason(), *want);
+            assert_eq!(d.attempt(), 1);
+        }
+        let poison = dead
+            .iter()
+            .find(|d| d.payload().starts_with(b"poison"))
+            .expect("poison");
+        b.redrive(poison.id()).expect("redrive");
+        let back = self.collect(&mut b, 1).pop().expect("the re-driven job");
+        assert_eq!(back.payload(), poison.payload());
+        b.ack(back).expect("ack");
+        let left = b.dead_letters(10).expect("dead_letters");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].payload(), b"unknown job");
+        let err = b
+            .redrive(&DeliveryId::new("no-such-dead-letter"))
+            .expect_err("redrive of an unknown id");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    }
+
+    /// A job held by one handle is not handed to another while the claim is
+    /// live.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn claims_are_exclusive(&self) {
+        let q = unique_queue();
+        let (mut a, mut b) = (self.open(&q), self.open(&q));
+        a.publish(b"mine", Duration::ZERO).expect("publish");
+        let before_fetch = Instant::now();
+        let d = self.collect(&mut a, 1).pop().expect("one job");
+        let probe = (self.lease / 2).min(Duration::from_millis(500));
+        if let Some(dup) = b.fetch_one(probe).expect("fetch") {
+            let held = before_fetch.elapsed();
+            assert!(
+                held >= self.lease,
+                "{dup:?} handed to a second handle while the first held it ({held:?} < lease {:?})",
+                self.lease
+            );
+            return; // the machine stalled past the lease: legitimate
+        }
+        let held = before_fetch.elapsed();
+        match a.ack(d) {
+            Ok(()) => {}
+            Err(e) if held >= self.lease && e.error().kind() == ErrorKind::LeaseLost => {}
+            Err(e) => panic!("ack by the holder: {e}"),
+        }
+    }
+
+    /// Renewing a claim with [`Broker::touch`] keeps it for several claim
+    /// timeouts: no other handle gets the job, and the holder can ack it.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn touch_keeps_the_claim(&self) {
+        let q = unique_queue();
+        let (mut a, mut b) = (self.open(&q), self.open(&q));
+        a.publish(b"long job", Duration::ZERO).expect("publish");
+        let mut last_renewal = Instant::now();
+        let mut d = self.collect(&mut a, 1).pop().expect("one job");
+        let until = Instant::now() + self.lease * 3;
+        while Instant::now() < until {
+            sleep(self.lease / 5);
+            let gap = last_renewal.elapsed();
+            match a.touch(&mut d) {
+                Ok(()) => last_renewal = Instant::now(),
+                Err(e) if gap >= self.lease && e.kind() == ErrorKind::LeaseLost => return,
+                Err(e) => panic!("touch {gap:?} after the last renewal: {e}"),
+            }
+            if let Some(dup) = b.fetch_one(Duration::ZERO).expect("fetch") {
+                let gap = last_renewal.elapsed();
+                assert!(
+                    gap >= self.lease,
+                    "{dup:?} handed out {gap:?} after its claim was renewed"
+                );
+                return;
+            }
+        }
+        a.ack(d).expect("ack after renewals");
+        assert_empty(&mut b, Duration::from_millis(200));
+    }
+
+    /// Three consumer processes drain a queue concurrently: every job is
+    /// acked, and no job is acked by two consumers unless one of them held it
+    /// past the claim timeout.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn concurrent_consumers_ack_once(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        let n = 150;
+        let sent: BTreeSet<Vec<u8>> = (0..n).map(|i| format!("job-{i}").into_bytes()).collect();
+        for p in &sent {
+            b.publish(p, Duration::ZERO).expect("publish");
+        }
+        let helpers: Vec<Helper> = (0..3).map(|_| Helper::spawn("consume", &q)).collect();
+        // payload -> how long each successful acker held it
+        let mut acks: BTreeMap<Vec<u8>, Vec<Duration>> = BTreeMap::new();
+        for h in helpers {
+            for line in h.finish(self.patience * 2) {
+                let mut words = line.split(' ');
+                match (words.next(), words.next(), words.next()) {
+                    (Some("acked"), Some(p), Some(ms)) => {
+                        let held = Duration::from_millis(ms.parse().expect("held ms"));
+                        acks.entry(unhex(p)).or_default().push(held);
+                    }
+                    (Some("lost"), Some(_), None) => {}
+                    _ => panic!("bad helper line {line:?}"),
+                }
+            }
+        }
+        // Whatever the helpers left (none should be left) is drained here.
+        let deadline = Instant::now() + self.patience;
+        while acks.len() < sent.len() && Instant::now() < deadline {
+            for d in b.fetch(16, Duration::from_millis(300)).expect("fetch") {
+                acks.entry(d.payload().to_vec())
+                    .or_default()
+                    .push(Duration::ZERO);
+                b.ack(d).expect("ack");
+            }
+        }
+        let got: BTreeSet<Vec<u8>> = acks.keys().cloned().collect();
+        let lost: Vec<String> = sent
+            .difference(&got)
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
+        assert!(lost.is_empty(), "jobs never acked: {lost:?}");
+        assert_eq!(got, sent, "jobs acked that were never sent");
+        for (p, holds) in &acks {
+            if holds.len() > 1 {
+                let stalled = holds.iter().filter(|h| **h >= self.lease).count();
+                assert!(
+                    stalled >= holds.len() - 1,
+                    "{} acked {} times while claims were live (holds {holds:?})",
+                    String::from_utf8_lossy(p),
+                    holds.len()
+                );
+            }
+        }
+        assert_empty(&mut b, Duration::from_millis(200));
+    }
+
+    /// A consumer process fetches a batch of 10 of 20 jobs, acks 3, releases
+    /// 3 and exits holding 4; a new consumer then gets the 17 others, none
+    /// twice: released ones with their attempt unchanged, held ones counted
+    /// as redelivered.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn restart_loses_nothing(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        let sent: BTreeSet<Vec<u8>> = (0..20)
+            .map(|i| format!("job-{i:02}").into_bytes())
+            .collect();
+        for p in &sent {
+            b.publish(p, Duration::ZERO).expect("publish");
+        }
+        let mut acked = BTreeSet::new();
+        let mut released = BTreeSet::new();
+        let mut held = BTreeSet::new();
+        for line in Helper::spawn("partial", &q).finish(self.patience * 2) {
+            let (what, p) = line.split_once(' ').expect("helper line");
+            let set = match what {
+                "acked" => &mut acked,
+                "released" => &mut released,
+                "held" => &mut held,
+                _ => panic!("bad helper line {line:?}"),
+            };
+            set.insert(unhex(p));
+        }
+        assert_eq!((acked.len(), released.len(), held.len()), (3, 3, 4));
+        let want: BTreeSet<Vec<u8>> = sent.difference(&acked).cloned().collect();
+        let got = self.collect(&mut b, want.len());
+        let mut seen = BTreeSet::new();
+        for d in &got {
+            let p = d.payload().to_vec();
+            assert!(!acked.contains(&p), "acked job {d:?} came back");
+            if held.contains(&p) {
+                if self.redeliveries_counted {
+                    assert!(d.attempt() >= 2, "redelivered {d:?} not counted");
+                }
+            } else {
+                assert_eq!(d.attempt(), 1, "released or untouched {d:?}");
+            }
+            assert!(seen.insert(p), "{d:?} delivered twice");
+        }
+        assert_eq!(seen, want);
+        self.ack_all(&mut b, got);
+        assert_empty(&mut b, Duration::from_millis(200));
+    }
+
+    // ----- helper roles ----------------------------------------------------
+
+    /// Fetches one job, says so, and waits to be killed.
+    fn role_hold(&self, b: &mut Box<dyn Broker>) {
+        let d = self.collect(b, 1).pop().expect("a job to hold");
+        say(&format!("held {}", hex(d.payload())));
+        let parent = std::os::unix::process::parent_id();
+        let until = Instant::now() + self.patience * 3;
+        while Instant::now() < until && std::os::unix::process::parent_id() == parent {
+            sleep(Duration::from_millis(20));
+        }
+        std::process::exit(3); // not killed: the test gave up on us
+    }
+
+    /// Fetches and acks until the queue stays empty for a while.
+    fn role_consume(&self, b: &mut Box<dyn Broker>) {
+        let quiet = Duration::from_millis(1500);
+        let mut last_job = Instant::now();
+        let give_up = Instant::now() + self.patience;
+        while last_job.elapsed() < quiet && Instant::now() < give_up {
+            let fetched_at = Instant::now();
+            let batch = b.fetch(4, Duration::from_millis(200)).expect("fetch");
+            if !batch.is_empty() {
+                last_job = Instant::now();
+            }
+            for d in batch {
+                let p = hex(d.payload());
+                match b.ack(d) {
+                    Ok(()) => say(&format!("acked {p} {}", fetched_at.elapsed().as_millis())),
+                    Err(e) if e.error().kind() == ErrorKind::LeaseLost => say(&format!("lost {p}")),
+                    Err(e) => panic!("ack: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Fetches 10 jobs, acks 3, releases 3, and exits holding 4.
+    fn role_partial(&self, b: &mut Box<dyn Broker>) {
+        let mut got = Vec::new();
+        let deadline = Instant::now() + self.patience;
+        while got.len() < 10 {
+            assert!(
+                Instant::now() < deadline,
+                "partial: only {} jobs",
+                got.len()
+            );
+            got.extend(
+                b.fetch(10 - got.len(), Duration::from_millis(300))
+                    .expect("fetch"),
+            );
+        }
+        let mut it = got.into_iter();
+        for d in it.by_ref().take(3) {
+            let p = hex(d.payload());
+            b.ack(d).expect("ack");
+            say(&format!("acked {p}"));
+        }
+        for d in it.by_ref().take(3) {
+            let p = hex(d.payload());
+            b.release(d).expect("release");
+            say(&format!("released {p}"));
+        }
+        for d in it {
+            say(&format!("held {}", hex(d.payload())));
+            std::mem::forget(d); // exit without settling, as a crash would
+        }
+    }
+
+    // ----- helpers ---------------------------------------------------------
+
+    fn open(&self, queue: &str) -> Box<dyn Broker> {
+        (self.open)(queue).unwrap_or_else(|e| panic!("open queue {queue:?}: {e}"))
+    }
+
+    /// Fetches until `n` jobs are held, within the kit's patience.
+    fn collect(&self, b: &mut Box<dyn Broker>, n: usize) -> Vec<Delivery> {
+        let deadline = Instant::now() + self.patience + self.lease;
+        let mut got = Vec::new();
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "only {} of {n} jobs came in time",
+                got.len()
+            );
+            let batch = b
+                .fetch(n - got.len(), left.min(Duration::from_millis(500)))
+                .expect("fetch");
+            assert!(batch.len() <= n - got.len(), "fetch returned more than max");
+            got.extend(batch);
+        }
+        got
+    }
+
+    fn ack_all(&self, b: &mut Box<dyn Broker>, ds: Vec<Delivery>) {
+        for d in ds {
+            b.ack(d).expect("ack");
+        }
+    }
+}
+
+/// Fails if a job arrives within `wait`.
+fn assert_empty(b: &mut Box<dyn Broker>, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(d) = b.fetch_one(left).expect("fetch") {
+            panic!("expected an empty queue, got {d:?}");
+        }
+        if left.is_zero() {
+            return;
+        }
+    }
+}
+
+/// A queue name no other case (in any process) uses.
+fn unique_queue() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "kit-{}-{:x}-{}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .expect("write to the test");
+}
+
+fn hex(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "-".to_owned();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    if s == "-" {
+        return Vec::new();
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed >> 24) as u8
+        })
+        .collect()
+}
+
+/// The test binary started again in a helper role; killed and reaped on
+/// drop so a failing case leaves no process behind.
+struct Helper {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Helper {
+    fn spawn(role: &str, queue: &str) -> Helper {
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut child = Command::new(exe)
+            .env(ROLE_ENV, role)
+            .env(QUEUE_ENV, queue)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the test binary as a kit helper");
+        let stdout = child.stdout.take().expect("piped stdout");
+        Helper {
+            child,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+
+    fn next_line(&mut self) -> Option<String> {
+        self.lines.next().map(|l| l.expect("read from helper"))
+    }
+
+    /// SIGKILLs the helper and reaps it.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL the helper");
+        self.child.wait().expect("reap the helper");
+    }
+
+    /// Reads every line until the helper exits, checks it exited 0 within
+    /// `limit`.
+    fn finish(mut self, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let lines: Vec<String> = self.lines.by_ref().map(|l| l.expect("read")).collect();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "kit helper failed: {status}");
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "kit helper did not exit");
+            sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        for p in [&b""[..], b"\x00\xffabc", &pseudo_random(300, 7)] {
+            assert_eq!(unhex(&hex(p)), p);
+        }
+    }
+
+    #[test]
+    fn queue_names_are_unique_and_portable() {
+        let (a, b) = (unique_queue(), unique_queue());
+        assert_ne!(a, b);
+        for q in [a, b] {
+            assert!(q.len() <= 40, "{q}");
+            assert!(
+                q.bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'),
+                "{q}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_macro_lists_every_case() {
+        fn kit() -> Kit {
+            Kit::new(|_q: &str| -> Result<Box<dyn Broker>, BrokerError> {
+                Err(BrokerError::new(ErrorKind::Unsupported, "not used"))
+            })
+        }
+        #[derive(Clone, Copy)]
+        struct Case(&'static str);
+        impl Case {
+            fn new(name: &'static str, _body: fn()) -> Case {
+                Case(name)
+            }
+        }
+        let names: Vec<&str> = crate::conformance_cases!(Case::new, kit())
+            .iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(names, CASES);
+    }
+}

@@ -1,0 +1,355 @@
+//! The broker adapter trait of prefork, the types it trades in, and (with
+//! the `conformance` feature) the test kit every adapter passes.
+//!
+//! The README below is the crate's guide; its example is compiled as a
+//! doctest.
+//!
+//! | item | what |
+//! |---|---|
+//! | [`Broker`] | a handle on one named queue: fetch, ack, retry, release, dead-letter, touch, publish, list and re-drive dead letters |
+//! | [`Delivery`], [`DeliveryId`], [`DeadLetter`] | what a broker hands out |
+//! | [`BrokerError`], [`ErrorKind`], [`SettleError`] | errors that say whether retrying helps; settling errors hand the delivery back |
+//! | [`Connect`] | opens handles, after the fork, in the process that uses them |
+//! | `conformance` (feature) | the shared test suite run by every adapter against its live broker |
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod delivery;
+mod error;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::time::Duration;
+
+pub use delivery::{DeadLetter, Delivery, DeliveryId};
+pub use error::{BrokerError, ErrorKind, SettleError};
+
+/// A handle on one named queue of a broker: the one trait every prefork
+/// broker adapter implements.
+///
+/// A handle is opened for one queue (a Beanstalkd tube, a Redis stream, a
+/// RabbitMQ queue, a Kafka topic, a spool directory) and every method acts
+/// on that queue; to work with several queues, open several handles. This
+/// keeps per-queue set-up (Beanstalkd `use`/`watch`, a Kafka subscription, a
+/// Redis consumer group) in the adapter's constructor, where it belongs.
+///
+/// # The contract
+///
+/// - **At-least-once.** A fetched job stays claimed by this handle until it
+///   is settled by exactly one of [`ack`](Broker::ack),
+///   [`retry`](Broker::retry), [`release`](Broker::release) or
+///   [`dead_letter`](Broker::dead_letter). If the holder dies first
+///   (SIGKILL, OOM, connection lost), or does not settle or
+///   [`touch`](Broker::touch) it within the adapter's claim timeout (lease,
+///   visibility timeout, TTR), the broker delivers it again. Nothing is
+///   lost; a job may run more than once.
+/// - **Exclusive claims.** While a claim is live, no other handle, in this
+///   process or another, is handed the same job.
+/// - **Settling consumes.** The settling methods take the [`Delivery`] by
+///   value; on failure a [`SettleError`] hands it back with the cause. An
+///   error of kind [`ErrorKind::LeaseLost`] means the claim was already gone
+///   (the job has been or will be delivered again): retrying the call cannot
+///   help, and the job is not lost.
+/// - **Errors say whether retrying helps** ([`BrokerError::is_retryable`]).
+///   After a retryable error the same call may succeed later, on this handle
+///   or on a fresh one from the [`Connect`]or.
+/// - **Blocking, bounded.** Every method blocks the calling thread, and
+///   [`fetch`](Broker::fetch) never for much longer than its timeout. The
+///   supervisor (`prefork-master`) never calls a broker; a worker or a feeder
+///   process does.
+///
+/// The trait is object safe: the job layer holds a `Box<dyn Broker + Send>`
+/// chosen at run time from configuration.
+///
+/// # How to implement it
+///
+/// 1. Open the connection and do the per-queue set-up in your constructor
+///    (or in your [`Connect::open`]). Make the claim timeout configurable, so
+///    tests see a killed holder's job come back quickly.
+/// 2. [`fetch`](Broker::fetch): wait up to `timeout` for at least one ready
+///    job, claim up to `max`, and return them; return an empty `Vec` on
+///    timeout. Put the job's stable id in [`Delivery::new`], what you need to
+///    settle it in [`Delivery::with_receipt`], the attempt number in
+///    [`Delivery::with_attempt`], and anything an operator may want to see in
+///    [`Delivery::with_meta`].
+/// 3. Settle using the receipt. When the broker says the claim is gone,
+///    return [`ErrorKind::LeaseLost`] and hand the delivery back in a
+///    [`SettleError`].
+/// 4. Brokers without a native feature build it from what they have: a
+///    delayed retry as a republish to a delay queue plus an ack (RabbitMQ,
+///    Kafka), dead letters as a separate queue, topic or list, the attempt
+///    count in a header carried by the republished message.
+/// 5. Run the conformance kit (feature `conformance`) against a live broker
+///    from a `harness = false` test; every adapter passes all of it.
+///
+/// # Examples
+///
+/// A toy, single-process broker (no durability, claims never expire)
+/// showing the shape of an implementation:
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use std::time::Duration;
+/// use prefork_broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError};
+///
+/// #[derive(Default)]
+/// struct Toy { next: u64, ready: VecDeque<(u64, Vec<u8>, u32)>, held: Vec<u64>, dead: Vec<DeadLetter> }
+///
+/// impl Broker for Toy {
+///     fn queue(&self) -> &str { "toy" }
+///     fn publish(&mut self, payload: &[u8], _delay: Duration) -> Result<(), BrokerError> {
+///         self.next += 1;
+///         self.ready.push_back((self.next, payload.to_vec(), 1));
+///         Ok(())
+///     }
+///     fn fetch(&mut self, max: usize, _timeout: Duration) -> Result<Vec<Delivery>, BrokerError> {
+///         let n = max.min(self.ready.len());
+///         Ok(self.ready.drain(..n).map(|(id, payload, attempt)| {
+///             self.held.push(id);
+///             Delivery::new(DeliveryId::new(id.to_string()), payload).with_attempt(attempt)
+///         }).collect())
+///     }
+///     fn ack(&mut self, d: Delivery) -> Result<(), SettleError> {
+///         let id: u64 = d.receipt().parse().unwrap();
+///         match self.held.iter().position(|h| *h == id) {
+///             Some(i) => { self.held.swap_remove(i); Ok(()) }
+///             None => Err(SettleError::new(d, BrokerError::new(ErrorKind::LeaseLost, "not held"))),
+///         }
+///     }
+///     fn retry(&mut self, d: Delivery, _delay: Duration) -> Result<(), SettleError> {
+///         let (id, attempt) = (d.receipt().parse().unwrap(), d.attempt() + 1);
+///         let payload = d.payload().to_vec();
+///         self.ack(d)?;
+///         self.ready.push_back((id, payload, attempt));
+///         Ok(())
+///     }
+///     fn release(&mut self, d: Delivery) -> Result<(), SettleError> {
+///         let (id, attempt, payload) = (d.receipt().parse().unwrap(), d.attempt(), d.payload().to_vec());
+///         self.ack(d)?;
+///         self.ready.push_front((id, payload, attempt));
+///         Ok(())
+///     }
+///     fn dead_letter(&mut self, d: Delivery, reason: &str) -> Result<(), SettleError> {
+///         let dead = DeadLetter::new(d.id().clone(), d.payload().to_vec(), reason).with_attempt(d.attempt());
+///         self.ack(d)?;
+///         self.dead.push(dead);
+///         Ok(())
+///     }
+///     fn touch(&mut self, _d: &mut Delivery) -> Result<(), BrokerError> { Ok(()) }
+///     fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+///         Ok(self.dead.iter().take(limit).cloned().collect())
+///     }
+///     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+///         let i = self.dead.iter().position(|d| d.id() == id)
+///             .ok_or_else(|| BrokerError::new(ErrorKind::NotFound, format!("no dead letter {id}")))?;
+///         let dead = self.dead.remove(i);
+///         self.ready.push_back((id.as_str().parse().unwrap(), dead.payload().to_vec(), 1));
+///         Ok(())
+///     }
+/// }
+///
+/// let mut b = Toy::default();
+/// b.publish(b"a", Duration::ZERO)?;
+/// let d = b.fetch_one(Duration::from_secs(1))?.expect("a job");
+/// b.retry(d, Duration::ZERO)?;
+/// let d = b.fetch_one(Duration::from_secs(1))?.expect("the job again");
+/// assert_eq!(d.attempt(), 2);
+/// b.dead_letter(d, "gave up")?;
+/// let id = b.dead_letters(10)?[0].id().clone();
+/// b.redrive(&id)?;
+/// let d = b.fetch_one(Duration::ZERO)?.expect("redriven");
+/// b.ack(d)?;
+/// # Ok::<(), BrokerError>(())
+/// ```
+pub trait Broker {
+    /// The name of the queue this handle is open on.
+    fn queue(&self) -> &str;
+
+    /// Adds a job with `payload` to the queue, to become visible after
+    /// `delay` (`Duration::ZERO`: at once).
+    ///
+    /// Returns once the broker has accepted the job (as durably as the
+    /// adapter's documented settings make it). Adapters round `delay` up to
+    /// their broker's granularity, never down.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Invalid`] for a payload or delay the broker cannot take;
+    /// [`ErrorKind::Transient`] for a connection or capacity problem (the job
+    /// may or may not have been added: publishing again may duplicate it).
+    fn publish(&mut self, payload: &[u8], delay: Duration) -> Result<(), BrokerError>;
+
+    /// Claims up to `max` ready jobs, waiting up to `timeout` for the first
+    /// one; returns an empty `Vec` when none came in time.
+    ///
+    /// It returns as soon as at least one job is claimed (it does not wait to
+    /// fill the batch), never returns more than `max`, and returns an empty
+    /// `Vec` at once when `max` is 0. It may return empty before the timeout
+    /// (callers loop), and adapters may round the timeout up to their
+    /// broker's granularity (Beanstalkd: whole seconds).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Transient`] for connection problems. A job the adapter
+    /// cannot decode is dead-lettered or quarantined by the adapter, not
+    /// returned as an error that blocks the jobs behind it.
+    fn fetch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// Claims one job, waiting up to `timeout`; `None` when none came in
+    /// time. The default calls [`fetch`](Broker::fetch) with `max` 1.
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch`](Broker::fetch).
+    fn fetch_one(&mut self, timeout: Duration) -> Result<Option<Delivery>, BrokerError> {
+        Ok(self.fetch(1, timeout)?.pop())
+    }
+
+    /// Marks the job done: the broker forgets it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LeaseLost`] when this handle no longer held the claim
+    /// (the job will run again); [`ErrorKind::Transient`] when the broker
+    /// could not be told (retry the ack with the handed-back delivery, or let
+    /// the claim expire and the job run again).
+    fn ack(&mut self, delivery: Delivery) -> Result<(), SettleError>;
+
+    /// Gives the job back to be delivered again after `delay`, counting one
+    /// more attempt ([`Delivery::attempt`] of the next delivery is one more).
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Broker::ack).
+    fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError>;
+
+    /// Gives the job back at once, without counting an attempt: for a worker
+    /// shutting down gracefully with jobs fetched but not started.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Broker::ack).
+    fn release(&mut self, delivery: Delivery) -> Result<(), SettleError>;
+
+    /// Moves the job to the queue's dead-letter place with `reason`, where
+    /// it is kept (not delivered again) until
+    /// [`redrive`](Broker::redrive)n. Reasons are free text (UTF-8, may hold
+    /// newlines); adapters may truncate very long ones.
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Broker::ack).
+    fn dead_letter(&mut self, delivery: Delivery, reason: &str) -> Result<(), SettleError>;
+
+    /// Renews this handle's claim on a job that is still running, restarting
+    /// its claim timeout (Beanstalkd `touch`, Redis `XCLAIM` to itself, a
+    /// spool lease renewal). May update the delivery's receipt.
+    ///
+    /// Adapters whose claims cannot expire while the connection lives
+    /// (RabbitMQ without a consumer timeout, Kafka within a session) return
+    /// `Ok` after checking what they can.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::LeaseLost`] when the claim was already gone.
+    fn touch(&mut self, delivery: &mut Delivery) -> Result<(), BrokerError>;
+
+    /// Lists up to `limit` of the queue's dead letters, oldest first where
+    /// the broker keeps an order.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Transient`] for connection problems.
+    fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError>;
+
+    /// Puts the dead letter with id `id` back in the queue, to be delivered
+    /// again; what attempt number its next delivery carries is up to the
+    /// adapter (documented there).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when there is no such dead letter.
+    fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError>;
+}
+
+macro_rules! forward_broker {
+    ($($ty:ty),*) => {$(
+        impl<B: Broker + ?Sized> Broker for $ty {
+            fn queue(&self) -> &str { (**self).queue() }
+            fn publish(&mut self, payload: &[u8], delay: Duration) -> Result<(), BrokerError> {
+                (**self).publish(payload, delay)
+            }
+            fn fetch(&mut self, max: usize, timeout: Duration) -> Result<Vec<Delivery>, BrokerError> {
+                (**self).fetch(max, timeout)
+            }
+            fn fetch_one(&mut self, timeout: Duration) -> Result<Option<Delivery>, BrokerError> {
+                (**self).fetch_one(timeout)
+            }
+            fn ack(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+                (**self).ack(delivery)
+            }
+            fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
+                (**self).retry(delivery, delay)
+            }
+            fn release(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+                (**self).release(delivery)
+            }
+            fn dead_letter(&mut self, delivery: Delivery, reason: &str) -> Result<(), SettleError> {
+                (**self).dead_letter(delivery, reason)
+            }
+            fn touch(&mut self, delivery: &mut Delivery) -> Result<(), BrokerError> {
+                (**self).touch(delivery)
+            }
+            fn dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>, BrokerError> {
+                (**self).dead_letters(limit)
+            }
+            fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+                (**self).redrive(id)
+            }
+        }
+    )*};
+}
+
+forward_broker!(Box<B>, &mut B);
+
+/// Opens [`Broker`] handles on named queues: the configured form of a
+/// broker, cheap to clone and to keep in the supervisor, which never calls
+/// it.
+///
+/// Call [`open`](Connect::open) after the fork, in the process that uses the
+/// handle (a worker, a feeder): client libraries that start threads or hold
+/// sockets must not cross a fork (DESIGN.md, principle 2).
+///
+/// Any `Fn(&str) -> Result<B, BrokerError>` is a `Connect`.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_broker::{Broker, BrokerError, Connect};
+///
+/// fn open_all(c: &dyn Connect, queues: &[&str]) -> Result<Vec<Box<dyn Broker + Send>>, BrokerError> {
+///     queues.iter().map(|q| c.open(q)).collect()
+/// }
+/// ```
+pub trait Connect: Send + Sync {
+    /// Opens a handle on `queue`, creating the queue if the broker needs
+    /// that and the adapter is configured to.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Invalid`] for a queue name the broker refuses;
+    /// [`ErrorKind::Transient`] when the broker cannot be reached.
+    fn open(&self, queue: &str) -> Result<Box<dyn Broker + Send>, BrokerError>;
+}
+
+impl<F, B> Connect for F
+where
+    F: Fn(&str) -> Result<B, BrokerError> + Send + Sync,
+    B: Broker + Send + 'static,
+{
+    fn open(&self, queue: &str) -> Result<Box<dyn Broker + Send>, BrokerError> {
+        Ok(Box::new(self(queue)?))
+    }
+}
