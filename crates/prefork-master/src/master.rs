@@ -1,0 +1,665 @@
+//! [`Master`]: the single-threaded `mio` loop that carries out the
+//! supervisor's decisions (fork, signal, send), and the worker side of a
+//! fork (set-up, then the iteration loop).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libc::c_int;
+use mio::{Events, Interest, Poll, Token};
+use prefork_heartbeat::{Channel, ChannelError, Control, Message, Progress};
+use prefork_proc::{Child, Fork};
+use prefork_selfpipe::SignalQueue;
+
+use crate::backoff::XorShift;
+use crate::config::{Builder, CloseFds, Hooks, Settings};
+use crate::report::{Phase, Report, WorkerInfo};
+use crate::supervisor::{Action, Activity, Serial, Supervisor};
+use crate::worker::{Context, ContextSettings, Worker};
+
+/// The signals the master handles (see `docs/signals.md`).
+pub(crate) const SIGNALS: &[c_int] = &[
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGTTIN,
+    libc::SIGTTOU,
+    libc::SIGCHLD,
+];
+
+/// The largest frame the master accepts from a worker: workers send small
+/// control messages, so a bigger one is garbage (and the master never
+/// buffers much for a flooding worker).
+const MAX_FRAME_FROM_WORKER: usize = 64 * 1024;
+
+/// At most this many messages are read from one worker per loop turn, so a
+/// flooding worker cannot starve the others.
+const MESSAGES_PER_TURN: usize = 256;
+
+const SIGNAL_TOKEN: Token = Token(0);
+
+/// A pre-forking master: forks the workers, supervises them from a
+/// single-threaded `mio` loop, and answers Unicorn's signals.
+///
+/// Built with [`Master::builder`]; [`run`](Master::run) takes the
+/// [`Worker`] and returns once the master has shut down.
+///
+/// # Examples
+///
+/// ```no_run
+/// use prefork_master::{BoxError, Context, Master, Worker};
+///
+/// struct Hello;
+/// impl Worker for Hello {
+///     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+///         println!("hello from worker {}", ctx.worker_index());
+///         std::thread::sleep(std::time::Duration::from_secs(1));
+///         Ok(())
+///     }
+/// }
+///
+/// fn main() -> Result<prefork_master::Report, Box<dyn std::error::Error>> {
+///     Ok(Master::builder().workers(2).build()?.run(Hello)?)
+/// }
+/// ```
+#[derive(Debug)]
+pub struct Master {
+    settings: Settings,
+    hooks: Hooks,
+}
+
+impl Master {
+    /// A builder with every setting at its default.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    pub(crate) fn new(settings: Settings, hooks: Hooks) -> Master {
+        Master { settings, hooks }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Runs the master until it has shut down: forks the workers, each of
+    /// which runs `worker` (its own copy, made by the fork), and supervises
+    /// them. Returns once every worker has been reaped after QUIT, TERM or
+    /// INT, or after the master gave up on a crash loop
+    /// ([`Report::success`] says which).
+    ///
+    /// The calling process must have a single thread (start threads and
+    /// async runtimes in [`Worker::start`]). The master installs handlers
+    /// for the signals of `docs/signals.md` and restores the previous ones
+    /// before returning; it reaps every child (`waitpid(-1)`), including
+    /// children its hooks start. It sets its process title (overwriting the
+    /// memory of `std::env::args()`: read your arguments before).
+    ///
+    /// In the worker processes this function never returns: they exit.
+    ///
+    /// # Errors
+    ///
+    /// - the process has more than one thread (kind `Other`);
+    /// - another signal handler library owns one of the master's signals
+    ///   (`AlreadyExists`), or the signal queue, the poll or a socket pair
+    ///   cannot be created;
+    /// - the poll fails (it does not on a healthy system). The workers then
+    ///   see their channel close and stop.
+    pub fn run<W: Worker>(self, worker: W) -> io::Result<Report> {
+        let threads = prefork_proc::thread_count()?;
+        if threads > 1 {
+            return Err(io::Error::other(format!(
+                "the master must be single-threaded to fork safely, but this process has {threads} threads: \
+                 start threads and runtimes in Worker::start, after the fork"
+            )));
+        }
+        let mut queue = SignalQueue::new(SIGNALS)?;
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
+        let rng = XorShift::from_entropy();
+        let sup = Supervisor::new(self.settings.clone(), rng);
+        let mut m = Loop {
+            settings: self.settings,
+            hooks: self.hooks,
+            worker,
+            sup,
+            poll: Some(poll),
+            queue: Some(queue),
+            procs: HashMap::new(),
+            pids: HashMap::new(),
+            backlog: BTreeSet::new(),
+            pending_output: BTreeSet::new(),
+            master_pid: std::process::id(),
+        };
+        let report = m.run();
+        // Close the workers' channels before the queue restores the
+        // previous signal dispositions.
+        m.procs.clear();
+        report
+    }
+}
+
+/// A worker process as the loop holds it.
+struct Proc {
+    child: Child,
+    channel: Channel,
+    /// Still registered in the poll (false after EOF or a protocol error).
+    open: bool,
+}
+
+struct Loop<W> {
+    settings: Settings,
+    hooks: Hooks,
+    worker: W,
+    sup: Supervisor,
+    poll: Option<Poll>,
+    queue: Option<SignalQueue>,
+    procs: HashMap<Serial, Proc>,
+    pids: HashMap<i32, Serial>,
+    /// Workers with unread input left after a turn.
+    backlog: BTreeSet<Serial>,
+    /// Workers whose channel could not take a whole message.
+    pending_output: BTreeSet<Serial>,
+    master_pid: u32,
+}
+
+fn token(serial: Serial) -> Token {
+    Token(usize::try_from(serial).unwrap_or(usize::MAX))
+}
+
+impl<W: Worker> Loop<W> {
+    fn poll(&self) -> &Poll {
+        self.poll.as_ref().expect("the master's poll")
+    }
+
+    fn run(&mut self) -> io::Result<Report> {
+        self.set_title(Phase::Starting);
+        tracing::info!(
+            name = %self.settings.name,
+            pid = self.master_pid,
+            workers = self.settings.workers,
+            "master starting"
+        );
+        self.sup.start(Instant::now());
+        let mut events = Events::with_capacity(256);
+        let mut signals = Vec::new();
+        loop {
+            self.carry_out();
+            if let Some(report) = self.sup.report() {
+                tracing::info!(%report, "master stopped");
+                return Ok(report);
+            }
+            self.flush_pending();
+            let timeout = if self.backlog.is_empty() {
+                self.sup
+                    .next_deadline()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.as_mut().expect("poll").poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "poll failed: the master stops");
+                return Err(e);
+            }
+            let mut readable: Vec<Serial> = std::mem::take(&mut self.backlog).into_iter().collect();
+            for event in events.iter() {
+                if event.token() == SIGNAL_TOKEN {
+                    signals.clear();
+                    if let Some(q) = self.queue.as_mut()
+                        && let Err(e) = q.drain_into(&mut signals)
+                    {
+                        tracing::error!(error = %e, "cannot read the signal queue");
+                    }
+                    for &sig in &signals {
+                        self.on_signal(sig);
+                    }
+                } else {
+                    readable.push(event.token().0 as Serial);
+                }
+            }
+            for serial in readable {
+                self.read_worker(serial);
+            }
+            self.sup.tick(Instant::now());
+        }
+    }
+
+    fn on_signal(&mut self, sig: c_int) {
+        match sig {
+            libc::SIGCHLD => self.reap(),
+            libc::SIGUSR2 => {
+                tracing::warn!("USR2 (binary upgrade) is not supported by this version; ignored")
+            }
+            _ => {
+                tracing::info!(signal = signal_name(sig), "signal received");
+                self.sup.signal(Instant::now(), sig);
+            }
+        }
+        self.carry_out();
+    }
+
+    fn reap(&mut self) {
+        match prefork_proc::reap() {
+            Ok(reaped) => {
+                for r in reaped {
+                    let now = Instant::now();
+                    if let Some(serial) = self.pids.remove(&r.pid) {
+                        if let Some(mut p) = self.procs.remove(&serial)
+                            && p.open
+                        {
+                            let _ = self.poll().registry().deregister(&mut p.channel);
+                        }
+                        self.backlog.remove(&serial);
+                        self.pending_output.remove(&serial);
+                    }
+                    if !self.sup.reaped(now, r.pid, r.status) {
+                        tracing::debug!(pid = r.pid, status = %r.status, "reaped a child that is not a worker");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reaping failed"),
+        }
+    }
+
+    fn read_worker(&mut self, serial: Serial) {
+        let now = Instant::now();
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if !p.open {
+            return;
+        }
+        let mut failure = None;
+        let mut messages = Vec::new();
+        for _ in 0..MESSAGES_PER_TURN {
+            match p.channel.recv() {
+                Ok(Some(msg)) => messages.push(msg),
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        if messages.len() == MESSAGES_PER_TURN && failure.is_none() {
+            self.backlog.insert(serial);
+        }
+        for msg in messages {
+            match msg {
+                Message::Ready { .. } => self.sup.ready(now, serial),
+                Message::Heartbeat(Progress::Idle) => self.sup.beat(now, serial, Activity::Idle),
+                Message::Heartbeat(Progress::Busy { job, since_unix_ms }) => {
+                    let since = UNIX_EPOCH + Duration::from_millis(since_unix_ms);
+                    let since = since.min(SystemTime::now());
+                    self.sup
+                        .beat(now, serial, Activity::Busy { what: job, since });
+                }
+                Message::Stats(s) => self.sup.stats(now, serial, s.pss_bytes, s.iterations),
+                _ => self.sup.alive(now, serial),
+            }
+        }
+        if let Some(err) = failure {
+            let protocol = !matches!(err, ChannelError::Closed);
+            if protocol {
+                tracing::error!(error = %err, serial, "bad data from a worker");
+            }
+            if let Some(p) = self.procs.get_mut(&serial) {
+                p.open = false;
+                let _ = self
+                    .poll
+                    .as_ref()
+                    .expect("poll")
+                    .registry()
+                    .deregister(&mut p.channel);
+            }
+            self.backlog.remove(&serial);
+            self.sup.channel_failed(now, serial, protocol);
+            self.carry_out();
+            // The worker is probably exiting: reap it now rather than wait
+            // for SIGCHLD to come round.
+            self.reap();
+        }
+    }
+
+    fn send(&mut self, serial: Serial, control: Control) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        match p.channel.send(&Message::Control(control)) {
+            Ok(()) => {
+                if p.channel.has_pending_output() {
+                    self.pending_output.insert(serial);
+                }
+            }
+            // Closed: EOF (or the reap) will tell.
+            Err(ChannelError::Closed) => {}
+            Err(e) => tracing::error!(error = %e, serial, "cannot write to a worker"),
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        let serials: Vec<Serial> = self.pending_output.iter().copied().collect();
+        for serial in serials {
+            let done = match self.procs.get_mut(&serial) {
+                Some(p) => !matches!(p.channel.flush(), Ok(false)),
+                None => true,
+            };
+            if done {
+                self.pending_output.remove(&serial);
+            }
+        }
+    }
+
+    /// Carries out every action the supervisor decided.
+    fn carry_out(&mut self) {
+        loop {
+            let actions = self.sup.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for action in actions {
+                match action {
+                    Action::Spawn {
+                        serial,
+                        index,
+                        iteration_limit,
+                    } => {
+                        let pid = self.spawn(serial, index, iteration_limit);
+                        self.sup.spawned(Instant::now(), serial, pid);
+                    }
+                    Action::Stop(serial) => self.send(serial, Control::Stop),
+                    Action::ReopenLogs(serial) => self.send(serial, Control::ReopenLogs),
+                    Action::Kill {
+                        serial,
+                        pid,
+                        signal,
+                    } => {
+                        let result = match self.procs.get(&serial) {
+                            Some(p) => p.child.signal(signal),
+                            None => Ok(()),
+                        };
+                        match result {
+                            Err(e) if !prefork_proc::is_gone(&e) => {
+                                tracing::error!(error = %e, pid, signal = signal_name(signal), "cannot signal a worker")
+                            }
+                            _ => tracing::debug!(
+                                pid,
+                                signal = signal_name(signal),
+                                "signalled a worker"
+                            ),
+                        }
+                    }
+                    Action::ReopenMasterLogs => {
+                        if let Some(hook) = self.hooks.reopen_logs.as_mut() {
+                            guard("reopen_logs", hook);
+                        }
+                    }
+                    Action::Phase(phase) => {
+                        tracing::info!(%phase, workers = self.sup.target(), "master phase");
+                        self.set_title(phase);
+                        if let Some(hook) = self.hooks.on_phase.as_mut() {
+                            guard("on_phase", || hook(phase));
+                        }
+                    }
+                    Action::Exited(exit) => {
+                        if let Some(hook) = self.hooks.after_worker_exit.as_mut() {
+                            guard("after_worker_exit", || hook(&exit));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_title(&self, phase: Phase) {
+        let title = match phase {
+            Phase::Running => format!("{} master", self.settings.name),
+            other => format!("{} master ({other})", self.settings.name),
+        };
+        if let Err(e) = prefork_proc::child::set_title(&title) {
+            tracing::debug!(error = %e, "cannot set the master's process title");
+        }
+    }
+
+    /// Forks a worker. Returns its pid in the master; never returns in the
+    /// worker.
+    fn spawn(&mut self, serial: Serial, index: usize, iteration_limit: Option<u64>) -> Option<i32> {
+        if let Some(hook) = self.hooks.before_fork.as_mut() {
+            let info = WorkerInfo { index, serial };
+            guard("before_fork", || hook(&info));
+        }
+        let (mut ours, theirs) = match Channel::pair() {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::error!(error = %e, worker = index, "cannot create a worker channel");
+                return None;
+            }
+        };
+        ours.set_max_frame(MAX_FRAME_FROM_WORKER);
+        // Buffered output would be written twice, once by each process.
+        let _ = io::stdout().flush();
+        let _ = io::stderr().flush();
+        match prefork_proc::fork() {
+            Ok(Fork::Parent(child)) => {
+                drop(theirs);
+                let pid = child.pid();
+                if let Err(e) =
+                    self.poll()
+                        .registry()
+                        .register(&mut ours, token(serial), Interest::READABLE)
+                {
+                    // Unsupervisable: kill it; the reap reports it.
+                    tracing::error!(error = %e, "cannot watch a worker's channel");
+                    let _ = child.signal(libc::SIGKILL);
+                }
+                tracing::debug!(worker = index, pid, serial, "forked a worker");
+                self.pids.insert(pid, serial);
+                self.procs.insert(
+                    serial,
+                    Proc {
+                        child,
+                        channel: ours,
+                        open: true,
+                    },
+                );
+                Some(pid)
+            }
+            Ok(Fork::Child) => {
+                drop(ours);
+                self.become_worker(serial, index, iteration_limit, theirs)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, worker = index, "fork failed");
+                None
+            }
+        }
+    }
+
+    /// The worker side of the fork: set up, run, exit.
+    fn become_worker(
+        &mut self,
+        serial: Serial,
+        index: usize,
+        iteration_limit: Option<u64>,
+        channel: Channel,
+    ) -> ! {
+        // Signals first: the master's handlers must not run here. They are
+        // all blocked until reset_signals.
+        if let Some(q) = self.queue.take() {
+            q.reset_after_fork();
+        }
+        // The master's descriptors: its poll and the other workers'
+        // channels and pidfds. Dropping these types only closes fds.
+        let procs = std::mem::take(&mut self.procs);
+        let poll = self.poll.take();
+        let code = match &self.settings.close_fds {
+            CloseFds::MasterOnly => {
+                drop(procs);
+                drop(poll);
+                Ok(())
+            }
+            CloseFds::AllExcept(keep) => {
+                // Closed below in one sweep: forget them, not to close
+                // their numbers twice.
+                std::mem::forget(procs);
+                std::mem::forget(poll);
+                let mut keep = keep.clone();
+                keep.push(channel.as_raw_fd());
+                prefork_proc::child::close_fds_except(&keep)
+            }
+        }
+        .and_then(|()| prefork_proc::child::reset_signals())
+        .and_then(|()| {
+            prefork_proc::child::die_with_parent(libc::SIGTERM, self.master_pid as libc::pid_t)
+        });
+        if let Err(e) = code {
+            tracing::error!(error = %e, worker = index, "worker set-up failed");
+            exit_worker(1);
+        }
+        let ctx = Context::new(
+            channel,
+            ContextSettings {
+                index,
+                serial,
+                name: self.settings.name.clone(),
+                beat_every: self.settings.heartbeat_interval,
+                memory_every: self
+                    .settings
+                    .max_memory
+                    .map(|_| self.settings.memory_check_interval),
+                iteration_limit,
+            },
+        );
+        let code = run_worker(
+            &mut self.worker,
+            ctx,
+            &mut self.hooks,
+            self.settings.timeout,
+        );
+        exit_worker(code)
+    }
+}
+
+/// Runs a master hook, catching (and logging) a panic.
+fn guard<R>(name: &str, f: impl FnOnce() -> R) -> Option<R> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => Some(r),
+        Err(_) => {
+            tracing::error!(hook = name, "a hook panicked; the master carries on");
+            None
+        }
+    }
+}
+
+/// Ends a worker process: flushes stdio, then `exit` (which runs no Rust
+/// destructor: nothing the master owned is dropped).
+fn exit_worker(code: i32) -> ! {
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    std::process::exit(code)
+}
+
+/// Exit status of a worker that panicked (as Rust's own runtime uses).
+const PANIC_STATUS: i32 = 101;
+
+/// The worker's life after set-up. Returns its exit status.
+fn run_worker<W: Worker>(
+    worker: &mut W,
+    mut ctx: Context,
+    hooks: &mut Hooks,
+    timeout: Duration,
+) -> i32 {
+    let ctx = &mut ctx;
+    let _ = ctx.set_state("starting");
+    let index = ctx.worker_index();
+    let _span = tracing::info_span!("worker", index, pid = std::process::id()).entered();
+    if let Some(hook) = hooks.after_fork.as_mut()
+        && catch_unwind(AssertUnwindSafe(|| hook(ctx))).is_err()
+    {
+        tracing::error!("after_fork hook panicked");
+        return PANIC_STATUS;
+    }
+    match catch_unwind(AssertUnwindSafe(|| worker.start(ctx))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "worker start failed");
+            return 1;
+        }
+        Err(_) => {
+            tracing::error!("worker start panicked");
+            return PANIC_STATUS;
+        }
+    }
+    if !ctx.send_ready(timeout) {
+        return 1;
+    }
+    if let Some(hook) = hooks.after_worker_ready.as_mut()
+        && catch_unwind(AssertUnwindSafe(|| hook(ctx))).is_err()
+    {
+        tracing::error!("after_worker_ready hook panicked");
+        return PANIC_STATUS;
+    }
+    let _ = ctx.set_state("running");
+    let mut status = 0;
+    loop {
+        ctx.poll_master();
+        if ctx.take_reopen() && catch_unwind(AssertUnwindSafe(|| worker.reopen_logs(ctx))).is_err()
+        {
+            tracing::error!("reopen_logs panicked");
+            return PANIC_STATUS;
+        }
+        if ctx.is_stopping() {
+            break;
+        }
+        ctx.before_iteration();
+        match catch_unwind(AssertUnwindSafe(|| worker.execute(ctx))) {
+            Ok(Ok(())) => ctx.after_iteration(),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, iterations = ctx.iterations(), "worker iteration failed");
+                status = 1;
+                break;
+            }
+            Err(_) => {
+                tracing::error!(iterations = ctx.iterations(), "worker iteration panicked");
+                return PANIC_STATUS;
+            }
+        }
+    }
+    let _ = ctx.set_state("stopping");
+    if catch_unwind(AssertUnwindSafe(|| worker.stop(ctx))).is_err() {
+        tracing::error!("worker stop panicked");
+        return PANIC_STATUS;
+    }
+    tracing::debug!(iterations = ctx.iterations(), "worker exits");
+    status
+}
+
+/// The conventional name of a signal, for logs.
+pub(crate) fn signal_name(sig: c_int) -> &'static str {
+    match sig {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGKILL => "KILL",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGTERM => "TERM",
+        libc::SIGCHLD => "CHLD",
+        libc::SIGTTIN => "TTIN",
+        libc::SIGTTOU => "TTOU",
+        libc::SIGWINCH => "WINCH",
+        _ => "other",
+    }
+}

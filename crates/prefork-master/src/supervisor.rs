@@ -1,0 +1,817 @@
+//! The master's decisions, as a pure state machine: events and the time
+//! go in, [`Action`]s come out. No fork, no signal, no socket here; the
+//! loop in `master.rs` carries the actions out. This is what makes the
+//! timing logic (heartbeat deadlines, escalation, backoff, recycling,
+//! crash loops) testable with an injected clock and no sleeping.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime};
+
+use libc::c_int;
+
+use crate::backoff::{XorShift, backoff, jittered_count, jittered_duration};
+use crate::config::{MAX_WORKERS, Settings};
+use crate::report::{Cause, ExitStatus, Phase, Report, Shutdown, WorkerExit};
+
+/// A number unique to each worker process for the life of the master.
+pub(crate) type Serial = u64;
+
+/// Something the loop must do.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Action {
+    /// Fork a worker for this slot, then call [`Supervisor::spawned`].
+    Spawn {
+        serial: Serial,
+        index: usize,
+        /// Iterations after which the worker reports its stats (the
+        /// jittered recycling limit).
+        iteration_limit: Option<u64>,
+    },
+    /// Send `Control::Stop` to the worker.
+    Stop(Serial),
+    /// Send `Control::ReopenLogs` to the worker.
+    ReopenLogs(Serial),
+    /// Send a real signal to the worker process.
+    Kill {
+        serial: Serial,
+        pid: i32,
+        signal: c_int,
+    },
+    /// Run the master's reopen-logs hook.
+    ReopenMasterLogs,
+    /// The phase changed: log it, retitle, run the hook.
+    Phase(Phase),
+    /// A worker was reaped: run the exit hook.
+    Exited(WorkerExit),
+}
+
+/// What a worker said about itself in its latest heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Activity {
+    Idle,
+    Busy { what: String, since: SystemTime },
+}
+
+/// Why a worker is to be replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Recycle {
+    Reload,
+    Memory,
+    Iterations,
+    Age,
+}
+
+impl Recycle {
+    fn as_str(self) -> &'static str {
+        match self {
+            Recycle::Reload => "reload (HUP)",
+            Recycle::Memory => "memory limit",
+            Recycle::Iterations => "iteration limit",
+            Recycle::Age => "maximum age",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum State {
+    /// Running (starting or ready), and wanted.
+    Live,
+    /// Asked to stop: `Control::Stop` sent (graceful) or SIGTERM (quick);
+    /// SIGKILL at `kill_at`.
+    Stopping { kill_at: Instant, quick: bool },
+    /// SIGKILL sent; waiting for the reap.
+    Killed(Cause),
+}
+
+#[derive(Debug, Clone)]
+struct Proc {
+    index: usize,
+    pid: Option<i32>,
+    spawned_at: Instant,
+    ready: bool,
+    last_beat: Instant,
+    activity: Activity,
+    state: State,
+    recycle: Option<Recycle>,
+    age_limit: Option<Instant>,
+    iteration_limit: Option<u64>,
+    replaces: Option<Serial>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    /// Consecutive early deaths.
+    failures: u32,
+    /// Not before this time may the slot's next worker be forked.
+    respawn_at: Option<Instant>,
+}
+
+/// The supervisor's state. See the module doc.
+#[derive(Debug)]
+pub(crate) struct Supervisor {
+    s: Settings,
+    rng: XorShift,
+    phase: Phase,
+    target: usize,
+    procs: BTreeMap<Serial, Proc>,
+    slots: Vec<Slot>,
+    next_serial: Serial,
+    /// The one recycling in progress: (old, replacement).
+    recycling: Option<(Serial, Serial)>,
+    started: bool,
+    reloading: bool,
+    stop_signal: Option<c_int>,
+    stop_kind: Option<Shutdown>,
+    spawned: u64,
+    failures: u64,
+    actions: Vec<Action>,
+}
+
+impl Supervisor {
+    pub(crate) fn new(settings: Settings, rng: XorShift) -> Supervisor {
+        Supervisor {
+            target: settings.workers,
+            s: settings,
+            rng,
+            phase: Phase::Starting,
+            procs: BTreeMap::new(),
+            slots: Vec::new(),
+            next_serial: 1,
+            recycling: None,
+            started: false,
+            reloading: false,
+            stop_signal: None,
+            stop_kind: None,
+            spawned: 0,
+            failures: 0,
+            actions: Vec::new(),
+        }
+    }
+
+    /// Begins: forks the first workers.
+    pub(crate) fn start(&mut self, now: Instant) {
+        self.actions.push(Action::Phase(Phase::Starting));
+        self.reconcile(now);
+    }
+
+    /// The actions decided since the last call, in order.
+    pub(crate) fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The number of workers wanted now.
+    pub(crate) fn target(&self) -> usize {
+        self.target
+    }
+
+    /// The number of worker processes alive (in any state).
+    #[cfg(test)]
+    pub(crate) fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Once stopped, what `run` reports.
+    pub(crate) fn report(&self) -> Option<Report> {
+        let shutdown = match self.phase {
+            Phase::Stopped => self.stop_kind?,
+            _ => return None,
+        };
+        Some(Report {
+            shutdown,
+            signal: self.stop_signal,
+            spawned: self.spawned,
+            failures: self.failures,
+        })
+    }
+
+    /// The earliest time at which [`tick`](Supervisor::tick) has something
+    /// to do, if any.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for p in self.procs.values() {
+            match p.state {
+                State::Live => {
+                    at(p.last_beat + self.s.timeout);
+                    if p.recycle.is_none()
+                        && let Some(t) = p.age_limit
+                    {
+                        at(t);
+                    }
+                    if p.ready && self.slot_failures(p.index) > 0 {
+                        at(p.spawned_at + self.s.healthy_after);
+                    }
+                }
+                State::Stopping { kill_at, quick } => {
+                    at(kill_at);
+                    if !quick {
+                        at(p.last_beat + self.s.timeout);
+                    }
+                }
+                State::Killed(_) => {}
+            }
+        }
+        if !self.is_stopping() {
+            for (i, slot) in self.slots.iter().enumerate().take(self.target) {
+                if let Some(t) = slot.respawn_at
+                    && (!self.occupied(i) || self.recycle_candidate_for(i))
+                {
+                    at(t);
+                }
+            }
+        }
+        next
+    }
+
+    /// Handles the deadlines that have passed by `now`.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        let timeout = self.s.timeout;
+        let mut to_kill = Vec::new();
+        let mut healthy = Vec::new();
+        for (&serial, p) in self.procs.iter_mut() {
+            match p.state {
+                State::Live | State::Stopping { quick: false, .. }
+                    if p.last_beat + timeout <= now =>
+                {
+                    to_kill.push((serial, Cause::Hung));
+                }
+                State::Stopping { kill_at, .. } if kill_at <= now => {
+                    to_kill.push((serial, Cause::TooSlowToStop));
+                }
+                State::Live => {
+                    if p.recycle.is_none()
+                        && let Some(t) = p.age_limit
+                        && t <= now
+                    {
+                        tracing::info!(
+                            worker = p.index,
+                            pid = p.pid,
+                            "recycling: maximum age reached"
+                        );
+                        p.recycle = Some(Recycle::Age);
+                    }
+                    if p.ready && p.spawned_at + self.s.healthy_after <= now {
+                        healthy.push(p.index);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for index in healthy {
+            if let Some(slot) = self.slots.get_mut(index)
+                && slot.failures > 0
+            {
+                tracing::info!(
+                    worker = index,
+                    "worker healthy again: restart backoff reset"
+                );
+                slot.failures = 0;
+                slot.respawn_at = None;
+            }
+        }
+        for (serial, cause) in to_kill {
+            if cause == Cause::Hung {
+                self.log_hung(serial, now);
+            } else if let Some(p) = self.procs.get(&serial) {
+                tracing::warn!(
+                    worker = p.index,
+                    pid = p.pid,
+                    "worker did not stop in time: SIGKILL"
+                );
+            }
+            self.kill(serial, cause);
+        }
+        self.reconcile(now);
+    }
+
+    fn log_hung(&self, serial: Serial, now: Instant) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        let silent = now.saturating_duration_since(p.last_beat);
+        match &p.activity {
+            Activity::Busy { what, since } => {
+                let busy_for = SystemTime::now().duration_since(*since).unwrap_or_default();
+                tracing::error!(
+                    worker = p.index,
+                    pid = p.pid,
+                    doing = %what,
+                    busy_for = ?busy_for,
+                    silent_for = ?silent,
+                    timeout = ?self.s.timeout,
+                    "worker missed its heartbeat timeout while busy with {what} for {busy_for:.1?}: SIGKILL"
+                );
+            }
+            Activity::Idle => {
+                tracing::error!(
+                    worker = p.index,
+                    pid = p.pid,
+                    ready = p.ready,
+                    silent_for = ?silent,
+                    timeout = ?self.s.timeout,
+                    "worker missed its heartbeat timeout ({}, silent for {silent:.1?}): SIGKILL",
+                    if p.ready { "last seen idle" } else { "still starting" }
+                );
+            }
+        }
+    }
+
+    /// A signal from the self-pipe (CHLD is the loop's business: it reaps
+    /// and calls [`reaped`](Supervisor::reaped)).
+    pub(crate) fn signal(&mut self, now: Instant, sig: c_int) {
+        match sig {
+            libc::SIGQUIT => self.shutdown(now, Shutdown::Graceful, Some(sig)),
+            libc::SIGTERM if self.s.term_is_graceful => {
+                self.shutdown(now, Shutdown::Graceful, Some(sig))
+            }
+            libc::SIGTERM | libc::SIGINT => self.shutdown(now, Shutdown::Quick, Some(sig)),
+            _ if self.is_stopping() => {
+                tracing::debug!(signal = sig, "ignored while stopping");
+            }
+            libc::SIGHUP => {
+                if self.target == 0 {
+                    self.target = self.s.workers;
+                }
+                let mut n = 0;
+                for p in self.procs.values_mut() {
+                    if p.state == State::Live {
+                        p.recycle = Some(Recycle::Reload);
+                        n += 1;
+                    }
+                }
+                tracing::info!(workers = n, "HUP: replacing every worker, one at a time");
+                self.reloading = n > 0;
+            }
+            libc::SIGUSR1 => {
+                tracing::info!("USR1: reopening logs");
+                self.actions.push(Action::ReopenMasterLogs);
+                for (&serial, p) in &self.procs {
+                    if matches!(p.state, State::Live | State::Stopping { quick: false, .. }) {
+                        self.actions.push(Action::ReopenLogs(serial));
+                    }
+                }
+            }
+            libc::SIGWINCH => {
+                tracing::info!("WINCH: stopping every worker, the master stays");
+                self.target = 0;
+            }
+            libc::SIGTTIN => {
+                self.target = (self.target + 1).min(MAX_WORKERS);
+                tracing::info!(target = self.target, "TTIN: one worker more");
+            }
+            libc::SIGTTOU => {
+                self.target = self.target.saturating_sub(1);
+                tracing::info!(target = self.target, "TTOU: one worker less");
+            }
+            other => tracing::debug!(signal = other, "signal ignored"),
+        }
+        self.reconcile(now);
+    }
+
+    fn is_stopping(&self) -> bool {
+        matches!(self.phase, Phase::Stopping(_) | Phase::Stopped)
+    }
+
+    fn shutdown(&mut self, now: Instant, kind: Shutdown, signal: Option<c_int>) {
+        let quick = kind != Shutdown::Graceful;
+        match self.phase {
+            Phase::Stopped => return,
+            Phase::Stopping(Shutdown::Graceful) if quick => {}
+            Phase::Stopping(_) => return,
+            _ => {}
+        }
+        if self.stop_signal.is_none() {
+            self.stop_signal = signal;
+        }
+        self.stop_kind = Some(kind);
+        self.set_phase(Phase::Stopping(kind));
+        self.recycling = None;
+        let (grace, serials): (Duration, Vec<Serial>) = if quick {
+            (self.s.kill_grace, self.procs.keys().copied().collect())
+        } else {
+            (
+                self.s.graceful_timeout,
+                self.procs.keys().copied().collect(),
+            )
+        };
+        for serial in serials {
+            let p = self.procs.get_mut(&serial).expect("known serial");
+            match (p.state, quick) {
+                (State::Live, false) => {
+                    p.state = State::Stopping {
+                        kill_at: now + grace,
+                        quick: false,
+                    };
+                    self.actions.push(Action::Stop(serial));
+                }
+                (State::Live | State::Stopping { quick: false, .. }, true) => {
+                    p.state = State::Stopping {
+                        kill_at: now + grace,
+                        quick: true,
+                    };
+                    if let Some(pid) = p.pid {
+                        self.actions.push(Action::Kill {
+                            serial,
+                            pid,
+                            signal: libc::SIGTERM,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.check_finished();
+    }
+
+    fn check_finished(&mut self) {
+        if matches!(self.phase, Phase::Stopping(_)) && self.procs.is_empty() {
+            self.set_phase(Phase::Stopped);
+        }
+    }
+
+    fn set_phase(&mut self, phase: Phase) {
+        if self.phase != phase {
+            self.phase = phase;
+            self.actions.push(Action::Phase(phase));
+        }
+    }
+
+    fn kill(&mut self, serial: Serial, cause: Cause) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        if matches!(p.state, State::Killed(_)) {
+            return;
+        }
+        p.state = State::Killed(cause);
+        if let Some(pid) = p.pid {
+            self.actions.push(Action::Kill {
+                serial,
+                pid,
+                signal: libc::SIGKILL,
+            });
+        }
+    }
+
+    /// The loop forked the worker `serial` (or failed to: `pid` is None).
+    pub(crate) fn spawned(&mut self, now: Instant, serial: Serial, pid: Option<i32>) {
+        match pid {
+            Some(pid) => {
+                if let Some(p) = self.procs.get_mut(&serial) {
+                    p.pid = Some(pid);
+                    p.spawned_at = now;
+                    p.last_beat = now;
+                }
+            }
+            None => {
+                if let Some(p) = self.procs.remove(&serial) {
+                    self.failures += 1;
+                    self.note_failure(now, p.index, true);
+                    if self.recycling.is_some_and(|(_, new)| new == serial) {
+                        self.recycling = None;
+                    }
+                }
+                self.reconcile(now);
+            }
+        }
+    }
+
+    /// The worker said it is ready.
+    pub(crate) fn ready(&mut self, now: Instant, serial: Serial) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        p.last_beat = now;
+        if p.ready {
+            return;
+        }
+        p.ready = true;
+        tracing::info!(worker = p.index, pid = p.pid, started_in = ?now.saturating_duration_since(p.spawned_at), "worker ready");
+        if let Some(old) = p.replaces
+            && p.state == State::Live
+            && self.recycling == Some((old, serial))
+        {
+            self.stop_gracefully(now, old);
+        }
+        self.reconcile(now);
+    }
+
+    /// The worker sent a heartbeat.
+    pub(crate) fn beat(&mut self, now: Instant, serial: Serial, activity: Activity) {
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.last_beat = now;
+            p.activity = activity;
+        }
+    }
+
+    /// The worker sent some other message: it is alive.
+    pub(crate) fn alive(&mut self, now: Instant, serial: Serial) {
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.last_beat = now;
+        }
+    }
+
+    /// The worker reported its memory (PSS, bytes) and iteration count.
+    pub(crate) fn stats(&mut self, now: Instant, serial: Serial, pss: u64, iterations: u64) {
+        let Some(p) = self.procs.get_mut(&serial) else {
+            return;
+        };
+        p.last_beat = now;
+        if p.state != State::Live || p.recycle.is_some() {
+            return;
+        }
+        if let Some(max) = self.s.max_memory
+            && pss > max
+        {
+            tracing::warn!(
+                worker = p.index,
+                pid = p.pid,
+                pss,
+                max,
+                "recycling: memory limit exceeded"
+            );
+            p.recycle = Some(Recycle::Memory);
+        } else if let Some(limit) = p.iteration_limit
+            && iterations >= limit
+        {
+            tracing::info!(
+                worker = p.index,
+                pid = p.pid,
+                iterations,
+                "recycling: iteration limit reached"
+            );
+            p.recycle = Some(Recycle::Iterations);
+        }
+        self.reconcile(now);
+    }
+
+    /// The worker's channel failed: closed (`protocol == false`) or
+    /// garbage (`protocol == true`). Either way it cannot be supervised.
+    pub(crate) fn channel_failed(&mut self, now: Instant, serial: Serial, protocol: bool) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        match p.state {
+            State::Live => {
+                if protocol {
+                    tracing::error!(
+                        worker = p.index,
+                        pid = p.pid,
+                        "worker broke the channel protocol: SIGKILL"
+                    );
+                    self.kill(serial, Cause::Protocol);
+                } else {
+                    tracing::warn!(worker = p.index, pid = p.pid, "worker closed its channel");
+                    self.kill(serial, Cause::Unexpected);
+                }
+            }
+            State::Stopping { .. } if protocol => self.kill(serial, Cause::Protocol),
+            _ => {}
+        }
+        self.reconcile(now);
+    }
+
+    /// A child was reaped. Returns false when `pid` is not one of ours.
+    pub(crate) fn reaped(&mut self, now: Instant, pid: i32, status: ExitStatus) -> bool {
+        let Some((&serial, _)) = self.procs.iter().find(|(_, p)| p.pid == Some(pid)) else {
+            return false;
+        };
+        let p = self.procs.remove(&serial).expect("found above");
+        let cause = match p.state {
+            State::Live => Cause::Unexpected,
+            State::Stopping { .. } => Cause::Requested,
+            State::Killed(cause) => cause,
+        };
+        let uptime = now.saturating_duration_since(p.spawned_at);
+        let exit = WorkerExit {
+            index: p.index,
+            serial,
+            pid,
+            status,
+            cause,
+            uptime,
+        };
+        if cause == Cause::Requested {
+            tracing::info!(worker = p.index, pid, %status, "worker exited");
+        } else {
+            tracing::warn!(worker = p.index, pid, %status, %cause, uptime = ?uptime, "worker died");
+        }
+        self.actions.push(Action::Exited(exit));
+        if let Some((old, new)) = self.recycling
+            && (serial == old || serial == new)
+        {
+            self.recycling = None;
+        }
+        if cause != Cause::Requested {
+            self.failures += 1;
+            if !self.is_stopping() {
+                let early = !p.ready || uptime < self.s.healthy_after;
+                self.note_failure(now, p.index, early);
+            }
+        }
+        self.reconcile(now);
+        true
+    }
+
+    fn slot(&mut self, index: usize) -> &mut Slot {
+        if self.slots.len() <= index {
+            self.slots.resize(index + 1, Slot::default());
+        }
+        &mut self.slots[index]
+    }
+
+    fn slot_failures(&self, index: usize) -> u32 {
+        self.slots.get(index).map_or(0, |s| s.failures)
+    }
+
+    fn note_failure(&mut self, now: Instant, index: usize, early: bool) {
+        let (initial, max) = (self.s.backoff_initial, self.s.backoff_max);
+        let failures = if early {
+            self.slot(index).failures.saturating_add(1)
+        } else {
+            0
+        };
+        let delay = backoff(failures, initial, max, &mut self.rng);
+        let slot = self.slot(index);
+        slot.failures = failures;
+        slot.respawn_at = (failures > 0).then(|| now + delay);
+        if failures > 0 {
+            tracing::warn!(worker = index, failures, delay = ?delay, "worker died early: restart after backoff");
+        }
+        let limit = self.s.crash_limit;
+        if self.target > 0
+            && (0..self.target).all(|i| self.slots.get(i).is_some_and(|s| s.failures >= limit))
+        {
+            tracing::error!(
+                crash_limit = limit,
+                "every worker slot died early {limit} times in a row: giving up"
+            );
+            self.shutdown(now, Shutdown::CrashLoop, None);
+        }
+    }
+
+    /// Whether slot `index` has a worker, live or killed but not reaped yet
+    /// (its replacement waits for the reap, and for the backoff).
+    fn occupied(&self, index: usize) -> bool {
+        self.procs
+            .values()
+            .any(|p| p.index == index && matches!(p.state, State::Live | State::Killed(_)))
+    }
+
+    /// Whether slot `index` holds a worker waiting to be recycled.
+    fn recycle_candidate_for(&self, index: usize) -> bool {
+        self.recycling.is_none()
+            && self
+                .procs
+                .values()
+                .any(|p| p.index == index && p.state == State::Live && p.recycle.is_some())
+    }
+
+    fn stop_gracefully(&mut self, now: Instant, serial: Serial) {
+        let kill_at = now + self.s.graceful_timeout;
+        if let Some(p) = self.procs.get_mut(&serial)
+            && p.state == State::Live
+        {
+            p.state = State::Stopping {
+                kill_at,
+                quick: false,
+            };
+            self.actions.push(Action::Stop(serial));
+        }
+    }
+
+    fn spawn(&mut self, now: Instant, index: usize, replaces: Option<Serial>) -> Serial {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        self.spawned += 1;
+        let iteration_limit = self
+            .s
+            .max_iterations
+            .map(|n| jittered_count(n, self.s.recycle_jitter, &mut self.rng));
+        let age_limit = self
+            .s
+            .max_age
+            .map(|a| now + jittered_duration(a, self.s.recycle_jitter, &mut self.rng));
+        self.slot(index).respawn_at = None;
+        self.procs.insert(
+            serial,
+            Proc {
+                index,
+                pid: None,
+                spawned_at: now,
+                ready: false,
+                last_beat: now,
+                activity: Activity::Idle,
+                state: State::Live,
+                recycle: None,
+                age_limit,
+                iteration_limit,
+                replaces,
+            },
+        );
+        self.actions.push(Action::Spawn {
+            serial,
+            index,
+            iteration_limit,
+        });
+        serial
+    }
+
+    /// Brings the processes in line with what is wanted: scale down, fill
+    /// empty slots, start the next recycling, update the phase.
+    fn reconcile(&mut self, now: Instant) {
+        if self.is_stopping() {
+            self.check_finished();
+            return;
+        }
+        // Scale down: the highest slots go first (TTOU, WINCH).
+        let extra: Vec<Serial> = self
+            .procs
+            .iter()
+            .filter(|(_, p)| p.state == State::Live && p.index >= self.target)
+            .map(|(&s, _)| s)
+            .collect();
+        for serial in extra {
+            self.stop_gracefully(now, serial);
+        }
+        // Fill the empty slots whose backoff has passed.
+        for index in 0..self.target {
+            if !self.occupied(index)
+                && self
+                    .slots
+                    .get(index)
+                    .and_then(|s| s.respawn_at)
+                    .is_none_or(|t| t <= now)
+            {
+                self.spawn(now, index, None);
+            }
+        }
+        // One recycling at a time: the replacement is forked now, the old
+        // worker is asked to stop once the replacement is ready.
+        if self.recycling.is_none() {
+            let candidate = self
+                .procs
+                .iter()
+                .filter(|(_, p)| {
+                    p.state == State::Live
+                        && p.ready
+                        && p.recycle.is_some()
+                        && p.index < self.target
+                })
+                .filter(|(_, p)| {
+                    self.slots
+                        .get(p.index)
+                        .and_then(|s| s.respawn_at)
+                        .is_none_or(|t| t <= now)
+                })
+                .map(|(&s, p)| (s, p.index, p.recycle))
+                .next();
+            if let Some((old, index, why)) = candidate {
+                tracing::info!(
+                    worker = index,
+                    reason = why.map(Recycle::as_str),
+                    "recycling: forking a replacement"
+                );
+                let new = self.spawn(now, index, Some(old));
+                self.recycling = Some((old, new));
+            }
+        }
+        // The phase.
+        if self.reloading
+            && self.recycling.is_none()
+            && !self
+                .procs
+                .values()
+                .any(|p| p.state == State::Live && p.recycle == Some(Recycle::Reload))
+        {
+            self.reloading = false;
+            tracing::info!("HUP: every worker replaced");
+        }
+        let all_ready = (0..self.target).all(|i| {
+            self.procs
+                .values()
+                .any(|p| p.index == i && p.state == State::Live && p.ready)
+        });
+        if all_ready {
+            self.started = true;
+        }
+        let phase = if self.target == 0 {
+            Phase::Paused
+        } else if self.reloading {
+            Phase::Reloading
+        } else if !self.started {
+            Phase::Starting
+        } else {
+            Phase::Running
+        };
+        self.set_phase(phase);
+    }
+}
+
+#[cfg(test)]
+mod tests;

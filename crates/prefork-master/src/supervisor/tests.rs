@@ -1,0 +1,694 @@
+//! The supervisor driven by a simulated clock and simulated processes.
+
+use super::*;
+use proptest::prelude::*;
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+fn settings(workers: usize) -> Settings {
+    Settings {
+        workers,
+        timeout: 10 * SEC,
+        heartbeat_interval: 2 * SEC,
+        graceful_timeout: 5 * SEC,
+        kill_grace: SEC,
+        backoff_initial: 100 * MS,
+        backoff_max: 2 * SEC,
+        healthy_after: 3 * SEC,
+        crash_limit: 3,
+        ..Settings::default()
+    }
+}
+
+/// A supervisor and the processes it believes it has, run by hand.
+struct Sim {
+    sup: Supervisor,
+    now: Instant,
+    next_pid: i32,
+    /// Every action seen, in order.
+    log: Vec<Action>,
+    /// Signals "delivered": (pid, signal).
+    kills: Vec<(i32, c_int)>,
+    /// Pending spawn failures to inject.
+    fail_spawns: usize,
+}
+
+impl Sim {
+    fn new(s: Settings) -> Sim {
+        let mut sim = Sim {
+            sup: Supervisor::new(s, XorShift::new(42)),
+            now: Instant::now(),
+            next_pid: 1000,
+            log: Vec::new(),
+            kills: Vec::new(),
+            fail_spawns: 0,
+        };
+        sim.sup.start(sim.now);
+        sim.pump();
+        sim
+    }
+
+    /// Carries out the actions the way the loop does (spawns complete at once).
+    fn pump(&mut self) {
+        loop {
+            let actions = self.sup.take_actions();
+            if actions.is_empty() {
+                return;
+            }
+            for a in actions {
+                match &a {
+                    Action::Spawn { serial, .. } => {
+                        if self.fail_spawns > 0 {
+                            self.fail_spawns -= 1;
+                            self.sup.spawned(self.now, *serial, None);
+                        } else {
+                            self.next_pid += 1;
+                            self.sup.spawned(self.now, *serial, Some(self.next_pid));
+                        }
+                    }
+                    Action::Kill { pid, signal, .. } => self.kills.push((*pid, *signal)),
+                    _ => {}
+                }
+                self.log.push(a);
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.sup.tick(self.now);
+        self.pump();
+    }
+
+    /// Advances to the next deadline (if any, and at most `max` ahead).
+    fn step_to_deadline(&mut self, max: Duration) -> bool {
+        match self.sup.next_deadline() {
+            Some(t) if t <= self.now + max => {
+                self.now = self.now.max(t);
+                self.sup.tick(self.now);
+                self.pump();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn serials(&self) -> Vec<Serial> {
+        self.sup.procs.keys().copied().collect()
+    }
+
+    fn live(&self) -> Vec<(Serial, usize)> {
+        self.sup
+            .procs
+            .iter()
+            .filter(|(_, p)| p.state == State::Live)
+            .map(|(&s, p)| (s, p.index))
+            .collect()
+    }
+
+    fn live_ready(&self) -> usize {
+        self.sup
+            .procs
+            .values()
+            .filter(|p| p.state == State::Live && p.ready)
+            .count()
+    }
+
+    fn pid(&self, serial: Serial) -> i32 {
+        self.sup.procs[&serial].pid.unwrap()
+    }
+
+    fn ready_all(&mut self) {
+        for s in self.serials() {
+            if !self.sup.procs[&s].ready {
+                self.sup.ready(self.now, s);
+                self.pump();
+            }
+        }
+    }
+
+    fn beat_all(&mut self) {
+        for s in self.serials() {
+            self.sup.beat(self.now, s, Activity::Idle);
+        }
+        self.pump();
+    }
+
+    fn exit(&mut self, serial: Serial, status: ExitStatus) -> WorkerExit {
+        let pid = self.pid(serial);
+        assert!(self.sup.reaped(self.now, pid, status));
+        self.pump();
+        self.log
+            .iter()
+            .rev()
+            .find_map(|a| match a {
+                Action::Exited(e) if e.pid == pid => Some(e.clone()),
+                _ => None,
+            })
+            .expect("an Exited action")
+    }
+
+    /// Every process that got a Stop or a signal exits (as real ones would).
+    fn obey(&mut self) {
+        let mut to_exit = Vec::new();
+        for (&serial, p) in &self.sup.procs {
+            let stopped = self.log.contains(&Action::Stop(serial));
+            let signalled = p
+                .pid
+                .is_some_and(|pid| self.kills.iter().any(|(k, _)| *k == pid));
+            if stopped || signalled {
+                to_exit.push(serial);
+            }
+        }
+        for s in to_exit {
+            self.exit(s, ExitStatus::Exited(0));
+        }
+    }
+
+    fn spawns(&self) -> usize {
+        self.log
+            .iter()
+            .filter(|a| matches!(a, Action::Spawn { .. }))
+            .count()
+    }
+
+    fn phases(&self) -> Vec<Phase> {
+        self.log
+            .iter()
+            .filter_map(|a| match a {
+                Action::Phase(p) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn starts_the_workers_and_runs_once_all_are_ready() {
+    let mut sim = Sim::new(settings(3));
+    assert_eq!(sim.spawns(), 3);
+    let indexes: Vec<usize> = sim.live().iter().map(|(_, i)| *i).collect();
+    assert_eq!(indexes, vec![0, 1, 2]);
+    assert_eq!(sim.sup.phase(), Phase::Starting);
+    sim.ready_all();
+    assert_eq!(sim.sup.phase(), Phase::Running);
+    assert_eq!(sim.phases(), vec![Phase::Starting, Phase::Running]);
+}
+
+#[test]
+fn a_silent_worker_is_killed_exactly_at_its_timeout_and_replaced() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    let [a, b] = sim.serials()[..] else { panic!() };
+    sim.advance(4 * SEC);
+    sim.sup.beat(sim.now, b, Activity::Idle); // b is alive, a is not
+    sim.advance(6 * SEC - MS);
+    assert!(sim.kills.is_empty(), "killed before its timeout");
+    assert_eq!(sim.sup.next_deadline(), Some(sim.now + MS));
+    sim.advance(MS);
+    assert_eq!(sim.kills, vec![(sim.pid(a), libc::SIGKILL)]);
+    let exit = sim.exit(
+        a,
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    );
+    assert_eq!(exit.cause, Cause::Hung);
+    assert_eq!(exit.index, 0);
+    // It lived 10 s (healthy_after is 3 s): replaced at once.
+    assert_eq!(sim.live().len(), 2);
+    assert_eq!(sim.spawns(), 3);
+}
+
+#[test]
+fn a_worker_stuck_while_starting_is_killed_too() {
+    let mut sim = Sim::new(settings(1));
+    sim.advance(10 * SEC);
+    assert_eq!(sim.kills.len(), 1);
+}
+
+#[test]
+fn quit_stops_gracefully_then_kills_the_slow() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    let [a, b] = sim.serials()[..] else { panic!() };
+    sim.sup.signal(sim.now, libc::SIGQUIT);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Graceful));
+    assert!(sim.log.contains(&Action::Stop(a)) && sim.log.contains(&Action::Stop(b)));
+    assert!(sim.kills.is_empty(), "graceful means no signal");
+    // a finishes its iteration; b does not (but keeps beating).
+    sim.exit(a, ExitStatus::Exited(0));
+    sim.advance(4 * SEC);
+    sim.sup.beat(sim.now, b, Activity::Idle);
+    sim.advance(SEC);
+    assert_eq!(sim.kills, vec![(sim.pid(b), libc::SIGKILL)]);
+    let exit = sim.exit(
+        b,
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    );
+    assert_eq!(exit.cause, Cause::TooSlowToStop);
+    assert_eq!(sim.sup.phase(), Phase::Stopped);
+    let report = sim.sup.report().unwrap();
+    assert_eq!(report.shutdown, Shutdown::Graceful);
+    assert_eq!(report.signal, Some(libc::SIGQUIT));
+    assert!(report.success());
+    assert_eq!(sim.spawns(), 2, "nothing is respawned while stopping");
+}
+
+#[test]
+fn term_is_quick_and_escalates_to_kill() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    let pids: Vec<i32> = sim.serials().iter().map(|s| sim.pid(*s)).collect();
+    sim.sup.signal(sim.now, libc::SIGTERM);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
+    assert_eq!(
+        sim.kills,
+        pids.iter().map(|p| (*p, libc::SIGTERM)).collect::<Vec<_>>()
+    );
+    assert!(!sim.log.iter().any(|a| matches!(a, Action::Stop(_))));
+    sim.advance(SEC);
+    let kills: Vec<_> = sim.kills[2..].to_vec();
+    assert_eq!(
+        kills,
+        pids.iter().map(|p| (*p, libc::SIGKILL)).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn term_can_be_made_graceful_and_int_stays_quick() {
+    let s = Settings {
+        term_is_graceful: true,
+        ..settings(1)
+    };
+    let mut sim = Sim::new(s.clone());
+    sim.sup.signal(sim.now, libc::SIGTERM);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Graceful));
+    let mut sim = Sim::new(s);
+    sim.sup.signal(sim.now, libc::SIGINT);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
+}
+
+#[test]
+fn a_quick_stop_overrides_a_graceful_one() {
+    let mut sim = Sim::new(settings(1));
+    sim.ready_all();
+    sim.sup.signal(sim.now, libc::SIGQUIT);
+    sim.sup.signal(sim.now, libc::SIGINT);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
+    assert_eq!(sim.kills.len(), 1);
+    assert_eq!(sim.kills[0].1, libc::SIGTERM);
+    // And a graceful request after a quick one changes nothing.
+    sim.sup.signal(sim.now, libc::SIGQUIT);
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
+}
+
+#[test]
+fn ttin_ttou_and_winch_change_the_worker_count() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    sim.sup.signal(sim.now, libc::SIGTTIN);
+    sim.pump();
+    assert_eq!(
+        sim.live().iter().map(|l| l.1).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    sim.ready_all();
+    sim.sup.signal(sim.now, libc::SIGTTOU);
+    sim.sup.signal(sim.now, libc::SIGTTOU);
+    sim.pump();
+    assert_eq!(sim.live().iter().map(|l| l.1).collect::<Vec<_>>(), vec![0]);
+    assert_eq!(sim.sup.target(), 1);
+    sim.obey();
+    assert_eq!(sim.sup.process_count(), 1);
+    sim.sup.signal(sim.now, libc::SIGWINCH);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Paused);
+    sim.obey();
+    assert_eq!(sim.sup.process_count(), 0);
+    sim.advance(60 * SEC);
+    assert_eq!(sim.sup.process_count(), 0, "paused means no worker");
+    // HUP after WINCH brings the configured count back.
+    sim.sup.signal(sim.now, libc::SIGHUP);
+    sim.pump();
+    assert_eq!(sim.live().len(), 2);
+    sim.ready_all();
+    assert_eq!(sim.sup.phase(), Phase::Running);
+}
+
+#[test]
+fn hup_replaces_every_worker_one_at_a_time_never_below_the_target() {
+    let n = 4;
+    let mut sim = Sim::new(settings(n));
+    sim.ready_all();
+    let old: Vec<Serial> = sim.serials();
+    sim.sup.signal(sim.now, libc::SIGHUP);
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Reloading);
+    for _ in 0..n {
+        // One replacement forked, nobody asked to stop yet.
+        let starting: Vec<Serial> = sim
+            .serials()
+            .into_iter()
+            .filter(|s| !sim.sup.procs[s].ready)
+            .collect();
+        assert_eq!(starting.len(), 1, "one recycling at a time");
+        assert_eq!(sim.live_ready(), n);
+        sim.sup.ready(sim.now, starting[0]);
+        sim.pump();
+        assert!(sim.live_ready() >= n);
+        sim.obey(); // the old one stops
+        assert!(sim.live_ready() >= n);
+    }
+    assert_eq!(sim.sup.phase(), Phase::Running);
+    assert!(sim.serials().iter().all(|s| !old.contains(s)));
+    assert_eq!(
+        sim.phases(),
+        vec![
+            Phase::Starting,
+            Phase::Running,
+            Phase::Reloading,
+            Phase::Running
+        ]
+    );
+}
+
+#[test]
+fn early_deaths_back_off_exponentially_and_the_master_gives_up() {
+    let mut sim = Sim::new(settings(2));
+    let mut delays = Vec::new();
+    for round in 0..3 {
+        // Both workers die at once, right after start.
+        for s in sim.serials() {
+            sim.exit(s, ExitStatus::Exited(1));
+        }
+        if round < 2 {
+            assert!(sim.live().is_empty(), "respawned without backoff");
+            let before = sim.now;
+            // Step through the deadlines until both slots are refilled.
+            while sim.live().len() < 2 {
+                assert!(sim.step_to_deadline(10 * SEC));
+            }
+            delays.push(sim.now - before);
+        }
+    }
+    assert!(delays[0] >= 50 * MS && delays[0] <= 100 * MS, "{delays:?}");
+    assert!(delays[1] >= 100 * MS && delays[1] <= 200 * MS, "{delays:?}");
+    assert_eq!(sim.sup.phase(), Phase::Stopped);
+    let report = sim.sup.report().unwrap();
+    assert_eq!(report.shutdown, Shutdown::CrashLoop);
+    assert!(!report.success());
+    assert_eq!(report.failures, 6);
+}
+
+#[test]
+fn one_healthy_slot_keeps_the_master_going() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    sim.advance(5 * SEC);
+    sim.beat_all();
+    for _ in 0..10 {
+        let bad = sim.live().into_iter().find(|(_, i)| *i == 1).map(|l| l.0);
+        if let Some(bad) = bad {
+            sim.exit(
+                bad,
+                ExitStatus::Signaled {
+                    signal: libc::SIGSEGV,
+                    core_dumped: false,
+                },
+            );
+        }
+        sim.advance(SEC);
+        sim.beat_all();
+    }
+    assert_eq!(sim.sup.phase(), Phase::Running);
+}
+
+#[test]
+fn a_worker_alive_past_healthy_after_resets_its_backoff() {
+    let mut sim = Sim::new(settings(1));
+    for _ in 0..2 {
+        let s = sim.serials()[0];
+        sim.exit(s, ExitStatus::Exited(1));
+        while sim.live().is_empty() {
+            assert!(sim.step_to_deadline(10 * SEC));
+        }
+    }
+    assert_eq!(sim.sup.slots[0].failures, 2);
+    sim.ready_all();
+    sim.advance(3 * SEC);
+    assert_eq!(sim.sup.slots[0].failures, 0);
+    // The next early death starts again at the first delay.
+    let s = sim.serials()[0];
+    sim.sup.tick(sim.now);
+    sim.exit(s, ExitStatus::Exited(1));
+    assert_eq!(sim.sup.slots[0].failures, 0, "not early: it lived 3 s");
+    assert_eq!(sim.live().len(), 1, "replaced at once");
+}
+
+#[test]
+fn failed_forks_back_off_like_early_deaths() {
+    let s = settings(1);
+    let mut sim = Sim {
+        fail_spawns: 1,
+        ..Sim::new(Settings { workers: 1, ..s })
+    };
+    // The first spawn already succeeded in new(); make the next one fail.
+    let first = sim.serials()[0];
+    sim.exit(first, ExitStatus::Exited(1));
+    assert!(sim.live().is_empty());
+    while sim.live().is_empty() {
+        assert!(sim.step_to_deadline(10 * SEC));
+    }
+    assert_eq!(sim.sup.slots[0].failures, 2);
+}
+
+#[test]
+fn recycling_by_iterations_memory_and_age_waits_for_the_replacement() {
+    let s = Settings {
+        max_iterations: Some(100),
+        max_memory: Some(64 << 20),
+        max_age: Some(60 * SEC),
+        recycle_jitter: 0.0,
+        ..settings(3)
+    };
+    let mut sim = Sim::new(s);
+    let limits: Vec<Option<u64>> = sim
+        .log
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn {
+                iteration_limit, ..
+            } => Some(*iteration_limit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(limits, vec![Some(100); 3]);
+    sim.ready_all();
+    let [a, b, c] = sim.serials()[..] else {
+        panic!()
+    };
+    sim.sup.stats(sim.now, a, 1 << 20, 99);
+    sim.pump();
+    assert_eq!(sim.spawns(), 3, "below the limit: {:?}", sim.log);
+    sim.sup.stats(sim.now, a, 1 << 20, 100);
+    sim.sup.stats(sim.now, b, 65 << 20, 5);
+    sim.pump();
+    assert_eq!(sim.spawns(), 4, "one replacement at a time");
+    assert!(
+        !sim.log.iter().any(|x| matches!(x, Action::Stop(_))),
+        "old stays until the new is ready"
+    );
+    let new = *sim.serials().last().unwrap();
+    sim.sup.ready(sim.now, new);
+    sim.pump();
+    assert_eq!(
+        sim.log
+            .iter()
+            .filter(|x| matches!(x, Action::Stop(_)))
+            .count(),
+        1
+    );
+    assert!(sim.log.contains(&Action::Stop(a)));
+    sim.obey();
+    assert_eq!(sim.spawns(), 5, "then the next one");
+    sim.ready_all();
+    sim.obey();
+    assert!(!sim.serials().contains(&b));
+    // Age: c goes after 60 s.
+    for _ in 0..59 {
+        sim.advance(SEC);
+        sim.beat_all();
+    }
+    assert!(sim.serials().contains(&c));
+    sim.advance(SEC);
+    sim.ready_all();
+    sim.obey();
+    assert!(!sim.serials().contains(&c));
+    // The two replacements forked at the start are as old as c was: the
+    // next one is already being replaced, one at a time.
+    assert_eq!(sim.live().len(), 4);
+    assert_eq!(sim.live_ready(), 3);
+    assert!(sim.kills.is_empty());
+}
+
+#[test]
+fn a_replacement_that_dies_leaves_the_old_worker_running() {
+    let s = Settings {
+        max_iterations: Some(10),
+        recycle_jitter: 0.0,
+        ..settings(1)
+    };
+    let mut sim = Sim::new(s);
+    sim.ready_all();
+    let old = sim.serials()[0];
+    sim.sup.stats(sim.now, old, 0, 10);
+    sim.pump();
+    let new = sim.serials()[1];
+    sim.exit(new, ExitStatus::Exited(1));
+    assert_eq!(sim.live(), vec![(old, 0)]);
+    assert!(!sim.log.contains(&Action::Stop(old)));
+    // After the backoff, another replacement is tried.
+    while sim.serials().len() < 2 {
+        assert!(sim.step_to_deadline(10 * SEC));
+        sim.beat_all();
+    }
+}
+
+#[test]
+fn garbage_and_closed_channels_get_the_worker_killed() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    let [a, b] = sim.serials()[..] else { panic!() };
+    sim.sup.channel_failed(sim.now, a, true);
+    sim.sup.channel_failed(sim.now, b, false);
+    sim.pump();
+    assert_eq!(sim.kills.len(), 2);
+    assert_eq!(
+        sim.exit(
+            a,
+            ExitStatus::Signaled {
+                signal: 9,
+                core_dumped: false
+            }
+        )
+        .cause,
+        Cause::Protocol
+    );
+    assert_eq!(sim.exit(b, ExitStatus::Exited(0)).cause, Cause::Unexpected);
+    assert_eq!(sim.live().len(), 0, "early deaths wait for their backoff");
+    while sim.live().len() < 2 {
+        assert!(sim.step_to_deadline(SEC));
+    }
+}
+
+#[test]
+fn usr1_reaches_the_master_and_every_worker() {
+    let mut sim = Sim::new(settings(2));
+    sim.sup.signal(sim.now, libc::SIGUSR1);
+    sim.pump();
+    let n = sim
+        .log
+        .iter()
+        .filter(|a| matches!(a, Action::ReopenLogs(_)))
+        .count();
+    assert_eq!(n, 2);
+    assert!(sim.log.contains(&Action::ReopenMasterLogs));
+}
+
+#[test]
+fn unknown_pids_are_not_ours() {
+    let mut sim = Sim::new(settings(1));
+    assert!(!sim.sup.reaped(sim.now, 1, ExitStatus::Exited(0)));
+}
+
+#[derive(Debug, Clone)]
+enum Event {
+    Signal(c_int),
+    ReadyOne(usize),
+    BeatAll,
+    Die(usize),
+    ObeyAll,
+    Stats(usize, u64),
+    Advance(u64),
+}
+
+fn event() -> impl Strategy<Value = Event> {
+    prop_oneof![
+        prop::sample::select(vec![
+            libc::SIGHUP,
+            libc::SIGTTIN,
+            libc::SIGTTOU,
+            libc::SIGWINCH,
+            libc::SIGUSR1,
+        ])
+        .prop_map(Event::Signal),
+        (0usize..8).prop_map(Event::ReadyOne),
+        Just(Event::BeatAll),
+        (0usize..8).prop_map(Event::Die),
+        Just(Event::ObeyAll),
+        (0usize..8, 0u64..200).prop_map(|(i, n)| Event::Stats(i, n)),
+        (0u64..15_000).prop_map(Event::Advance),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn invariants_hold_under_any_sequence(events in prop::collection::vec(event(), 1..80), graceful: bool) {
+        let s = Settings { max_iterations: Some(50), ..settings(3) };
+        let mut sim = Sim::new(s);
+        for ev in events {
+            match ev {
+                Event::Signal(sig) => { sim.sup.signal(sim.now, sig); sim.pump(); }
+                Event::ReadyOne(i) => {
+                    let ss = sim.serials();
+                    if !ss.is_empty() { sim.sup.ready(sim.now, ss[i % ss.len()]); sim.pump(); }
+                }
+                Event::BeatAll => sim.beat_all(),
+                Event::Die(i) => {
+                    let ss = sim.serials();
+                    if !ss.is_empty() { sim.exit(ss[i % ss.len()], ExitStatus::Exited(1)); }
+                }
+                Event::ObeyAll => sim.obey(),
+                Event::Stats(i, n) => {
+                    let ss = sim.serials();
+                    if !ss.is_empty() { sim.sup.stats(sim.now, ss[i % ss.len()], 0, n); sim.pump(); }
+                }
+                Event::Advance(ms) => sim.advance(Duration::from_millis(ms)),
+            }
+            // At most one live worker per slot, two while that slot recycles.
+            for i in 0..=MAX_WORKERS.min(8) {
+                let n = sim.live().iter().filter(|l| l.1 == i).count();
+                let recycling_here = sim.sup.recycling.is_some_and(|(o, _)| sim.sup.procs.get(&o).is_some_and(|p| p.index == i));
+                prop_assert!(n <= if recycling_here { 2 } else { 1 }, "slot {} has {} live workers", i, n);
+            }
+            // A deadline, when there is one, is never in the past after a tick.
+            if let Some(t) = sim.sup.next_deadline() {
+                sim.sup.tick(sim.now);
+                sim.pump();
+                prop_assert!(sim.sup.next_deadline().is_none_or(|t2| t2 > sim.now || t2 >= t));
+            }
+            if sim.sup.phase() == Phase::Stopped { break; }
+        }
+        // Whatever happened, a shutdown ends with every process gone.
+        sim.sup.signal(sim.now, if graceful { libc::SIGQUIT } else { libc::SIGTERM });
+        sim.pump();
+        for _ in 0..10 {
+            sim.obey();
+            if !sim.step_to_deadline(60 * SEC) { break; }
+        }
+        sim.obey();
+        prop_assert_eq!(sim.sup.phase(), Phase::Stopped);
+        prop_assert!(sim.sup.report().is_some());
+    }
+}
