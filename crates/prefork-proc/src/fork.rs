@@ -61,7 +61,9 @@ pub enum Fork {
 /// killed when dropped; reap it with [`reap`](crate::reap) or
 /// [`Child::wait`].
 ///
-/// Not async-signal-safe (it reads `/proc/self/stat`, without allocating).
+/// Async-signal-safe in practice: [`thread_count`] reads `/proc/self/stat`
+/// with open, read and close, without allocating; the refusal error
+/// allocates.
 ///
 /// # Examples
 ///

@@ -288,6 +288,21 @@ mod tests {
     }
 
     #[test]
+    fn every_16_bit_status_is_one_kind_at_most() {
+        // Exhaustive over every status the kernel can report (16 bits).
+        for raw in 0..=0xffff {
+            let Some(status) = ExitStatus::from_raw(raw) else {
+                continue;
+            };
+            assert_ne!(status.code().is_some(), status.signal().is_some(), "{raw:#x}");
+            assert_eq!(ExitStatus::from_raw(status.into_raw()), Some(status), "{raw:#x}");
+            if let Some(signal) = status.signal() {
+                assert!((1..0x7f).contains(&signal), "{raw:#x}");
+            }
+        }
+    }
+
+    #[test]
     fn stopped_and_continued_are_not_ends() {
         for signal in [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU] {
             assert_eq!(ExitStatus::from_raw((signal << 8) | 0x7f), None);
