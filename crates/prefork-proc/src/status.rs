@@ -294,8 +294,16 @@ mod tests {
             let Some(status) = ExitStatus::from_raw(raw) else {
                 continue;
             };
-            assert_ne!(status.code().is_some(), status.signal().is_some(), "{raw:#x}");
-            assert_eq!(ExitStatus::from_raw(status.into_raw()), Some(status), "{raw:#x}");
+            assert_ne!(
+                status.code().is_some(),
+                status.signal().is_some(),
+                "{raw:#x}"
+            );
+            assert_eq!(
+                ExitStatus::from_raw(status.into_raw()),
+                Some(status),
+                "{raw:#x}"
+            );
             if let Some(signal) = status.signal() {
                 assert!((1..0x7f).contains(&signal), "{raw:#x}");
             }
