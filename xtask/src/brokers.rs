@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::run::{run, which};
+use crate::run::{apt_install, which};
 
 /// How to tell that a server is ready.
 #[derive(Debug, Clone, Copy)]
@@ -238,39 +238,12 @@ impl Drop for Brokers {
 
 /// Installs the Debian packages of the servers not found on `PATH`.
 fn install_missing(specs: &[&Spec]) -> Result<()> {
-    let mut packages: Vec<&str> = specs
+    let packages: Vec<&str> = specs
         .iter()
         .filter(|s| which(s.program).is_none())
         .flat_map(|s| s.apt.iter().copied())
         .collect();
-    if packages.is_empty() {
-        return Ok(());
-    }
-    packages.sort_unstable();
-    packages.dedup();
-    println!("installing {}", packages.join(" "));
-    if which("apt-get").is_none() {
-        bail!(
-            "{} missing and there is no apt-get: install it by hand",
-            packages.join(", ")
-        );
-    }
-    let sudo = !nix::unistd::geteuid().is_root() && which("sudo").is_some();
-    let apt = |args: &[&str]| {
-        let mut cmd = if sudo {
-            let mut c = Command::new("sudo");
-            c.args(["-n", "--preserve-env=DEBIAN_FRONTEND", "apt-get"]);
-            c
-        } else {
-            Command::new("apt-get")
-        };
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        cmd
-    };
-    run(&mut apt(&["update", "-q"]))?;
-    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
-    install.args(&packages);
-    run(&mut install)?;
+    apt_install(&packages)?;
     for spec in specs {
         if which(spec.program).is_none() {
             bail!("{} is still not on PATH after installing", spec.program);

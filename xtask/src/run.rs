@@ -231,6 +231,44 @@ pub(crate) fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Installs Debian packages with `apt-get` (non-interactive, after an
+/// `apt-get update`), through `sudo -n` when not root. Does nothing for an
+/// empty list.
+///
+/// # Errors
+/// When there is no apt-get or it fails.
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+    let mut packages = packages.to_vec();
+    if packages.is_empty() {
+        return Ok(());
+    }
+    packages.sort_unstable();
+    packages.dedup();
+    println!("installing {}", packages.join(" "));
+    if which("apt-get").is_none() {
+        bail!(
+            "{} missing and there is no apt-get: install it by hand",
+            packages.join(", ")
+        );
+    }
+    let sudo = !nix::unistd::geteuid().is_root() && which("sudo").is_some();
+    let apt = |args: &[&str]| {
+        let mut cmd = if sudo {
+            let mut c = Command::new("sudo");
+            c.args(["-n", "--preserve-env=DEBIAN_FRONTEND", "apt-get"]);
+            c
+        } else {
+            Command::new("apt-get")
+        };
+        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    run(&mut apt(&["update", "-q"]))?;
+    let mut install = apt(&["install", "-y", "-q", "--no-install-recommends"]);
+    install.args(&packages);
+    run(&mut install)
+}
+
 /// One step of a run: a name and the function that does it.
 pub(crate) type Step = (&'static str, fn(&mut Ctx) -> Result<()>);
 
@@ -298,7 +336,7 @@ pub(crate) fn run_steps(title: &str, ctx: &mut Ctx, steps: &[Step]) -> Result<()
         "",
         fmt_duration(started.elapsed())
     );
-    if ctx.tally != Tally::default() {
+    if error.is_none() && ctx.tally != Tally::default() {
         println!(
             "tests: {} passed, {} failed",
             ctx.tally.passed, ctx.tally.failed

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::brokers::{self, Brokers, Mode};
-use crate::run::{Ctx, cargo_has, run, run_tests, which};
+use crate::run::{Ctx, apt_install, cargo_has, run, run_tests, which};
 use crate::workspace;
 
 /// Default length of each fuzz target's smoke run under `ci`, in seconds.
@@ -201,7 +201,7 @@ pub(crate) fn fuzz_smoke(ctx: &mut Ctx) -> Result<()> {
         println!("fuzz/Cargo.toml declares no fuzz target");
         return Ok(());
     }
-    ensure_cargo_fuzz(ctx)?;
+    ensure_fuzz_tools(ctx)?;
     run(&mut fuzz_cmd(ctx, &["build"]))?;
     for target in &targets {
         fuzz_run(ctx, target, ctx.fuzz_secs)?;
@@ -222,7 +222,7 @@ pub(crate) fn fuzz_one(ctx: &mut Ctx, target: &str, secs: u64) -> Result<()> {
             targets.join(", ")
         );
     }
-    ensure_cargo_fuzz(ctx)?;
+    ensure_fuzz_tools(ctx)?;
     fuzz_run(ctx, target, secs)
 }
 
@@ -264,9 +264,14 @@ fn fuzz_cmd(ctx: &Ctx, args: &[&str]) -> Command {
     cmd
 }
 
-/// Installs cargo-fuzz with `cargo install --locked` when `cargo fuzz`
-/// is missing.
-fn ensure_cargo_fuzz(ctx: &Ctx) -> Result<()> {
+/// Installs what fuzzing needs when it is missing: a C++ compiler (for
+/// libFuzzer, which libfuzzer-sys builds) and cargo-fuzz (with
+/// `cargo install --locked`).
+fn ensure_fuzz_tools(ctx: &Ctx) -> Result<()> {
+    if which("c++").is_none() {
+        println!("no C++ compiler (libFuzzer needs one): installing g++");
+        apt_install(&["g++"])?;
+    }
     if cargo_has(ctx, "fuzz") {
         return Ok(());
     }
