@@ -42,6 +42,9 @@ const CONTROL_RECYCLE: u8 = 3;
 const MIN_BUFFER: usize = 4096;
 /// An empty decoder buffer larger than this is released instead of kept.
 const KEEP_BUFFER: usize = 64 * 1024;
+/// Most bytes a single read asks for: the buffer grows with the bytes that
+/// arrive, not with the length a header claims.
+const MAX_READ: usize = 64 * 1024;
 
 /// One message between the master and a worker.
 ///
@@ -514,7 +517,8 @@ impl Decoder {
     }
 
     /// How many bytes a read should ask for: the rest of the frame being
-    /// received when its header is known and valid, else a small chunk.
+    /// received when its header is known and valid (at most [`MAX_READ`]),
+    /// else a small chunk.
     pub(crate) fn read_hint(&self) -> usize {
         let held = &self.buf[self.start..self.end];
         if held.len() >= HEADER_LEN && held[0] == VERSION {
@@ -522,9 +526,8 @@ impl Decoder {
             if let Ok(len) = usize::try_from(len)
                 && len <= self.max
             {
-                return (HEADER_LEN + len)
-                    .saturating_sub(held.len())
-                    .max(MIN_BUFFER);
+                let rest = (HEADER_LEN + len).saturating_sub(held.len());
+                return rest.clamp(MIN_BUFFER, MAX_READ);
             }
         }
         MIN_BUFFER
@@ -594,11 +597,18 @@ mod tests {
     }
 
     #[test]
-    fn read_hint_asks_for_the_rest_of_a_large_frame() {
+    fn reads_grow_the_buffer_with_the_data_not_the_claimed_length() {
         let mut d = Decoder::new();
         d.feed(&[VERSION, KIND_JOB, 0, 0, 1, 0]); // 65536-byte body
         assert_eq!(d.read_hint(), 65536);
+        d.feed(&[0; 1000]);
+        assert_eq!(d.read_hint(), 65536 + HEADER_LEN - 1006);
+
+        let mut d = Decoder::new();
+        d.feed(&[VERSION, KIND_JOB, 0, 0, 0, 1]); // 16 MiB claimed
+        assert_eq!(d.read_hint(), MAX_READ);
         let spare = d.spare(d.read_hint()).len();
-        assert!(spare >= 65536);
+        assert!(spare >= MAX_READ);
+        assert!(d.buf.len() <= HEADER_LEN + MAX_READ);
     }
 }
