@@ -3,6 +3,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -46,6 +47,10 @@ fn main() {
         Case::new(
             "second_owner_of_a_signal_is_refused",
             second_owner_of_a_signal_is_refused,
+        ),
+        Case::new(
+            "drop_while_another_thread_signals_never_writes_into_reused_fds",
+            drop_while_another_thread_signals_never_writes_into_reused_fds,
         ),
         Case::new(
             "pipe_is_cloexec_and_nonblocking",
@@ -441,4 +446,58 @@ fn pipe_is_cloexec_and_nonblocking() {
     assert_ne!(fl_flags & libc::O_NONBLOCK, 0);
     // Non-blocking in practice: an empty drain returns at once.
     assert_eq!(queue.drain().expect("drain"), Vec::<c_int>::new());
+}
+
+/// A plain non-blocking pipe, to take over fd numbers a queue just freed.
+fn plain_pipe() -> (OwnedFd, OwnedFd) {
+    let mut fds = [-1 as c_int; 2];
+    // SAFETY: `fds` has room for the two fds pipe2 writes.
+    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert_eq!(rc, 0, "pipe2");
+    // SAFETY: pipe2 succeeded; both fds are open and owned by nobody else.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Bytes waiting in a non-blocking pipe's read end.
+fn pending_bytes(read: &OwnedFd) -> usize {
+    let mut buf = [0u8; 64];
+    // SAFETY: open fd, 64 writable bytes.
+    let n = unsafe { libc::read(read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).unwrap_or(0)
+}
+
+fn drop_while_another_thread_signals_never_writes_into_reused_fds() {
+    // SIGUSR1 is ignored between queues, so the sender cannot kill us.
+    set_disposition(libc::SIGUSR1, libc::SIG_IGN, 0);
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sender = {
+        let stop = stop.clone();
+        // raise(3) from this thread runs the handler on this thread, while
+        // the main thread creates and drops queues.
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                raise(libc::SIGUSR1);
+            }
+        })
+    };
+
+    let mut received = 0;
+    for _ in 0..20_000 {
+        let mut queue = SignalQueue::new(&[libc::SIGUSR1]).expect("queue");
+        std::thread::yield_now();
+        received += queue.drain().expect("drain").len();
+        drop(queue);
+        // The new pipe takes the lowest free fd numbers: the ones the queue
+        // just closed. A handler still holding the old write fd would now
+        // write into this pipe.
+        let (read, _write) = plain_pipe();
+        std::thread::yield_now();
+        assert_eq!(pending_bytes(&read), 0, "a handler wrote into a reused fd");
+    }
+    stop.store(true, Ordering::Relaxed);
+    sender.join().expect("sender thread");
+    assert_eq!(disposition(libc::SIGUSR1).0, libc::SIG_IGN);
+    // The race was exercised: the handler ran on the other thread while
+    // queues lived.
+    assert!(received > 0, "no signal reached any queue");
 }
