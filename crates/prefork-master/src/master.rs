@@ -528,7 +528,7 @@ impl<W: Worker> Loop<W> {
             tracing::error!(error = %e, worker = index, "worker set-up failed");
             exit_worker(1);
         }
-        let ctx = Context::new(
+        let mut ctx = Context::new(
             channel,
             ContextSettings {
                 index,
@@ -544,10 +544,12 @@ impl<W: Worker> Loop<W> {
         );
         let code = run_worker(
             &mut self.worker,
-            ctx,
+            &mut ctx,
             &mut self.hooks,
             self.settings.timeout,
         );
+        // `ctx` is not dropped: its channel closes when the process exits,
+        // so the master never sees EOF from a worker that still lives.
         exit_worker(code)
     }
 }
@@ -577,11 +579,10 @@ const PANIC_STATUS: i32 = 101;
 /// The worker's life after set-up. Returns its exit status.
 fn run_worker<W: Worker>(
     worker: &mut W,
-    mut ctx: Context,
+    ctx: &mut Context,
     hooks: &mut Hooks,
     timeout: Duration,
 ) -> i32 {
-    let ctx = &mut ctx;
     let _ = ctx.set_state("starting");
     let index = ctx.worker_index();
     let _span = tracing::info_span!("worker", index, pid = std::process::id()).entered();
