@@ -144,7 +144,12 @@ fn deps(ctx: &Ctx, bad: &mut Vec<String>) -> Result<()> {
             .filter(|(d, _)| *d == 1)
             .map(|(_, n)| n.as_str())
             .collect();
-        println!("deps: {} -> {}", rule.krate, direct.join(", "));
+        let shown = if direct.is_empty() {
+            "(nothing)".to_string()
+        } else {
+            direct.join(", ")
+        };
+        println!("deps: {} -> {shown}", rule.krate);
         if let Some(only) = rule.only_direct {
             for dep in direct.iter().filter(|d| !only.contains(d)) {
                 bad.push(format!(

@@ -171,13 +171,24 @@ pub(crate) fn bench_build(ctx: &mut Ctx) -> Result<()> {
 }
 
 /// `cargo xtask bench`: runs the criterion benches (each configured short
-/// by its author), passing `extra` to them.
+/// by its author), passing `extra` to them. Only bench targets run
+/// (`--bench '*'`), not the libtest bench harness of libs and bins, which
+/// would refuse criterion's flags.
 ///
 /// # Errors
 /// When a broker cannot start or a bench fails.
 pub(crate) fn bench(ctx: &mut Ctx, extra: &[String]) -> Result<()> {
+    let has_benches = ctx
+        .ws
+        .packages
+        .iter()
+        .any(|p| p.targets.iter().any(|t| t.is("bench")));
+    if !has_benches {
+        println!("no bench target in the workspace");
+        return Ok(());
+    }
     start_brokers(ctx)?;
-    let mut args: Vec<String> = ["bench", "--workspace", "--benches"]
+    let mut args: Vec<String> = ["bench", "--workspace", "--bench", "*"]
         .map(String::from)
         .to_vec();
     if !extra.is_empty() {
