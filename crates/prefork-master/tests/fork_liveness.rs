@@ -201,6 +201,14 @@ fn a_bad_setting_is_refused_at_start() {
     d.cleanup();
 }
 
+fn a_multi_threaded_master_refuses_to_run() {
+    let mut d = Daemon::spawn(&[("TESTD_THREADED", "1")]);
+    assert_eq!(d.wait_exit(WAIT), Some(3));
+    assert!(d.log().contains("single-threaded"), "{}", d.log());
+    assert!(d.workers().is_empty());
+    d.cleanup();
+}
+
 fn main() {
     support::maybe_run_daemon();
     run(&[
@@ -247,6 +255,10 @@ fn main() {
         Case::new(
             "a_bad_setting_is_refused_at_start",
             a_bad_setting_is_refused_at_start,
+        ),
+        Case::new(
+            "a_multi_threaded_master_refuses_to_run",
+            a_multi_threaded_master_refuses_to_run,
         ),
     ]);
 }

@@ -176,6 +176,96 @@ fn usr2_is_ignored_for_now() {
     d.quit();
 }
 
+fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .replace('\0', " ")
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+fn process_titles_say_who_is_who() {
+    let d = Daemon::start(&[("TESTD_WORKERS", "2")], 2);
+    assert!(
+        wait_until(WAIT, || cmdline(d.pid()) == "testd master"),
+        "{:?}",
+        cmdline(d.pid())
+    );
+    let mut titles: Vec<String> = Vec::new();
+    assert!(
+        wait_until(WAIT, || {
+            titles = d.workers().iter().map(|p| cmdline(*p)).collect();
+            titles.sort();
+            titles == ["testd worker[0] running", "testd worker[1] running"]
+        }),
+        "{titles:?}"
+    );
+    d.quit();
+}
+
+/// What `/proc/PID/fd` of a worker points at, sorted.
+fn fd_targets(pid: i32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            std::fs::read_link(e.path())
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn a_worker_holds_none_of_the_masters_descriptors() {
+    // What this test process holds (e.g. cargo's jobserver pipe, not
+    // close-on-exec) is inherited by the daemon; leave that aside.
+    let inherited = fd_targets(std::process::id() as i32);
+    let d = Daemon::start(&[("TESTD_WORKERS", "3")], 3);
+    let log = d.dir.join("log").to_string_lossy().into_owned();
+    let master = fd_targets(d.pid());
+    let sockets = |fds: &[String]| fds.iter().filter(|t| t.starts_with("socket:")).count();
+    assert_eq!(
+        sockets(&master),
+        3,
+        "the master holds one channel per worker: {master:?}"
+    );
+    assert!(master.iter().any(|t| t.contains("eventpoll")), "{master:?}");
+    for w in d.workers() {
+        let fds: Vec<String> = fd_targets(w)
+            .into_iter()
+            .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
+            .collect();
+        // stdout and stderr (the log), its marks file, its own channel: no
+        // epoll, no signal pipe, no sibling's channel.
+        let own = fds
+            .iter()
+            .find(|t| t.starts_with("socket:"))
+            .expect("its channel")
+            .clone();
+        let marks = d
+            .dir
+            .join(format!("marks.{w}"))
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            fds,
+            [log.clone(), log.clone(), marks, own.clone()],
+            "worker {w}"
+        );
+        assert!(
+            !master.contains(&own),
+            "the worker's end is not the master's"
+        );
+    }
+    d.quit();
+}
+
 fn main() {
     support::maybe_run_daemon();
     run(&[
@@ -206,5 +296,13 @@ fn main() {
             usr1_reopens_the_logs_of_every_worker,
         ),
         Case::new("usr2_is_ignored_for_now", usr2_is_ignored_for_now),
+        Case::new(
+            "process_titles_say_who_is_who",
+            process_titles_say_who_is_who,
+        ),
+        Case::new(
+            "a_worker_holds_none_of_the_masters_descriptors",
+            a_worker_holds_none_of_the_masters_descriptors,
+        ),
     ]);
 }

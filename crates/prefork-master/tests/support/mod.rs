@@ -102,6 +102,10 @@ fn daemon_main() -> ! {
     if std::env::var_os("TESTD_TERM_GRACEFUL").is_some() {
         builder = builder.term_is_graceful(true);
     }
+    if std::env::var_os("TESTD_THREADED").is_some() {
+        // A thread started before run(): the master must refuse to fork.
+        std::thread::spawn(|| std::thread::sleep(Duration::from_secs(60)));
+    }
     let master = match builder.build() {
         Ok(m) => m,
         Err(e) => {
