@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use prefork_heartbeat::{Channel, Decoder, Message, Progress, encode};
@@ -48,6 +48,64 @@ fn heartbeat_echo(mut ch: Channel) {
             Err(_) => break,
         }
     }
+}
+
+/// One bare round trip: a byte there and back.
+fn bare_round_trip(sock: &mut UnixStream) {
+    let mut byte = [7_u8; 1];
+    sock.write_all(&byte).unwrap();
+    sock.read_exact(&mut byte).unwrap();
+    black_box(byte[0]);
+}
+
+/// One heartbeat round trip: encode and send, the peer decodes and answers,
+/// decode the answer.
+fn heartbeat_round_trip(ch: &mut Channel, msg: &Message) {
+    ch.send(black_box(msg)).unwrap();
+    loop {
+        if let Some(reply) = ch.recv_timeout(PATIENCE).unwrap() {
+            black_box(reply);
+            return;
+        }
+    }
+}
+
+/// The ratio again, robust to load that changes during the run: batches of
+/// both round trips alternate, and the median of the per-batch ratios is
+/// printed with the median times.
+fn interleaved(bare: &mut UnixStream, ch: &mut Channel, msg: &Message) {
+    const BATCHES: usize = 51;
+    const BATCH: u32 = 200;
+    let mut ratios = Vec::with_capacity(BATCHES);
+    let mut bare_us = Vec::with_capacity(BATCHES);
+    let mut frame_us = Vec::with_capacity(BATCHES);
+    let per_trip = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / f64::from(BATCH);
+    for i in 0..BATCHES {
+        let (mut b, mut h) = (0.0, 0.0);
+        for first_bare in [i % 2 == 0, i % 2 != 0] {
+            let t = Instant::now();
+            if first_bare {
+                (0..BATCH).for_each(|_| bare_round_trip(bare));
+                b = per_trip(t);
+            } else {
+                (0..BATCH).for_each(|_| heartbeat_round_trip(ch, msg));
+                h = per_trip(t);
+            }
+        }
+        ratios.push(h / b);
+        bare_us.push(b);
+        frame_us.push(h);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "interleaved, median of {BATCHES} batches of {BATCH}: bare {:.2} us, heartbeat {:.2} us, ratio {:.2}",
+        median(&mut bare_us),
+        median(&mut frame_us),
+        median(&mut ratios)
+    );
 }
 
 /// Forks; returns the child's pid in the parent, `None` in the child.
@@ -96,24 +154,11 @@ fn main() {
         .configure_from_args();
     let mut g = c.benchmark_group("heartbeat_round_trip");
     g.bench_function("bare_1byte_pingpong", |b| {
-        let mut byte = [0_u8; 1];
-        b.iter(|| {
-            bare.write_all(&[7]).unwrap();
-            bare.read_exact(&mut byte).unwrap();
-            black_box(byte[0]);
-        });
+        b.iter(|| bare_round_trip(&mut bare));
     });
     let msg = heartbeat();
     g.bench_function("heartbeat_frame", |b| {
-        b.iter(|| {
-            chan.send(black_box(&msg)).unwrap();
-            loop {
-                if let Some(reply) = chan.recv_timeout(PATIENCE).unwrap() {
-                    black_box(reply);
-                    break;
-                }
-            }
-        });
+        b.iter(|| heartbeat_round_trip(&mut chan, &msg));
     });
     // Where the time goes: the codec alone, in one process.
     g.bench_function("encode_decode_only", |b| {
@@ -127,6 +172,7 @@ fn main() {
         });
     });
     g.finish();
+    interleaved(&mut bare, &mut chan, &msg);
 
     // End of file tells both peers to exit.
     drop(bare);
