@@ -397,11 +397,14 @@ impl Queue {
                     // and look again later.
                     self.next_promote_us = self.next_promote_us.min(r.due_us);
                 }
-                Some(r) => {
-                    if let Some(d) = self.claim(&name, r, now)? {
-                        out.push(d);
-                    }
-                }
+                Some(r) => match self.claim(&name, r, now) {
+                    Ok(Some(d)) => out.push(d),
+                    Ok(None) => {}
+                    // Hand out what is claimed already; the error comes
+                    // back on the next call if it persists.
+                    Err(_) if !out.is_empty() => break,
+                    Err(e) => return Err(e),
+                },
             }
         }
         Ok(out)
@@ -628,6 +631,11 @@ impl Broker for Queue {
             return Ok(Vec::new());
         }
         let deadline = Instant::now() + timeout;
+        if !timeout.is_zero() {
+            // Watch before looking, so nothing that arrives after the look
+            // is missed.
+            self.waiter();
+        }
         loop {
             if let Some(w) = &self.waiter {
                 w.clear();

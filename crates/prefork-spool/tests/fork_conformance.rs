@@ -160,7 +160,7 @@ fn serve_spool_role() {
             }
         }
         // Fetches and acks until the queue stays empty for arg ms, saying
-        // each ack after it returned.
+        // "acking" before each ack and "acked" after it returned.
         "consume" => {
             let quiet = Duration::from_millis(arg.parse().unwrap());
             let mut q = spool(&dir, Duration::from_secs(60));
@@ -169,6 +169,8 @@ fn serve_spool_role() {
                 for d in q.fetch(3, Duration::from_millis(100)).unwrap() {
                     last = Instant::now();
                     let p = String::from_utf8(d.payload().to_vec()).unwrap();
+                    writeln!(out, "acking {p}").unwrap();
+                    out.flush().unwrap();
                     q.ack(d).unwrap();
                     writeln!(out, "acked {p}").unwrap();
                     out.flush().unwrap();
@@ -207,9 +209,9 @@ fn several_processes_ack_each_job_once() {
     let mut acks: BTreeMap<String, usize> = BTreeMap::new();
     for c in &mut consumers {
         for l in lines(c) {
-            *acks
-                .entry(l.strip_prefix("acked ").unwrap().to_owned())
-                .or_default() += 1;
+            if let Some(p) = l.strip_prefix("acked ") {
+                *acks.entry(p.to_owned()).or_default() += 1;
+            }
         }
         assert!(c.wait().unwrap().success());
     }
@@ -229,8 +231,9 @@ fn several_processes_ack_each_job_once() {
 }
 
 /// Publishers and consumers are SIGKILLed at arbitrary instants, over and
-/// over; afterwards every published job is found (acked before, or drained
-/// now), no file is corrupt, and no temp file is left.
+/// over; afterwards every job a publisher reported is found (reported acked,
+/// or drained now; a consumer killed right after an ack may leave that one
+/// job unreported), no file is corrupt, and no temp file is left.
 fn sigkill_at_any_instant_loses_nothing() {
     let dir = TempDir::new("sigkill");
     let mut published = BTreeSet::new();
@@ -242,6 +245,9 @@ fn sigkill_at_any_instant_loses_nothing() {
         rng ^= rng << 17;
         rng % bound
     };
+    // A consumer killed between its ack and its "acked" line leaves one job
+    // that was acked but not reported: at most one per consumer process.
+    let mut unreported = Vec::new();
     for round in 0..12u32 {
         let base = round * 1000;
         let mut kids = vec![
@@ -255,13 +261,18 @@ fn sigkill_at_any_instant_loses_nothing() {
             sleep(Duration::from_micros(next(3000)));
         }
         for k in &mut kids {
+            let mut acking = None;
             for l in lines(k) {
                 if let Some(p) = l.strip_prefix("published ") {
                     published.insert(p.to_owned());
+                } else if let Some(p) = l.strip_prefix("acking ") {
+                    acking = Some(p.to_owned());
                 } else if let Some(p) = l.strip_prefix("acked ") {
                     acked.insert(p.to_owned());
+                    acking = None;
                 }
             }
+            unreported.extend(acking);
         }
     }
     assert!(!published.is_empty());
@@ -271,7 +282,10 @@ fn sigkill_at_any_instant_loses_nothing() {
         acked.insert(String::from_utf8(d.payload().to_vec()).unwrap());
         q.ack(d).unwrap();
     }
-    let lost: Vec<_> = published.difference(&acked).collect();
+    let lost: Vec<_> = published
+        .difference(&acked)
+        .filter(|p| !unreported.contains(p))
+        .collect();
     assert!(
         lost.is_empty(),
         "{} jobs lost, e.g. {:?}",
