@@ -1,0 +1,43 @@
+//! Every item reached through every path the facade offers is the same
+//! item as in its own crate (crossbeam's `subcrates` test, in spirit).
+
+use std::time::Duration;
+
+#[test]
+fn the_top_level_names_are_the_masters() {
+    let err = prefork::Master::builder()
+        .timeout(Duration::ZERO)
+        .build()
+        .unwrap_err();
+    let same: &prefork_master::ConfigError = &err;
+    assert_eq!(same.setting(), "timeout");
+    let via_module: prefork::master::Builder = prefork::master::Master::builder();
+    assert!(via_module.workers(2).build().is_ok());
+    assert_eq!(prefork::MAX_WORKERS, prefork_master::MAX_WORKERS);
+    let _: fn(prefork::Phase) -> prefork_master::Phase = |p| p;
+    let _: fn(prefork::Shutdown) -> prefork::master::Shutdown = |s| s;
+}
+
+#[test]
+fn a_closure_is_a_worker() {
+    fn takes_worker(_: impl prefork::Worker) {}
+    takes_worker(prefork::from_fn(|ctx| {
+        let _ = ctx.worker_index();
+        Ok(())
+    }));
+}
+
+#[test]
+fn the_parts_are_reachable() {
+    let (mut a, mut b) = prefork::heartbeat::Channel::pair().unwrap();
+    a.send(&prefork::heartbeat::Message::Ready { pid: 1 }).unwrap();
+    assert_eq!(
+        b.recv().unwrap(),
+        Some(prefork_heartbeat::Message::Ready { pid: 1 })
+    );
+    assert_eq!(
+        prefork::proc::ExitStatus::Exited(3),
+        prefork_proc::ExitStatus::Exited(3)
+    );
+    assert!(prefork::selfpipe::FORBIDDEN.contains(&libc::SIGKILL));
+}
