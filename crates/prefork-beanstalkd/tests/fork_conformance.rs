@@ -1,0 +1,248 @@
+//! The broker conformance kit against a live beanstalkd, plus the
+//! adapter's own cases that need the real server: a forked child dropping
+//! an inherited handle, attempt counting, dead-letter
+//! records, oversized jobs.
+//!
+//! A `harness = false` target: every case runs in a process of its own
+//! (`prefork_tests::harness`); the kit's cases start this binary again as
+//! helpers and SIGKILL them, and one case forks.
+//!
+//! The server comes from `PREFORK_BEANSTALKD_URL` (set by `cargo xtask`).
+//! Without it the run fails under CI (`CI` or `PREFORK_REQUIRE_BROKERS=1`)
+//! and is skipped, saying why, elsewhere.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use prefork_beanstalkd::{Beanstalkd, Config, URL_ENV};
+use prefork_broker::conformance::Kit;
+use prefork_broker::{Broker, Delivery, DeliveryId, ErrorKind};
+use prefork_proc::Fork;
+use prefork_tests::harness::{Case, run};
+
+/// The claim timeout of the handles under test: beanstalkd's smallest TTR.
+const TTR: Duration = Duration::from_secs(1);
+
+fn config() -> Config {
+    Config::from_env()
+        .expect("PREFORK_BEANSTALKD_URL")
+        .expect("PREFORK_BEANSTALKD_URL is set (checked in main)")
+        .ttr(TTR)
+        .poll_interval(Duration::from_millis(10))
+}
+
+fn open(tube: &str) -> Beanstalkd {
+    config()
+        .open(tube)
+        .unwrap_or_else(|e| panic!("open {tube}: {e}"))
+}
+
+fn kit() -> Kit {
+    Kit::new(|q: &str| config().open(q)).lease(TTR)
+}
+
+/// A tube name no other case (in any process or run) uses.
+fn unique_tube(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!(
+        "{tag}-{}-{:x}-{}",
+        std::process::id(),
+        nanos & 0xffff_ffff_ffff,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn fetch_one(b: &mut Beanstalkd, within: Duration) -> Delivery {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(d) = b.fetch_one(Duration::from_millis(300)).expect("fetch") {
+            return d;
+        }
+        assert!(Instant::now() < deadline, "no job came within {within:?}");
+    }
+}
+
+fn assert_empty(b: &mut Beanstalkd) {
+    if let Some(d) = b.fetch_one(Duration::from_millis(300)).expect("fetch") {
+        panic!("expected an empty tube, got {d:?}");
+    }
+}
+
+/// beanstalkc sends `quit` when a connection is dropped, so a forked child
+/// dropping its inherited copy ends the parent's session (and the server
+/// then releases the parent's reserved jobs). Ours writes nothing on drop:
+/// the parent's claim and session survive the child's drop, and the child
+/// works through a connection of its own, opened after the fork.
+fn fork_child_dropping_inherited_handle_keeps_parent_session() {
+    let tube = unique_tube("fork");
+    let mut parent = open(&tube);
+    parent
+        .publish(b"held by the parent", Duration::ZERO)
+        .unwrap();
+    let held = fetch_one(&mut parent, Duration::from_secs(5));
+    parent.publish(b"for the child", Duration::ZERO).unwrap();
+    match prefork_proc::fork().expect("fork") {
+        Fork::Child => {
+            let ok = catch_unwind(AssertUnwindSafe(|| {
+                // What a worker must not rely on, done on purpose: drop the
+                // copy of the parent's handle (and its delivery).
+                drop(held);
+                drop(parent);
+                let mut own = config().open(&tube).expect("open after the fork");
+                let d = fetch_one(&mut own, Duration::from_secs(5));
+                assert_eq!(d.payload(), b"for the child");
+                own.ack(d).expect("ack in the child");
+            }))
+            .is_ok();
+            std::process::exit(if ok { 0 } else { 1 });
+        }
+        Fork::Parent(child) => {
+            let status = child.wait().expect("wait for the child");
+            assert!(status.success(), "child failed: {status:?}");
+            // Our claim survived: the session was not ended by the child.
+            parent.ack(held).expect("ack the job held across the fork");
+            parent.publish(b"after", Duration::ZERO).unwrap();
+            let d = fetch_one(&mut parent, Duration::from_secs(5));
+            assert_eq!(d.payload(), b"after");
+            parent.ack(d).unwrap();
+            assert_empty(&mut parent);
+        }
+    }
+}
+
+/// Attempts come from beanstalkd's own counters (`reserves` less `kicks`):
+/// a retry (`release` with a delay) counts one, a release (`bury` +
+/// `kick-job`) counts none, and the job id stays the same throughout.
+fn attempts_count_retries_not_releases() {
+    let tube = unique_tube("attempts");
+    let mut b = open(&tube);
+    b.publish(b"flaky", Duration::ZERO).unwrap();
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    let id = d.id().clone();
+    assert_eq!(d.attempt(), 1);
+    b.retry(d, Duration::ZERO).unwrap();
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!((d.id(), d.attempt()), (&id, 2), "a retry counts an attempt");
+    b.release(d).unwrap();
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!((d.id(), d.attempt()), (&id, 2), "a release does not");
+    b.retry(d, Duration::ZERO).unwrap();
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!((d.id(), d.attempt()), (&id, 3));
+    b.ack(d).unwrap();
+    assert_empty(&mut b);
+}
+
+/// Dead letters keep the attempt they died at and the original job id;
+/// listing does not consume them; a re-driven job starts at attempt 1; an
+/// id that is a live job of the tube, not a dead letter, is refused and the
+/// job left alone.
+fn dead_letter_records_and_redrive() {
+    let tube = unique_tube("dead");
+    let mut b = open(&tube);
+    b.publish(b"poison", Duration::ZERO).unwrap();
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    let original = d.id().clone();
+    b.retry(d, Duration::ZERO).unwrap();
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!(d.attempt(), 2);
+    b.dead_letter(d, "boom\non line 2").unwrap();
+    for _ in 0..2 {
+        let dead = b.dead_letters(10).unwrap();
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0].payload(), b"poison");
+        assert_eq!(dead[0].reason(), "boom\non line 2");
+        assert_eq!(dead[0].attempt(), 2);
+        assert_eq!(dead[0].meta("job-id"), Some(original.as_str()));
+    }
+    // A live job's id is not a dead letter.
+    b.publish(b"live", Duration::ZERO).unwrap();
+    let live = fetch_one(&mut b, Duration::from_secs(5));
+    let e = b.redrive(live.id()).expect_err("redrive of a live job");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    b.ack(live).expect("the live job was left alone");
+    let e = b
+        .redrive(&DeliveryId::new("18446744073709551615"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let id = b.dead_letters(1).unwrap()[0].id().clone();
+    b.redrive(&id).unwrap();
+    let back = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!(back.payload(), b"poison");
+    assert_eq!(back.attempt(), 1, "a re-driven job starts over");
+    b.ack(back).unwrap();
+    assert!(b.dead_letters(10).unwrap().is_empty());
+    let e = b.redrive(&id).expect_err("a second redrive");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    assert_empty(&mut b);
+}
+
+/// A payload over the server's `max-job-size` is a clear `Invalid` error and
+/// the handle keeps working; a job too big to carry a dead-letter header
+/// stays buried in its tube (not redelivered), and the error says so.
+fn oversized_jobs_get_clear_errors() {
+    let tube = unique_tube("big");
+    let mut b = open(&tube);
+    let max = b.max_job_size();
+    let e = b.publish(&vec![b'x'; max + 1], Duration::ZERO).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+    assert!(e.message().contains("max-job-size"), "{e}");
+    b.publish(&vec![b'y'; max], Duration::ZERO)
+        .expect("a job of exactly max-job-size");
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!(d.payload().len(), max);
+    let id = d.id().clone();
+    let e = b.dead_letter(d, "too big to explain").unwrap_err();
+    assert_eq!(e.error().kind(), ErrorKind::Invalid, "{}", e.error());
+    assert!(
+        e.error().message().contains(&format!("kick-job {id}")),
+        "{}",
+        e.error()
+    );
+    sleep(TTR + Duration::from_millis(500));
+    assert_empty(&mut b); // buried, not redelivered
+}
+
+fn main() {
+    kit().serve_role();
+    if std::env::var_os(URL_ENV).is_none() {
+        let required = std::env::var_os("CI").is_some()
+            || std::env::var("PREFORK_REQUIRE_BROKERS").is_ok_and(|v| v == "1");
+        if required {
+            eprintln!(
+                "error: {URL_ENV} is not set, and CI requires the beanstalkd tests to run (start one with `cargo xtask brokers start`)"
+            );
+            std::process::exit(1);
+        }
+        println!(
+            "skipping prefork-beanstalkd fork_conformance: {URL_ENV} is not set (run under `cargo xtask ci`, or start `beanstalkd -l 127.0.0.1 -p PORT -z 2000000` and set {URL_ENV}=beanstalk://127.0.0.1:PORT)"
+        );
+        return;
+    }
+    let mut cases: Vec<Case> = prefork_broker::conformance_cases!(Case::new, kit()).to_vec();
+    cases.extend([
+        Case::new(
+            "fork_child_dropping_inherited_handle_keeps_parent_session",
+            fork_child_dropping_inherited_handle_keeps_parent_session,
+        ),
+        Case::new(
+            "attempts_count_retries_not_releases",
+            attempts_count_retries_not_releases,
+        ),
+        Case::new(
+            "dead_letter_records_and_redrive",
+            dead_letter_records_and_redrive,
+        ),
+        Case::new(
+            "oversized_jobs_get_clear_errors",
+            oversized_jobs_get_clear_errors,
+        ),
+    ]);
+    run(&cases);
+}
