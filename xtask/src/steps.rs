@@ -91,30 +91,33 @@ pub(crate) fn brokers_needed(ctx: &Ctx) -> bool {
 /// # Errors
 /// When a test fails or does not build.
 pub(crate) fn tests(ctx: &mut Ctx) -> Result<()> {
-    let mut args: Vec<String> = [
-        "test",
-        "--workspace",
-        "--no-fail-fast",
-        "--lib",
-        "--bins",
-        "--examples",
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut names: Vec<&str> = ctx
+    let names = ctx
         .ws
         .test_targets()
         .filter(|(_, t)| t.test && !t.is_fork_test())
-        .map(|(_, t)| t.name.as_str())
-        .collect();
+        .map(|(_, t)| t.name.as_str());
+    let args = cargo_test_args(&["--lib", "--bins", "--examples"], names);
+    let mut cmd = ctx.cargo_test_env(args);
+    run_tests(&mut cmd, &mut ctx.tally)
+}
+
+/// `test --workspace --no-fail-fast`, then `extra`, then `--test NAME` once
+/// for each distinct name: a name shared by two packages (`fork_signals`)
+/// is given once, and cargo runs every workspace target of that name.
+fn cargo_test_args<'a>(extra: &[&str], names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut names: Vec<&str> = names.collect();
     names.sort_unstable();
     names.dedup();
+    let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]
+        .iter()
+        .chain(extra)
+        .map(|s| s.to_string())
+        .collect();
     for name in names {
         args.push("--test".into());
         args.push(name.into());
     }
-    let mut cmd = ctx.cargo_test_env(args);
-    run_tests(&mut cmd, &mut ctx.tally)
+    args
 }
 
 /// Step 3, second half: the doc tests of every library.
@@ -149,15 +152,7 @@ pub(crate) fn fork_tests(ctx: &mut Ctx) -> Result<()> {
     for (package, name) in &targets {
         println!("  {package}: {name}");
     }
-    let mut args: Vec<String> = ["test", "--workspace", "--no-fail-fast"]
-        .map(String::from)
-        .to_vec();
-    let mut names: Vec<&str> = targets.iter().map(|(_, t)| *t).collect();
-    names.dedup();
-    for name in names {
-        args.push("--test".into());
-        args.push(name.into());
-    }
+    let args = cargo_test_args(&[], targets.iter().map(|(_, t)| *t));
     let mut cmd = ctx.cargo_test_env(args);
     run_tests(&mut cmd, &mut ctx.tally)
 }
@@ -296,4 +291,27 @@ fn rel(root: &Path, path: &Path) -> String {
         .unwrap_or(path)
         .to_string_lossy()
         .into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_targets_are_named_once_each() {
+        let args = cargo_test_args(&["--lib"], ["fork_b", "fork_a", "fork_b"].into_iter());
+        assert_eq!(
+            args,
+            [
+                "test",
+                "--workspace",
+                "--no-fail-fast",
+                "--lib",
+                "--test",
+                "fork_a",
+                "--test",
+                "fork_b"
+            ]
+        );
+    }
 }
