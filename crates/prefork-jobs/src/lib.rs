@@ -1,0 +1,28 @@
+//! The job layer of prefork: named job handlers with typed arguments, a
+//! JSON envelope any language can produce, retries with exponential
+//! backoff and jitter, dead letters with the reason, time limits, and a
+//! pull-mode [`JobWorker`] for `prefork_master`.
+//!
+//! | item | what |
+//! |---|---|
+//! | [`Registry`] | named handlers `fn(&mut JobContext, Args) -> Result<(), JobError>`, per-job [`RetryPolicy`] and [`TimeLimits`] |
+//! | [`Envelope`] | the JSON a job travels in (table in the README) |
+//! | [`enqueue`], [`Enqueuer`] | put jobs on a queue |
+//! | [`RetryPolicy`] | attempts, exponential backoff, cap, jitter (pure) |
+//! | [`Registry::prepare`], [`Prepared::run`], [`Outcome`] | what one delivery comes to: ack, retry after a delay, or dead letter |
+//! | [`JobWorker`], [`JobEvent`] | pull mode: a `Worker` that fetches, runs and settles |
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod enqueue;
+mod envelope;
+mod registry;
+mod retry;
+mod worker;
+
+pub use enqueue::{Enqueuer, enqueue};
+pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, new_id};
+pub use registry::{JobContext, JobError, Outcome, Prepared, Registration, Registry, TimeLimits};
+pub use retry::RetryPolicy;
+pub use worker::{JobEvent, JobWorker};

@@ -1,0 +1,758 @@
+//! Named job handlers with typed arguments, the context a handler gets, and
+//! what running one delivery comes to (ack, retry, dead letter).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+
+use crate::envelope::Envelope;
+use crate::retry::RetryPolicy;
+
+/// Why a job failed, as its handler says; decides whether it is retried.
+///
+/// Any `std::error::Error` converts into a retryable `JobError`, so `?`
+/// works in handlers.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_jobs::JobError;
+/// use std::time::Duration;
+///
+/// let e = JobError::new("smtp server busy");          // retried by the policy
+/// assert!(e.is_retryable());
+/// let e = JobError::fatal("no such user");             // dead letter at once
+/// assert!(!e.is_retryable());
+/// let e = JobError::retry_after("rate limited", Duration::from_secs(30));
+/// assert_eq!(e.delay(), Some(Duration::from_secs(30)));
+/// let e: JobError = "7x".parse::<u32>().unwrap_err().into();
+/// assert!(e.to_string().contains("invalid digit"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobError {
+    message: String,
+    retry: bool,
+    delay: Option<Duration>,
+}
+
+impl JobError {
+    /// A failure the retry policy may retry.
+    pub fn new(message: impl Into<String>) -> JobError {
+        JobError {
+            message: message.into(),
+            retry: true,
+            delay: None,
+        }
+    }
+
+    /// A failure no retry can fix: the job goes to the dead letters now.
+    pub fn fatal(message: impl Into<String>) -> JobError {
+        JobError {
+            message: message.into(),
+            retry: false,
+            delay: None,
+        }
+    }
+
+    /// A retryable failure that asks for this delay instead of the policy's
+    /// (attempts are still counted against the policy's maximum).
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> JobError {
+        JobError {
+            message: message.into(),
+            retry: true,
+            delay: Some(delay),
+        }
+    }
+
+    /// Whether the retry policy may run the job again.
+    pub fn is_retryable(&self) -> bool {
+        self.retry
+    }
+
+    /// The delay asked for by [`retry_after`](JobError::retry_after).
+    pub fn delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(e: E) -> JobError {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        JobError::new(message)
+    }
+}
+
+/// Time limits of one job.
+///
+/// The *soft* limit is advisory: the handler sees it through
+/// [`JobContext::time_left`] and [`JobContext::over_soft_limit`] and may
+/// stop early. The *hard* limit is enforced by the [`JobWorker`]: when a job
+/// is still running at its hard limit the worker process is killed
+/// (SIGKILL), the broker hands the job out again as a new attempt, and the
+/// master starts a replacement worker. Both are separate from the master's
+/// liveness timeout.
+///
+/// [`JobWorker`]: crate::JobWorker
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeLimits {
+    /// The advisory limit.
+    pub soft: Option<Duration>,
+    /// The limit at which the worker is killed.
+    pub hard: Option<Duration>,
+}
+
+impl TimeLimits {
+    /// No limits.
+    pub fn none() -> TimeLimits {
+        TimeLimits::default()
+    }
+
+    /// Sets the soft limit.
+    pub fn soft(mut self, limit: Duration) -> TimeLimits {
+        self.soft = Some(limit);
+        self
+    }
+
+    /// Sets the hard limit.
+    pub fn hard(mut self, limit: Duration) -> TimeLimits {
+        self.hard = Some(limit);
+        self
+    }
+}
+
+/// What a running job can learn and do: who it is, how much time it has,
+/// and "I am alive" for long jobs.
+pub struct JobContext<'a> {
+    id: &'a str,
+    job: &'a str,
+    queue: &'a str,
+    attempt: u32,
+    max_attempts: u32,
+    enqueued_at_ms: u64,
+    started: Instant,
+    soft: Option<Instant>,
+    hard: Option<Instant>,
+    keepalive: Option<&'a mut dyn FnMut()>,
+}
+
+impl fmt::Debug for JobContext<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("job", &self.job)
+            .field("attempt", &self.attempt)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> JobContext<'a> {
+    /// A context outside any worker, for calling a handler in a unit test:
+    /// no time limits, `alive` does nothing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use prefork_jobs::JobContext;
+    /// let ctx = JobContext::standalone("resize", 2);
+    /// assert_eq!(ctx.attempt(), 2);
+    /// assert!(!ctx.over_soft_limit());
+    /// ```
+    pub fn standalone(job: &'a str, attempt: u32) -> JobContext<'a> {
+        JobContext {
+            id: "standalone",
+            job,
+            queue: "",
+            attempt,
+            max_attempts: attempt,
+            enqueued_at_ms: 0,
+            started: Instant::now(),
+            soft: None,
+            hard: None,
+            keepalive: None,
+        }
+    }
+
+    /// The job's id (from its envelope).
+    pub fn id(&self) -> &str {
+        self.id
+    }
+
+    /// The job's registered name.
+    pub fn job(&self) -> &str {
+        self.job
+    }
+
+    /// The queue it came from.
+    pub fn queue(&self) -> &str {
+        self.queue
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The most attempts the job's retry policy allows.
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether a failure now is final.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
+    }
+
+    /// When the job was enqueued (the Unix epoch when the producer did not
+    /// say).
+    pub fn enqueued_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.enqueued_at_ms)
+    }
+
+    /// How long this attempt has been running.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Time left before the soft limit (zero once past it); `None` without
+    /// a soft limit.
+    pub fn time_left(&self) -> Option<Duration> {
+        self.soft
+            .map(|s| s.saturating_duration_since(Instant::now()))
+    }
+
+    /// Whether the soft limit has passed: a well-behaved job wraps up and
+    /// returns (an `Err` to be retried, or `Ok` with partial work saved).
+    pub fn over_soft_limit(&self) -> bool {
+        self.soft.is_some_and(|s| Instant::now() >= s)
+    }
+
+    /// Time left before the hard limit kills the worker; `None` without one.
+    pub fn hard_time_left(&self) -> Option<Duration> {
+        self.hard
+            .map(|h| h.saturating_duration_since(Instant::now()))
+    }
+
+    /// Tells the supervisor and the broker that this job is still running:
+    /// sends the worker's heartbeat (at most every quarter heartbeat
+    /// interval) and renews the broker's claim on the job. Call it from
+    /// jobs that may run longer than the master's timeout or the broker's
+    /// claim timeout. It does not move the time limits.
+    pub fn alive(&mut self) {
+        if let Some(k) = self.keepalive.as_mut() {
+            k();
+        }
+    }
+}
+
+type Handler = Box<dyn Fn(&mut JobContext<'_>, serde_json::Value) -> Result<(), Failure>>;
+
+enum Failure {
+    Args(String),
+    Job(JobError),
+}
+
+struct Entry {
+    handler: Handler,
+    retry: Option<RetryPolicy>,
+    limits: Option<TimeLimits>,
+}
+
+/// The named job handlers of a pool, registered once in the master before
+/// the workers are forked (so every worker shares them copy-on-write).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use prefork_jobs::{JobContext, JobError, Outcome, Registry, RetryPolicy};
+///
+/// #[derive(serde::Deserialize)]
+/// struct Resize { path: String, width: u32 }
+///
+/// fn resize(_ctx: &mut JobContext<'_>, args: Resize) -> Result<(), JobError> {
+///     if args.width == 0 { return Err(JobError::fatal("width 0")); }
+///     let _ = args.path;
+///     Ok(())
+/// }
+///
+/// let mut jobs = Registry::new();
+/// jobs.register("resize", resize).retry(RetryPolicy::new(3));
+///
+/// let ok = prefork_jobs::Envelope::new("images", "resize", serde_json::json!({"path": "a.png", "width": 64}));
+/// assert_eq!(jobs.run(&ok.to_bytes(), 1, 0.0), Outcome::Done);
+/// let bad = prefork_jobs::Envelope::new("images", "resize", serde_json::json!({"path": "a.png", "width": 0}));
+/// assert!(matches!(jobs.run(&bad.to_bytes(), 1, 0.0), Outcome::Dead { .. }));
+/// ```
+#[derive(Default)]
+pub struct Registry {
+    handlers: HashMap<String, Entry>,
+    retry: RetryPolicy,
+    limits: TimeLimits,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        f.debug_struct("Registry")
+            .field("jobs", &names)
+            .field("retry", &self.retry)
+            .field("limits", &self.limits)
+            .finish()
+    }
+}
+
+/// Per-job settings of a registered handler, returned by
+/// [`Registry::register`].
+#[derive(Debug)]
+pub struct Registration<'r> {
+    entry: &'r mut Entry,
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("retry", &self.retry)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registration<'_> {
+    /// This job's retry policy instead of the registry's default.
+    pub fn retry(self, policy: RetryPolicy) -> Self {
+        self.entry.retry = Some(policy);
+        self
+    }
+
+    /// This job's time limits instead of the registry's default.
+    pub fn time_limits(self, limits: TimeLimits) -> Self {
+        self.entry.limits = Some(limits);
+        self
+    }
+}
+
+/// What running one delivery came to: what to tell the broker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler returned `Ok`: acknowledge.
+    Done,
+    /// Retry after `delay` (counts an attempt).
+    Retry {
+        /// How long to wait.
+        delay: Duration,
+        /// The failure, for the log.
+        reason: String,
+    },
+    /// Move to the dead letters with `reason`.
+    Dead {
+        /// Why, for the operator.
+        reason: String,
+    },
+}
+
+/// A delivery whose envelope was read and whose handler was found, ready
+/// to run: see [`Registry::prepare`].
+pub struct Prepared<'r> {
+    registry: &'r Registry,
+    entry: &'r Entry,
+    envelope: Envelope,
+    attempt: u32,
+}
+
+impl fmt::Debug for Prepared<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("envelope", &self.envelope)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// An empty registry with the default [`RetryPolicy`] and no time
+    /// limits.
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    /// Sets the retry policy of jobs registered without one.
+    pub fn default_retry(&mut self, policy: RetryPolicy) -> &mut Registry {
+        self.retry = policy;
+        self
+    }
+
+    /// Sets the time limits of jobs registered without their own.
+    pub fn default_time_limits(&mut self, limits: TimeLimits) -> &mut Registry {
+        self.limits = limits;
+        self
+    }
+
+    /// Registers `handler` under `name`, replacing any handler of that
+    /// name. Its arguments are the envelope's `args` deserialized into `A`
+    /// (`null` when absent, which `()` and `Option` accept).
+    pub fn register<A, F>(&mut self, name: &str, handler: F) -> Registration<'_>
+    where
+        A: DeserializeOwned,
+        F: Fn(&mut JobContext<'_>, A) -> Result<(), JobError> + 'static,
+    {
+        let handler: Handler = Box::new(move |ctx, value| {
+            let args =
+                serde_json::from_value::<A>(value).map_err(|e| Failure::Args(e.to_string()))?;
+            handler(ctx, args).map_err(Failure::Job)
+        });
+        let entry = self.handlers.entry(name.to_owned()).or_insert(Entry {
+            handler: Box::new(|_, _| Ok(())),
+            retry: None,
+            limits: None,
+        });
+        *entry = Entry {
+            handler,
+            retry: None,
+            limits: None,
+        };
+        Registration { entry }
+    }
+
+    /// Whether a handler is registered under `name`.
+    pub fn contains(&self, name: &str) -> bool {
+        self.handlers.contains_key(name)
+    }
+
+    /// The registered names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Reads a delivery's payload and finds its handler.
+    ///
+    /// `delivery_attempt` is the broker's count ([`Delivery::attempt`]),
+    /// which includes deliveries whose holder died; the job's attempt is
+    /// that plus the envelope's `attempt - 1`.
+    ///
+    /// # Errors
+    ///
+    /// An [`Outcome::Dead`] with the reason when the payload is not an
+    /// envelope, names an unknown job, or when the attempt is beyond the
+    /// job's maximum (*poison protection*: earlier deliveries ended with
+    /// their worker's death, e.g. a crash or the hard time limit; retrying
+    /// cannot help). None of these is retried.
+    ///
+    /// [`Delivery::attempt`]: prefork_broker::Delivery::attempt
+    pub fn prepare(&self, payload: &[u8], delivery_attempt: u32) -> Result<Prepared<'_>, Outcome> {
+        let envelope = Envelope::from_bytes(payload).map_err(|e| Outcome::Dead {
+            reason: e.to_string(),
+        })?;
+        let Some(entry) = self.handlers.get(&envelope.job) else {
+            return Err(Outcome::Dead {
+                reason: format!("unknown job {:?}", envelope.job),
+            });
+        };
+        let attempt = envelope
+            .attempt
+            .max(1)
+            .saturating_sub(1)
+            .saturating_add(delivery_attempt.max(1));
+        let max = entry.retry.unwrap_or(self.retry).get_max_attempts();
+        if attempt > max {
+            return Err(Outcome::Dead {
+                reason: format!(
+                    "job {:?} delivered for attempt {attempt} of at most {max}: earlier attempts \
+                     never finished (their worker died: crash, kill or hard time limit)",
+                    envelope.job
+                ),
+            });
+        }
+        Ok(Prepared {
+            registry: self,
+            entry,
+            envelope,
+            attempt,
+        })
+    }
+
+    /// Runs one delivery start to end with no keep-alive: [`prepare`]
+    /// then [`Prepared::run`]. `random` in `[0, 1)` picks the jitter.
+    ///
+    /// [`prepare`]: Registry::prepare
+    pub fn run(&self, payload: &[u8], delivery_attempt: u32, random: f64) -> Outcome {
+        match self.prepare(payload, delivery_attempt) {
+            Ok(p) => p.run(None, random),
+            Err(outcome) => outcome,
+        }
+    }
+}
+
+impl Prepared<'_> {
+    /// The job's envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The job's retry policy (its own or the registry's default).
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.entry.retry.unwrap_or(self.registry.retry)
+    }
+
+    /// The job's time limits (its own or the registry's default).
+    pub fn time_limits(&self) -> TimeLimits {
+        self.entry.limits.unwrap_or(self.registry.limits)
+    }
+
+    /// Runs the handler, catching panics, and says what to tell the broker.
+    ///
+    /// `keepalive` is what [`JobContext::alive`] calls; `random` in
+    /// `[0, 1)` picks the retry jitter. Arguments that do not deserialize
+    /// are a dead letter at once; a handler error or panic is retried by
+    /// the policy, then dead-lettered with the last error.
+    pub fn run(self, mut keepalive: Option<&mut dyn FnMut()>, random: f64) -> Outcome {
+        let policy = self.retry_policy();
+        let limits = self.time_limits();
+        let started = Instant::now();
+        let e = &self.envelope;
+        let mut ctx = JobContext {
+            id: &e.id,
+            job: &e.job,
+            queue: &e.queue,
+            attempt: self.attempt,
+            max_attempts: policy.get_max_attempts(),
+            enqueued_at_ms: e.enqueued_at,
+            started,
+            soft: limits.soft.map(|d| started + d),
+            hard: limits.hard.map(|d| started + d),
+            keepalive: keepalive.as_mut().map(|k| &mut **k as &mut dyn FnMut()),
+        };
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            (self.entry.handler)(&mut ctx, e.args.clone())
+        }));
+        let failure = match result {
+            Ok(Ok(())) => return Outcome::Done,
+            Ok(Err(Failure::Args(why))) => {
+                return Outcome::Dead {
+                    reason: format!("bad arguments for job {:?}: {why}", e.job),
+                };
+            }
+            Ok(Err(Failure::Job(err))) => err,
+            Err(panic) => JobError::new(format!("panicked: {}", panic_message(&*panic))),
+        };
+        if !failure.is_retryable() {
+            return Outcome::Dead {
+                reason: format!("job {:?} failed (not retryable): {failure}", e.job),
+            };
+        }
+        match policy.next_delay(self.attempt, random) {
+            Some(delay) => Outcome::Retry {
+                delay: failure.delay().unwrap_or(delay),
+                reason: format!("job {:?} attempt {} failed: {failure}", e.job, self.attempt),
+            },
+            None => Outcome::Dead {
+                reason: format!(
+                    "job {:?} failed on attempt {} of {}: {failure}",
+                    e.job,
+                    self.attempt,
+                    policy.get_max_attempts()
+                ),
+            },
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    fn env(job: &str, args: serde_json::Value) -> Vec<u8> {
+        Envelope::new("q", job, args).to_bytes()
+    }
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        r.default_retry(
+            RetryPolicy::new(3)
+                .base(Duration::from_millis(10))
+                .jitter(0.0),
+        );
+        r.register("add", |_: &mut JobContext<'_>, (a, b): (i32, i32)| {
+            if a.checked_add(b).is_some() {
+                Ok(())
+            } else {
+                Err(JobError::fatal("overflow"))
+            }
+        });
+        r.register("flaky", |ctx: &mut JobContext<'_>, ()| {
+            if ctx.attempt() < 2 {
+                Err(JobError::new("first try fails"))
+            } else {
+                Ok(())
+            }
+        });
+        r.register(
+            "boom",
+            |_: &mut JobContext<'_>, ()| -> Result<(), JobError> { panic!("kaboom {}", 42) },
+        );
+        r.register("io", |_: &mut JobContext<'_>, ()| {
+            std::fs::read("/nonexistent/prefork/file")?;
+            Ok(())
+        })
+        .retry(RetryPolicy::never());
+        r
+    }
+
+    fn dead_reason(o: Outcome) -> String {
+        match o {
+            Outcome::Dead { reason } => reason,
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typed_arguments_reach_the_handler() {
+        let r = registry();
+        assert_eq!(
+            r.run(&env("add", serde_json::json!([1, 2])), 1, 0.5),
+            Outcome::Done
+        );
+        let reason = dead_reason(r.run(&env("add", serde_json::json!([i32::MAX, 1])), 1, 0.5));
+        assert!(
+            reason.contains("not retryable") && reason.contains("overflow"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn bad_input_is_a_dead_letter_with_the_reason() {
+        let r = registry();
+        let reason = dead_reason(r.run(b"{not json", 1, 0.0));
+        assert!(reason.starts_with("malformed envelope"), "{reason}");
+        let reason = dead_reason(r.run(&env("nope", serde_json::Value::Null), 1, 0.0));
+        assert_eq!(reason, "unknown job \"nope\"");
+        let reason = dead_reason(r.run(&env("add", serde_json::json!({"x": 1})), 1, 0.0));
+        assert!(
+            reason.starts_with("bad arguments for job \"add\""),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn failures_are_retried_by_the_policy_then_dead() {
+        let r = registry();
+        let p = env("flaky", serde_json::Value::Null);
+        assert_eq!(
+            r.run(&p, 1, 0.0),
+            Outcome::Retry {
+                delay: Duration::from_millis(10),
+                reason: "job \"flaky\" attempt 1 failed: first try fails".into()
+            }
+        );
+        assert_eq!(r.run(&p, 2, 0.0), Outcome::Done);
+    }
+
+    #[test]
+    fn panics_are_caught_retried_and_finally_dead_with_the_message() {
+        let r = registry();
+        let p = env("boom", serde_json::Value::Null);
+        assert!(
+            matches!(r.run(&p, 1, 0.0), Outcome::Retry { ref reason, .. } if reason.contains("panicked: kaboom 42"))
+        );
+        let reason = dead_reason(r.run(&p, 3, 0.0));
+        assert!(
+            reason.contains("attempt 3 of 3") && reason.contains("kaboom 42"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn per_job_policy_overrides_the_default_and_errors_convert() {
+        let r = registry();
+        let reason = dead_reason(r.run(&env("io", serde_json::Value::Null), 1, 0.0));
+        assert!(reason.contains("attempt 1 of 1"), "{reason}");
+    }
+
+    #[test]
+    fn deliveries_beyond_the_maximum_are_poison() {
+        let r = registry();
+        let reason = dead_reason(r.run(&env("add", serde_json::json!([1, 2])), 4, 0.0));
+        assert!(
+            reason.contains("attempt 4 of at most 3") && reason.contains("died"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn envelope_attempt_adds_to_the_delivery_count() {
+        let r = registry();
+        let mut e = Envelope::new("q", "flaky", serde_json::Value::Null);
+        e.attempt = 2;
+        let p = r.prepare(&e.to_bytes(), 1).unwrap();
+        assert_eq!(p.attempt(), 2);
+        assert_eq!(p.run(None, 0.0), Outcome::Done);
+    }
+
+    #[test]
+    fn context_sees_limits_and_calls_keepalive() {
+        let mut r = Registry::new();
+        let seen = Rc::new(Cell::new((false, false)));
+        let s = seen.clone();
+        r.register("slow", move |ctx: &mut JobContext<'_>, ()| {
+            ctx.alive();
+            let before = ctx.over_soft_limit();
+            std::thread::sleep(Duration::from_millis(20));
+            s.set((before, ctx.over_soft_limit()));
+            assert!(ctx.time_left() == Some(Duration::ZERO));
+            assert!(ctx.hard_time_left().unwrap() > Duration::ZERO);
+            Ok(())
+        })
+        .time_limits(
+            TimeLimits::none()
+                .soft(Duration::from_millis(5))
+                .hard(Duration::from_secs(60)),
+        );
+        let mut beats = 0;
+        let mut keep = || beats += 1;
+        let p = r.prepare(&env("slow", serde_json::Value::Null), 1).unwrap();
+        assert_eq!(p.time_limits().hard, Some(Duration::from_secs(60)));
+        assert_eq!(p.run(Some(&mut keep), 0.0), Outcome::Done);
+        assert_eq!(beats, 1);
+        assert_eq!(seen.get(), (false, true));
+    }
+}

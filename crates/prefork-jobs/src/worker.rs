@@ -1,0 +1,346 @@
+//! Pull mode: [`JobWorker`], a `prefork_master::Worker` that owns a broker
+//! connection (opened after the fork), fetches, runs and settles jobs, and
+//! enforces hard time limits.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use prefork_broker::{Broker, Connect, Delivery, ErrorKind, SettleError};
+use prefork_master::{BoxError, Context, Worker};
+
+use crate::envelope::unix_ms;
+use crate::registry::{Outcome, Registry};
+use crate::retry::Jitter;
+
+/// What happened to one delivery, handed to the
+/// [`on_outcome`](JobWorker::on_outcome) observer in the worker process
+/// after the broker was told.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JobEvent {
+    /// The job's name, when the envelope could be read.
+    pub job: Option<String>,
+    /// The job's id, when the envelope could be read.
+    pub id: Option<String>,
+    /// The broker's delivery count.
+    pub delivery_attempt: u32,
+    /// What the worker told the broker.
+    pub outcome: Outcome,
+    /// When the envelope says the job was enqueued (ms since the epoch; 0
+    /// when unknown).
+    pub enqueued_at_ms: u64,
+    /// When this attempt started (ms since the epoch).
+    pub started_at_ms: u64,
+    /// How long the handler ran.
+    pub ran: Duration,
+    /// Whether the broker accepted the settlement (`false`: the claim was
+    /// lost or the broker failed; the job will be delivered again).
+    pub settled: bool,
+}
+
+type Observer = Box<dyn FnMut(&JobEvent)>;
+
+/// A pull-mode job worker: each worker process opens its own broker handle
+/// in [`Worker::start`] (after the fork), then each
+/// [`execute`](Worker::execute) runs one job: fetch (a batch of up to
+/// [`prefetch`](JobWorker::prefetch) when none is buffered, waiting at most
+/// the [`poll_interval`](JobWorker::poll_interval) so stop requests are
+/// seen), run its handler, and settle it (ack, retry with backoff, or dead
+/// letter with the reason).
+///
+/// - **Graceful stop** (QUIT, TTOU, HUP, recycling): the job in hand
+///   finishes; jobs fetched but not started are
+///   [released](prefork_broker::Broker::release) in [`Worker::stop`].
+/// - **Quick stop or death** (TERM, SIGKILL, OOM): nothing is settled; the
+///   broker hands the claimed jobs out again (the spool at once, as their
+///   holder's pid is gone), counting an attempt.
+/// - **Hard time limit**: a watchdog thread, started in the worker on its
+///   first job with a hard limit, kills the worker with SIGKILL when a job
+///   overruns; the log line names the job. The job comes back as a new
+///   attempt; one that keeps killing its worker goes to the dead letters
+///   once its attempts exceed the maximum (see [`Registry::prepare`]).
+/// - **Long jobs** call [`JobContext::alive`](crate::JobContext::alive),
+///   which sends the heartbeat and renews the broker's claim (at most once
+///   a second).
+///
+/// # Examples
+///
+/// ```no_run
+/// use prefork_jobs::{JobContext, JobError, JobWorker, Registry};
+/// use prefork_master::Master;
+///
+/// let mut jobs = Registry::new();
+/// jobs.register("hello", |_: &mut JobContext<'_>, name: String| {
+///     println!("hello {name}");
+///     Ok::<(), JobError>(())
+/// });
+/// let spool = prefork_spool::Spool::open("/var/lib/myapp/spool")?;
+/// let worker = JobWorker::new(jobs, spool, "default").prefetch(4);
+/// let report = Master::builder().workers(4).build()?.run(worker)?;
+/// # drop(report);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct JobWorker {
+    registry: Registry,
+    connect: Box<dyn Connect>,
+    queue: String,
+    prefetch: usize,
+    poll: Duration,
+    observer: Option<Observer>,
+    broker: Option<Box<dyn Broker + Send>>,
+    buffered: VecDeque<Delivery>,
+    jitter: Jitter,
+    watchdog: Option<Watchdog>,
+}
+
+impl fmt::Debug for JobWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobWorker")
+            .field("registry", &self.registry)
+            .field("queue", &self.queue)
+            .field("prefetch", &self.prefetch)
+            .field("poll", &self.poll)
+            .field("buffered", &self.buffered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobWorker {
+    /// A worker running `registry`'s handlers on jobs from `queue`, opened
+    /// through `connect` in each worker process. Prefetch 1, poll interval
+    /// 200 ms.
+    pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> JobWorker {
+        JobWorker {
+            registry,
+            connect: Box::new(connect),
+            queue: queue.to_owned(),
+            prefetch: 1,
+            poll: Duration::from_millis(200),
+            observer: None,
+            broker: None,
+            buffered: VecDeque::new(),
+            jitter: Jitter::seeded(),
+            watchdog: None,
+        }
+    }
+
+    /// How many jobs to claim per fetch (at least 1). More saves broker
+    /// round trips; each claimed job waits for the ones before it, and a
+    /// worker killed mid-batch delays the rest of its batch.
+    pub fn prefetch(mut self, n: usize) -> JobWorker {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// The longest a fetch waits for a job, which bounds how long an idle
+    /// worker takes to see a stop request (at least 1 ms).
+    pub fn poll_interval(mut self, poll: Duration) -> JobWorker {
+        self.poll = poll.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Calls `f` in the worker process after each delivery is settled
+    /// (for metrics, progress bars, tests).
+    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> JobWorker {
+        self.observer = Some(Box::new(f));
+        self
+    }
+
+    fn release_buffered(&mut self) {
+        let Some(broker) = self.broker.as_mut() else {
+            return;
+        };
+        for d in self.buffered.drain(..) {
+            let id = d.id().clone();
+            if let Err(e) = broker.release(d) {
+                tracing::warn!(delivery = %id, error = %e.error(), "could not release an unstarted job; it comes back when its claim expires");
+            }
+        }
+    }
+}
+
+impl Worker for JobWorker {
+    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+        self.broker = Some(self.connect.open(&self.queue)?);
+        self.jitter = Jitter::seeded();
+        Ok(())
+    }
+
+    fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        let Some(broker) = self.broker.as_mut() else {
+            return Err("JobWorker::execute before start".into());
+        };
+        if self.buffered.is_empty() {
+            match broker.fetch(self.prefetch, self.poll) {
+                Ok(batch) => self.buffered.extend(batch),
+                Err(e) if e.is_retryable() => {
+                    tracing::warn!(queue = %self.queue, error = %e, "fetch failed; trying again");
+                    std::thread::sleep(self.poll.min(Duration::from_millis(100)));
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if ctx.shutting_down() {
+            return Ok(()); // `stop` releases what is buffered
+        }
+        let Some(mut delivery) = self.buffered.pop_front() else {
+            return Ok(());
+        };
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let delivery_attempt = delivery.attempt();
+        let (outcome, job, id, enqueued_at_ms) = match self
+            .registry
+            .prepare(delivery.payload(), delivery_attempt)
+        {
+            Err(outcome) => (outcome, None, None, 0),
+            Ok(prepared) => {
+                let e = prepared.envelope();
+                let (job, id, enq) = (e.job.clone(), e.id.clone(), e.enqueued_at);
+                ctx.set_activity(format!("{job} {id}"));
+                let hard = prepared.time_limits().hard;
+                if let Some(limit) = hard {
+                    self.watchdog.get_or_insert_with(Watchdog::start).arm(
+                        t0 + limit,
+                        format!("job {job} id {id} (delivery {})", delivery.id()),
+                    );
+                }
+                let mut last_touch = Instant::now();
+                let mut keepalive = || {
+                    ctx.alive();
+                    if last_touch.elapsed() >= Duration::from_secs(1) {
+                        last_touch = Instant::now();
+                        if let Err(e) = broker.touch(&mut delivery) {
+                            tracing::warn!(error = %e, "could not renew the claim of a running job");
+                        }
+                    }
+                };
+                let outcome = prepared.run(Some(&mut keepalive), self.jitter.next());
+                if hard.is_some()
+                    && let Some(w) = &self.watchdog
+                {
+                    w.disarm();
+                }
+                (outcome, Some(job), Some(id), enq)
+            }
+        };
+        let ran = t0.elapsed();
+        let settled = settle(broker.as_mut(), delivery, &outcome);
+        ctx.clear_activity();
+        if let Some(observer) = self.observer.as_mut() {
+            observer(&JobEvent {
+                job,
+                id,
+                delivery_attempt,
+                outcome,
+                enqueued_at_ms,
+                started_at_ms: unix_ms(started),
+                ran,
+                settled,
+            });
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, _ctx: &mut Context) {
+        self.release_buffered();
+        self.broker = None;
+    }
+}
+
+/// Tells the broker what came of a delivery; `false` when it could not.
+fn settle(broker: &mut (dyn Broker + Send), delivery: Delivery, outcome: &Outcome) -> bool {
+    let id = delivery.id().clone();
+    let result: Result<(), SettleError> = match outcome {
+        Outcome::Done => broker.ack(delivery),
+        Outcome::Retry { delay, reason } => {
+            tracing::info!(delivery = %id, ?delay, %reason, "job failed; retrying");
+            broker.retry(delivery, *delay)
+        }
+        Outcome::Dead { reason } => {
+            tracing::warn!(delivery = %id, %reason, "job sent to the dead letters");
+            broker.dead_letter(delivery, reason)
+        }
+    };
+    match result {
+        Ok(()) => true,
+        Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
+            tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
+            false
+        }
+        Err(e) => {
+            tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
+            false
+        }
+    }
+}
+
+/// The armed deadline (and what it is for), and the condvar that wakes the
+/// watchdog thread when it changes.
+type Armed = (Mutex<Option<(Instant, String)>>, Condvar);
+
+/// Kills this process when an armed deadline passes.
+struct Watchdog {
+    shared: Arc<Armed>,
+}
+
+impl Watchdog {
+    fn start() -> Watchdog {
+        let shared: Arc<Armed> = Arc::new((Mutex::new(None), Condvar::new()));
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("prefork-jobs-watchdog".into())
+            .spawn(move || watch(&s))
+            .expect("cannot start the time-limit watchdog thread");
+        Watchdog { shared }
+    }
+
+    fn arm(&self, deadline: Instant, what: String) {
+        let (lock, cv) = &*self.shared;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some((deadline, what));
+        cv.notify_one();
+    }
+
+    fn disarm(&self) {
+        let (lock, cv) = &*self.shared;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        cv.notify_one();
+    }
+}
+
+fn watch(shared: &Armed) {
+    let (lock, cv) = shared;
+    let mut armed = lock.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let deadline = armed.as_ref().map(|(d, _)| *d);
+        armed = match deadline {
+            None => cv.wait(armed).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    let what = armed.as_ref().map(|(_, w)| w.as_str()).unwrap_or("");
+                    tracing::error!(
+                        job = what,
+                        pid = std::process::id(),
+                        "hard time limit exceeded: killing the worker"
+                    );
+                    eprintln!(
+                        "prefork-jobs: {what} exceeded its hard time limit: killing worker pid {}",
+                        std::process::id()
+                    );
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::getpid(),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    return;
+                }
+                cv.wait_timeout(armed, d - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
+    }
+}
