@@ -13,7 +13,8 @@ use crate::workspace;
 /// Default length of each fuzz target's smoke run under `ci`, in seconds.
 pub(crate) const FUZZ_SMOKE_SECS: u64 = 20;
 
-/// Step 1: formatting, `cargo fmt --all --check`.
+/// Step 1: formatting, `cargo fmt --all --check`, and the same for the
+/// fuzz targets (outside the workspace).
 ///
 /// # Errors
 /// When rustfmt is missing and cannot be installed, or a file is not
@@ -21,7 +22,13 @@ pub(crate) const FUZZ_SMOKE_SECS: u64 = 20;
 pub(crate) fn fmt(ctx: &mut Ctx) -> Result<()> {
     ensure_component(ctx, "fmt", "rustfmt")?;
     run(&mut ctx.cargo(["fmt", "--all", "--check"]))
-        .context("some files are not formatted: run `cargo fmt --all`")
+        .context("some files are not formatted: run `cargo fmt --all`")?;
+    if ctx.root.join("fuzz/Cargo.toml").is_file() {
+        run(&mut ctx.cargo(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"])).context(
+            "some fuzz targets are not formatted: run `cargo fmt --manifest-path fuzz/Cargo.toml`",
+        )?;
+    }
+    Ok(())
 }
 
 /// Step 2: clippy on every target of every member, warnings denied.
