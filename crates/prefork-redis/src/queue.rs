@@ -95,6 +95,11 @@ type RawEntry = Result<(String, Vec<Value>, u32), Malformed>;
 /// What a failed Redis call means for the connection.
 fn classify(e: &RedisError) -> (ErrorKind, bool) {
     use redis::{ErrorKind as K, ServerErrorKind as S};
+    if matches!(e.kind(), K::AuthenticationFailed | K::InvalidClientConfig)
+        || e.code() == Some("NOPERM")
+    {
+        return (ErrorKind::Other, true);
+    }
     if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_unrecoverable_error()
     {
         return (ErrorKind::Transient, true);
