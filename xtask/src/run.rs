@@ -65,13 +65,16 @@ impl Ctx {
         cmd
     }
 
-    /// Like [`Ctx::cargo`], with the test environment (broker URLs) added.
+    /// Like [`Ctx::cargo`], with the test environment added: the brokers'
+    /// URLs, and `PREFORK_REQUIRE_BROKERS=1`, which tells broker tests
+    /// that a missing URL is a failure here, never a reason to skip.
     pub(crate) fn cargo_test_env<I, S>(&self, args: I) -> Command
     where
         I: IntoIterator<Item = S>,
         S: Into<OsString>,
     {
         let mut cmd = self.cargo(args);
+        cmd.env("PREFORK_REQUIRE_BROKERS", "1");
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
