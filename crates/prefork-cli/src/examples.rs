@@ -1,0 +1,126 @@
+//! The example job handlers the `prefork work` pool runs.
+
+use std::io::Write;
+use std::time::Duration;
+
+use prefork_jobs::{JobContext, JobError, Registry, RetryPolicy};
+use serde::Deserialize;
+
+/// Arguments of `sleep`.
+#[derive(Debug, Deserialize)]
+pub struct Sleep {
+    /// How long, in milliseconds.
+    pub ms: u64,
+}
+
+/// Arguments of `flaky`.
+#[derive(Debug, Deserialize)]
+pub struct Flaky {
+    /// How many attempts fail before one succeeds.
+    pub failures: u32,
+}
+
+/// Arguments of `append`.
+#[derive(Debug, Deserialize)]
+pub struct Append {
+    /// The file to append to (opened with `O_APPEND`).
+    pub path: String,
+    /// The line to append.
+    pub line: String,
+}
+
+/// The example handlers, with retries starting at `retry_base`:
+///
+/// | job | args | does |
+/// |---|---|---|
+/// | `noop` | none | nothing |
+/// | `sleep` | `{"ms": 5}` | sleeps, calling `alive` every 100 ms, stopping early past the soft limit |
+/// | `flaky` | `{"failures": 1}` | fails its first `failures` attempts |
+/// | `fail` | a string | always fails (retried, then dead) |
+/// | `panic` | a string | panics with it (retried, then dead) |
+/// | `append` | `{"path": "...", "line": "..."}` | appends the line to the file with `O_APPEND` |
+pub fn registry(retry_base: Duration) -> Registry {
+    let mut r = Registry::new();
+    r.default_retry(
+        RetryPolicy::new(5)
+            .base(retry_base)
+            .max_delay(retry_base * 64)
+            .jitter(0.5),
+    );
+    r.register(
+        "noop",
+        |_: &mut JobContext<'_>, _: serde_json::Value| Ok(()),
+    );
+    r.register("sleep", |ctx: &mut JobContext<'_>, a: Sleep| {
+        let end = std::time::Instant::now() + Duration::from_millis(a.ms);
+        loop {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || ctx.over_soft_limit() {
+                return Ok(());
+            }
+            std::thread::sleep(left.min(Duration::from_millis(100)));
+            ctx.alive();
+        }
+    });
+    r.register("flaky", |ctx: &mut JobContext<'_>, a: Flaky| {
+        if ctx.attempt() <= a.failures {
+            Err(JobError::new(format!(
+                "flaky: attempt {} of {} planned failures",
+                ctx.attempt(),
+                a.failures
+            )))
+        } else {
+            Ok(())
+        }
+    });
+    r.register("fail", |_: &mut JobContext<'_>, msg: String| {
+        Err(JobError::new(msg))
+    });
+    r.register(
+        "panic",
+        |_: &mut JobContext<'_>, msg: String| -> Result<(), JobError> { panic!("{msg}") },
+    );
+    r.register("append", |_: &mut JobContext<'_>, a: Append| {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&a.path)?;
+        f.write_all(format!("{}\n", a.line).as_bytes())?;
+        Ok(())
+    });
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prefork_jobs::{Envelope, Outcome};
+
+    #[test]
+    fn examples_behave_as_documented() {
+        let r = registry(Duration::from_millis(10));
+        let run = |job: &str, args: serde_json::Value, attempt: u32| {
+            r.run(&Envelope::new("q", job, args).to_bytes(), attempt, 0.0)
+        };
+        assert_eq!(run("noop", serde_json::Value::Null, 1), Outcome::Done);
+        assert_eq!(run("sleep", serde_json::json!({"ms": 1}), 1), Outcome::Done);
+        assert!(matches!(
+            run("flaky", serde_json::json!({"failures": 1}), 1),
+            Outcome::Retry { .. }
+        ));
+        assert_eq!(
+            run("flaky", serde_json::json!({"failures": 1}), 2),
+            Outcome::Done
+        );
+        assert!(matches!(
+            run("fail", serde_json::json!("no"), 5),
+            Outcome::Dead { .. }
+        ));
+        let path = std::env::temp_dir().join(format!("prefork-cli-append-{}", std::process::id()));
+        let args = serde_json::json!({"path": path, "line": "x1"});
+        assert_eq!(run("append", args.clone(), 1), Outcome::Done);
+        assert_eq!(run("append", args, 1), Outcome::Done);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "x1\nx1\n");
+        std::fs::remove_file(path).unwrap();
+    }
+}

@@ -1,0 +1,19 @@
+//! The library half of the `prefork` command: broker URLs, the example job
+//! handlers, the progress events and the demo. The binary (`src/main.rs`)
+//! is argument parsing over these.
+//!
+//! ```
+//! let url = prefork_cli::BrokerUrl::parse("spool:///tmp/prefork-doc")?;
+//! assert_eq!(url.path(), std::path::Path::new("/tmp/prefork-doc"));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod demo;
+pub mod events;
+pub mod examples;
+mod url;
+
+pub use url::BrokerUrl;

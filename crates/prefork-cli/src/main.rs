@@ -1,0 +1,234 @@
+//! `prefork`: run a job worker pool, enqueue jobs, list and re-drive dead
+//! letters, show queue counts, and `prefork demo`, the quick start.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use prefork_broker::{Broker, DeliveryId};
+use prefork_cli::{BrokerUrl, demo, events, examples};
+use prefork_jobs::{Enqueuer, JobWorker, TimeLimits};
+
+/// Pre-forking job workers on a broker (the embedded spool by default).
+#[derive(Debug, Parser)]
+#[command(name = "prefork", version, about)]
+struct Cli {
+    /// Broker URL: spool:///dir (default: $TMPDIR/prefork-spool).
+    #[arg(long, global = true, env = "PREFORK_BROKER")]
+    broker: Option<String>,
+    /// Queue name.
+    #[arg(long, global = true, default_value = "default")]
+    queue: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Enqueue a batch of example jobs, run a pool until the queue drains,
+    /// print a summary.
+    Demo {
+        /// Jobs to enqueue.
+        #[arg(long, default_value_t = 2000)]
+        jobs: u64,
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run a pool of the example job handlers until QUIT (graceful) or
+    /// TERM/INT (quick).
+    Work {
+        /// Worker processes.
+        #[arg(long, default_value_t = 4)]
+        workers: usize,
+        /// Jobs claimed per fetch.
+        #[arg(long, default_value_t = 1)]
+        prefetch: usize,
+        /// Liveness timeout of a worker, in seconds.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// First retry delay, in ms (doubling, capped at 64x).
+        #[arg(long, default_value_t = 1000)]
+        retry_base_ms: u64,
+        /// Soft time limit of every job, in ms.
+        #[arg(long)]
+        soft_limit_ms: Option<u64>,
+        /// Hard time limit of every job, in ms (the worker is killed).
+        #[arg(long)]
+        hard_limit_ms: Option<u64>,
+        /// Append one line per settled job to this file (see `events`).
+        #[arg(long)]
+        events: Option<PathBuf>,
+    },
+    /// Enqueue a job: `prefork enqueue sleep '{"ms": 100}'`.
+    Enqueue {
+        /// The job name.
+        job: String,
+        /// Its arguments, as JSON.
+        #[arg(default_value = "null")]
+        args: String,
+        /// Enqueue this many copies.
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Delay, in ms.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+    },
+    /// Dead letters: list or re-drive.
+    Dead {
+        #[command(subcommand)]
+        action: DeadCmd,
+    },
+    /// Count the queue's jobs in each state.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadCmd {
+    /// List dead letters with their reasons.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put dead letters back in the queue.
+    Redrive {
+        /// Ids to re-drive (as listed).
+        ids: Vec<String>,
+        /// Re-drive all of them.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("prefork: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let url = match &cli.broker {
+        Some(u) => BrokerUrl::parse(u)?,
+        None => BrokerUrl::default_spool(),
+    };
+    match cli.command {
+        Cmd::Demo {
+            jobs,
+            workers,
+            quiet,
+        } => {
+            let opts = demo::DemoOptions {
+                jobs,
+                workers,
+                dir: cli.broker.as_ref().map(|_| url.path().to_owned()),
+                exe: std::env::current_exe().context("finding the prefork binary")?,
+                progress: !quiet,
+            };
+            eprintln!("prefork demo: {jobs} jobs, {workers} workers, embedded spool broker");
+            let summary = demo::run(&opts)?;
+            print!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Work {
+            workers,
+            prefetch,
+            timeout,
+            retry_base_ms,
+            soft_limit_ms,
+            hard_limit_ms,
+            events,
+        } => {
+            init_logs();
+            let mut jobs = examples::registry(Duration::from_millis(retry_base_ms));
+            let mut limits = TimeLimits::none();
+            limits.soft = soft_limit_ms.map(Duration::from_millis);
+            limits.hard = hard_limit_ms.map(Duration::from_millis);
+            jobs.default_time_limits(limits);
+            let mut worker = JobWorker::new(jobs, url.open()?, &cli.queue).prefetch(prefetch);
+            if let Some(path) = events {
+                worker = worker.on_outcome(events::writer(path));
+            }
+            let master = prefork_master::Master::builder()
+                .name("prefork")
+                .workers(workers)
+                .timeout(Duration::from_secs(timeout))
+                .build()?;
+            let report = master.run(worker)?;
+            Ok(report.exit_code())
+        }
+        Cmd::Enqueue {
+            job,
+            args,
+            count,
+            delay_ms,
+        } => {
+            let args: serde_json::Value =
+                serde_json::from_str(&args).context("the arguments are not JSON")?;
+            let mut enq = Enqueuer::new(url.open()?.queue(&cli.queue)?);
+            for _ in 0..count {
+                let id = enq.enqueue_in(&job, &args, Duration::from_millis(delay_ms))?;
+                println!("{id}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dead { action } => {
+            let mut q = url.open()?.queue(&cli.queue)?;
+            match action {
+                DeadCmd::List { limit } => {
+                    for d in q.dead_letters(limit)? {
+                        println!(
+                            "{}\tattempt {}\t{}\t{}",
+                            d.id(),
+                            d.attempt(),
+                            d.reason().replace('\n', " "),
+                            String::from_utf8_lossy(d.payload())
+                        );
+                    }
+                }
+                DeadCmd::Redrive { ids, all } => {
+                    let ids: Vec<DeliveryId> = if all {
+                        q.dead_letters(usize::MAX)?
+                            .iter()
+                            .map(|d| d.id().clone())
+                            .collect()
+                    } else {
+                        ids.into_iter().map(DeliveryId::from).collect()
+                    };
+                    for id in &ids {
+                        q.redrive(id)?;
+                    }
+                    println!("re-drove {}", ids.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stats => {
+            let s = url.open()?.queue(&cli.queue)?.stats()?;
+            println!(
+                "ready {}\ndelayed {}\nclaimed {}\ndead {}\nquarantined {}",
+                s.ready, s.delayed, s.claimed, s.dead, s.quarantined
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! The `prefork` binary end to end: the demo drains a real batch through a
+//! real pool, and enqueue / dead list / redrive work on a spool.
+//! (harness = false: these spawn process trees.)
+
+use std::process::Command;
+
+use prefork_tests::harness::{Case, run};
+
+fn prefork() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_prefork"))
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("prefork-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn demo_drains_the_batch_and_summarizes() {
+    let out = prefork()
+        .args(["demo", "--jobs", "400", "--workers", "3", "--quiet"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let field = |name: &str| -> u64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {stdout}"));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    // 400 jobs: per 200, 1 malformed + 1 unknown + 1 bad args are dead, 19 flaky jobs retry once.
+    assert_eq!(field("jobs"), 400);
+    assert_eq!(field("dead"), 6);
+    assert_eq!(field("done"), 394);
+    assert_eq!(field("retried"), 38); // job 113 of each 200 is bad arguments, not flaky
+    assert!(stdout.contains("unknown job \"no_such_job\""), "{stdout}");
+    assert!(stdout.contains("malformed envelope"), "{stdout}");
+    assert!(stdout.contains("bad arguments"), "{stdout}");
+}
+
+fn enqueue_dead_list_and_redrive() {
+    let dir = tmp("dead");
+    let broker = format!("spool://{}", dir.display());
+    let ok = |args: &[&str]| {
+        let out = prefork()
+            .arg("--broker")
+            .arg(&broker)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&["enqueue", "fail", "\"always\"", "--count", "2"]);
+    ok(&["enqueue", "noop"]);
+    assert!(ok(&["stats"]).contains("ready 3"));
+    // A pool with retries 1 ms apart: the two `fail` jobs end dead after 5 attempts.
+    let mut pool = prefork()
+        .arg("--broker")
+        .arg(&broker)
+        .args(["work", "--workers", "2", "--retry-base-ms", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !ok(&["stats"]).contains("dead 2")
+        || !ok(&["stats"]).contains("ready 0\ndelayed 0\nclaimed 0")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", ok(&["stats"]));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pool.id() as i32),
+        nix::sys::signal::Signal::SIGQUIT,
+    )
+    .unwrap();
+    assert!(pool.wait().unwrap().success());
+    let list = ok(&["dead", "list"]);
+    assert_eq!(list.lines().count(), 2, "{list}");
+    assert!(
+        list.lines()
+            .all(|l| l.contains("failed on attempt 5 of 5: always")),
+        "{list}"
+    );
+    let id = list
+        .lines()
+        .next()
+        .unwrap()
+        .split('\t')
+        .next()
+        .unwrap()
+        .to_owned();
+    ok(&["dead", "redrive", &id]);
+    assert!(ok(&["stats"]).contains("ready 1"));
+    assert!(ok(&["dead", "redrive", "--all"]).contains("re-drove 1"));
+    assert!(ok(&["stats"]).contains("ready 2\ndelayed 0\nclaimed 0\ndead 0"));
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn main() {
+    run(&[
+        Case::new(
+            "demo_drains_the_batch_and_summarizes",
+            demo_drains_the_batch_and_summarizes,
+        ),
+        Case::new(
+            "enqueue_dead_list_and_redrive",
+            enqueue_dead_list_and_redrive,
+        ),
+    ]);
+}
