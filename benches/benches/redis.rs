@@ -1,0 +1,214 @@
+//! One no-op job through prefork-redis (publish + fetch + ack) against the
+//! raw commands any Redis Streams consumer needs for it (`XADD`,
+//! `XREADGROUP`, `XACK`), sent one at a time with the same `redis` client to
+//! the same server in the same run. Quote the ratios.
+//!
+//! Also measured: batches of 16 (16 publishes, one `fetch(16)`, one
+//! `ack_batch` of 16) against 16 `XADD`s, one `XREADGROUP COUNT 16` and one
+//! `XACK` of 16 ids.
+//!
+//! Needs a server: `PREFORK_REDIS_URL` (e.g. from `cargo xtask brokers
+//! start`); without it the bench prints a skip line and exits 0. After
+//! criterion's groups it also runs the arms interleaved (one of each per
+//! round, so a change of load hits all alike) and prints medians and ratios.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use prefork_broker::Broker;
+use prefork_redis::{Options, Redis, RedisQueue};
+use redis::{Connection, Value};
+
+/// Payload of every job: small, so the figures are about the mechanism.
+const PAYLOAD: &[u8] = &[b'x'; 64];
+
+/// The raw commands on a stream and group of their own.
+struct Raw {
+    conn: Connection,
+    stream: String,
+}
+
+impl Raw {
+    fn new(url: &str, tag: &str) -> Raw {
+        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+        let stream = format!("prefork-bench:raw-{tag}-{}", std::process::id());
+        let _: Value = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&stream)
+            .arg("g")
+            .arg("0")
+            .arg("MKSTREAM")
+            .query(&mut conn)
+            .unwrap();
+        Raw { conn, stream }
+    }
+
+    fn publish_fetch_ack(&mut self, n: usize) {
+        for _ in 0..n {
+            let _: Value = redis::cmd("XADD")
+                .arg(&self.stream)
+                .arg("*")
+                .arg("p")
+                .arg(PAYLOAD)
+                .query(&mut self.conn)
+                .unwrap();
+        }
+        let reply: Value = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("COUNT")
+            .arg(n)
+            .arg("STREAMS")
+            .arg(&self.stream)
+            .arg(">")
+            .query(&mut self.conn)
+            .unwrap();
+        let ids = entry_ids(reply);
+        assert_eq!(ids.len(), n, "raw read");
+        let acked: i64 = redis::cmd("XACK")
+            .arg(&self.stream)
+            .arg("g")
+            .arg(&ids)
+            .query(&mut self.conn)
+            .unwrap();
+        assert_eq!(acked as usize, n);
+    }
+
+    fn cleanup(&mut self) {
+        let _: Value = redis::cmd("DEL")
+            .arg(&self.stream)
+            .query(&mut self.conn)
+            .unwrap();
+    }
+}
+
+fn entry_ids(reply: Value) -> Vec<Vec<u8>> {
+    let mut ids = Vec::new();
+    if let Value::Array(streams) = reply {
+        for s in streams {
+            if let Value::Array(mut pair) = s
+                && let Some(Value::Array(entries)) = pair.pop()
+            {
+                for e in entries {
+                    if let Value::Array(mut e) = e
+                        && let Some(Value::BulkString(id)) = e.drain(..).next()
+                    {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn adapter(q: &mut RedisQueue, n: usize) {
+    for _ in 0..n {
+        q.publish(PAYLOAD, Duration::ZERO).unwrap();
+    }
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        got.extend(q.fetch(n - got.len(), Duration::from_secs(1)).unwrap());
+    }
+    black_box(&got);
+    if n == 1 {
+        q.ack(got.pop().unwrap()).unwrap();
+    } else {
+        let failed = q.ack_batch(got);
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+}
+
+fn main() {
+    let Ok(url) = std::env::var("PREFORK_REDIS_URL") else {
+        println!("redis bench: SKIPPED: PREFORK_REDIS_URL is not set (cargo xtask brokers start)");
+        return;
+    };
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .configure_from_args();
+    let redis = Redis::with_options(&url, Options::default().prefix("prefork-bench")).unwrap();
+    let name = |tag: &str| format!("{tag}-{}", std::process::id());
+    let mut q1 = redis.queue(&name("one")).unwrap();
+    let mut q16 = redis.queue(&name("batch")).unwrap();
+    let mut raw1 = Raw::new(&url, "one");
+    let mut raw16 = Raw::new(&url, "batch");
+
+    let mut g = c.benchmark_group("redis_job");
+    g.bench_function("baseline_raw_xadd_xreadgroup_xack", |b| {
+        b.iter(|| raw1.publish_fetch_ack(1))
+    });
+    g.bench_function("redis_publish_fetch_ack", |b| {
+        b.iter(|| adapter(&mut q1, 1))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("redis_job_batch16");
+    g.bench_function("baseline_raw_xadd16_xreadgroup16_xack16", |b| {
+        b.iter(|| raw16.publish_fetch_ack(16))
+    });
+    g.bench_function("redis_publish16_fetch16_ack_batch16", |b| {
+        b.iter(|| adapter(&mut q16, 16))
+    });
+    g.finish();
+
+    interleaved(
+        "one job",
+        &mut [
+            ("raw XADD+XREADGROUP+XACK", 1, &mut || {
+                raw1.publish_fetch_ack(1)
+            }),
+            ("prefork-redis publish+fetch+ack", 1, &mut || {
+                adapter(&mut q1, 1)
+            }),
+        ],
+        2000,
+    );
+    interleaved(
+        "batch of 16, per job",
+        &mut [
+            ("raw 16 XADD+XREADGROUP+XACK", 16, &mut || {
+                raw16.publish_fetch_ack(16)
+            }),
+            ("prefork-redis 16 publish+fetch+ack", 16, &mut || {
+                adapter(&mut q16, 16)
+            }),
+        ],
+        300,
+    );
+    raw1.cleanup();
+    raw16.cleanup();
+    c.final_summary();
+}
+
+/// Runs the arms one after another, `rounds` times, and prints each one's
+/// median time per job and its ratio to the first arm.
+fn interleaved(title: &str, arms: &mut [(&str, u32, &mut dyn FnMut())], rounds: usize) {
+    let mut times = vec![Vec::with_capacity(rounds); arms.len()];
+    for _ in 0..rounds {
+        for ((_, jobs, arm), samples) in arms.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            arm();
+            samples.push(start.elapsed() / *jobs);
+        }
+    }
+    let medians: Vec<Duration> = times
+        .iter_mut()
+        .map(|s| {
+            s.sort_unstable();
+            s[s.len() / 2]
+        })
+        .collect();
+    println!("\ninterleaved, {rounds} rounds, {title} (median):");
+    for ((name, _, _), m) in arms.iter().zip(&medians) {
+        println!(
+            "  {name:<36} {:>8.1} us  ({:.2}x baseline)",
+            m.as_secs_f64() * 1e6,
+            m.as_secs_f64() / medians[0].as_secs_f64()
+        );
+    }
+}
