@@ -209,6 +209,71 @@ impl RedisQueue {
         self.conn.is_some()
     }
 
+    /// Publishes many jobs in one round trip (pipelined `XADD`s, or
+    /// delayed entries when `delay` is not zero). Same semantics as
+    /// [`Broker::publish`] for each; on an error, some of them may have been
+    /// added.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let mut q = prefork_redis::Redis::new("redis://127.0.0.1:6379/")?.queue("thumbs")?;
+    /// q.publish_batch(&[b"img-1", b"img-2", b"img-3"], Duration::ZERO)?;
+    /// # Ok::<(), prefork_broker::BrokerError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`Broker::publish`].
+    pub fn publish_batch(
+        &mut self,
+        payloads: &[&[u8]],
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
+        let delay_us = delay_micros(delay)?;
+        let members: Vec<Vec<u8>> = if delay_us > 0 {
+            payloads
+                .iter()
+                .map(|p| {
+                    let mut m = self.next_nonce().into_bytes();
+                    m.extend_from_slice(b":1::");
+                    m.extend_from_slice(p);
+                    m
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let (stream, delayed) = (self.keys.stream.clone(), self.keys.delayed.clone());
+        let _: Vec<Value> = self.call("publish", |c, shas| {
+            let mut pipe = redis::pipe();
+            if delay_us == 0 {
+                for p in payloads {
+                    pipe.cmd("XADD").arg(&stream).arg("*").arg("p").arg(*p);
+                }
+            } else {
+                for m in &members {
+                    pipe.cmd("EVALSHA")
+                        .arg(&shas[Script::Delay as usize])
+                        .arg(1)
+                        .arg(&delayed)
+                        .arg(delay_us)
+                        .arg(m.as_slice());
+                }
+            }
+            pipe.query(c)
+        })?;
+        if delay_us > 0 {
+            self.next_promote = self.next_promote.min(Instant::now() + delay);
+        }
+        Ok(())
+    }
+
     /// Acks many deliveries in one round trip (one script call); returns
     /// those that could not be acked, each with its reason, or an empty
     /// `Vec`. Same semantics as [`Broker::ack`] for each.

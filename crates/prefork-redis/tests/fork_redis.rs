@@ -171,27 +171,36 @@ fn poison_jobs_are_dead_lettered_after_max_deliveries() {
 }
 
 /// Binary payloads holding the delayed-entry separator (`:`), NULs and
-/// newlines come back intact from a delayed publish and a delayed retry,
-/// with the same job id and a counted attempt.
+/// newlines come back intact from delayed publishes (one at a time and
+/// batched) and a delayed retry, with the same job id and a counted
+/// attempt; a batch of identical payloads stays two jobs.
 fn delayed_binary_payloads_survive() {
     let name = unique("binary");
     let mut q = open(&name, options());
     let weird: Vec<u8> = b"a:b::c:\x00\n\xff:".to_vec();
     q.publish(&weird, Duration::from_millis(50)).unwrap();
     q.publish(b"", Duration::from_millis(50)).unwrap();
-    let mut got = collect(&mut q, 2);
+    q.publish_batch(&[b"b1:", b"b2"], Duration::from_millis(50))
+        .unwrap();
+    q.publish_batch(&[b"n1", b"n1"], Duration::ZERO).unwrap();
+    let mut got = collect(&mut q, 6);
     got.sort_by(|x, y| x.payload().cmp(y.payload()));
-    assert_eq!(got[0].payload(), b"");
-    assert_eq!(got[1].payload(), &weird[..]);
-    let d = got.pop().unwrap();
-    q.ack(got.pop().unwrap()).unwrap();
+    let payloads: Vec<&[u8]> = got.iter().map(|d| d.payload()).collect();
+    assert_eq!(
+        payloads,
+        [&b""[..], b"a:b::c:\x00\n\xff:", b"b1:", b"b2", b"n1", b"n1"]
+    );
+    let weird_at = got.iter().position(|d| d.payload() == &weird[..]).unwrap();
+    let d = got.remove(weird_at);
     let id = d.id().clone();
+    for other in got {
+        q.ack(other).unwrap();
+    }
     q.retry(d, Duration::from_millis(50)).unwrap();
     let d = collect(&mut q, 1).pop().unwrap();
     assert_eq!((d.payload(), d.attempt(), d.id()), (&weird[..], 2, &id));
     q.ack(d).unwrap();
 }
-
 /// Every handle gets a consumer name of its own, `hostname:pid:random`.
 fn consumer_names_are_unique_per_handle() {
     let name = unique("names");
