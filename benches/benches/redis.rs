@@ -5,7 +5,8 @@
 //!
 //! Also measured: batches of 16 (16 publishes, one `fetch(16)`, one
 //! `ack_batch` of 16) against 16 `XADD`s, one `XREADGROUP COUNT 16` and one
-//! `XACK` of 16 ids.
+//! `XACK` of 16 ids, and the same with the 16 jobs published in one
+//! pipelined `publish_batch`.
 //!
 //! Needs a server: `PREFORK_REDIS_URL` (e.g. from `cargo xtask brokers
 //! start`); without it the bench prints a skip line and exits 0. After
@@ -108,6 +109,18 @@ fn adapter(q: &mut RedisQueue, n: usize) {
     for _ in 0..n {
         q.publish(PAYLOAD, Duration::ZERO).unwrap();
     }
+    fetch_ack(q, n);
+}
+
+/// The batch as a producer that has many jobs at once would publish it:
+/// one pipelined round trip.
+fn adapter_pipelined(q: &mut RedisQueue, n: usize) {
+    let payloads = vec![PAYLOAD; n];
+    q.publish_batch(&payloads, Duration::ZERO).unwrap();
+    fetch_ack(q, n);
+}
+
+fn fetch_ack(q: &mut RedisQueue, n: usize) {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
         got.extend(q.fetch(n - got.len(), Duration::from_secs(1)).unwrap());
@@ -135,6 +148,7 @@ fn main() {
     let name = |tag: &str| format!("{tag}-{}", std::process::id());
     let mut q1 = redis.queue(&name("one")).unwrap();
     let mut q16 = redis.queue(&name("batch")).unwrap();
+    let mut q16p = redis.queue(&name("pipelined")).unwrap();
     let mut raw1 = Raw::new(&url, "one");
     let mut raw16 = Raw::new(&url, "batch");
 
@@ -153,6 +167,9 @@ fn main() {
     });
     g.bench_function("redis_publish16_fetch16_ack_batch16", |b| {
         b.iter(|| adapter(&mut q16, 16))
+    });
+    g.bench_function("redis_publish_batch16_fetch16_ack_batch16", |b| {
+        b.iter(|| adapter_pipelined(&mut q16p, 16))
     });
     g.finish();
 
@@ -176,6 +193,9 @@ fn main() {
             }),
             ("prefork-redis 16 publish+fetch+ack", 16, &mut || {
                 adapter(&mut q16, 16)
+            }),
+            ("prefork-redis publish_batch16+fetch+ack", 16, &mut || {
+                adapter_pipelined(&mut q16p, 16)
             }),
         ],
         300,
