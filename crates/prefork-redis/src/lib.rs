@@ -5,8 +5,8 @@
 //!
 //! | item | what |
 //! |---|---|
-//! | [`Redis`] | a server URL and [`Options`]; opens [`RedisQueue`]s (a [`Connect`](prefork_broker::Connect)) |
-//! | [`RedisQueue`] | a handle on one queue: the [`Broker`](prefork_broker::Broker) implementation |
+//! | [`Redis`] | a server URL and [`Options`]; opens [`RedisQueue`]s (a [`Connect`]) |
+//! | [`RedisQueue`] | a handle on one queue: the [`Broker`] implementation |
 //! | [`Options`] | group, consumer, lease, block time, poison limit, timeouts, backoff |
 //!
 //! The README below is the crate's guide (design, guarantees, figures); its
