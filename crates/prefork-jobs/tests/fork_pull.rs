@@ -321,8 +321,11 @@ fn time_limits_fire() {
     wait_until("the queue to drain", Duration::from_secs(30), || {
         drained(&dir)
     });
-    let workers = children_of(master);
-    assert_eq!(workers.len(), 2, "the killed workers were replaced");
+    wait_until(
+        "the killed workers to be replaced",
+        Duration::from_secs(10),
+        || children_of(master).len() == 2,
+    );
     quit(pool);
     let dead = enq.broker().dead_letters(10).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
