@@ -159,6 +159,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_python_producer_output_reads() {
+        // What the README's Python snippet prints (json.dumps default separators).
+        let py = br#"{"v": 1, "id": "5b0c7f1e-2f7e-4c1a-9d0e-8a3f3f0b6a11", "job": "send_welcome", "args": {"user": 7}, "queue": "default", "enqueued_at": 1763900000123}"#;
+        let e = Envelope::from_bytes(py).unwrap();
+        assert_eq!(
+            (e.job.as_str(), e.queue.as_str()),
+            ("send_welcome", "default")
+        );
+        assert_eq!(e.args["user"], 7);
+        assert_eq!(e.enqueued_at, 1_763_900_000_123);
+        assert_eq!(e.attempt, 1);
+    }
+
+    #[test]
     fn unknown_fields_are_ignored_and_other_versions_refused() {
         let e = Envelope::from_bytes(br#"{"v":1,"id":"a","job":"j","extra":[1,2]}"#).unwrap();
         assert_eq!(e.id, "a");

@@ -422,15 +422,17 @@ impl Registry {
                 serde_json::from_value::<A>(value).map_err(|e| Failure::Args(e.to_string()))?;
             handler(ctx, args).map_err(Failure::Job)
         });
-        let entry = self.handlers.entry(name.to_owned()).or_insert(Entry {
-            handler: Box::new(|_, _| Ok(())),
-            retry: None,
-            limits: None,
-        });
-        *entry = Entry {
+        let new = Entry {
             handler,
             retry: None,
             limits: None,
+        };
+        let entry = match self.handlers.entry(name.to_owned()) {
+            std::collections::hash_map::Entry::Occupied(mut o) => {
+                o.insert(new);
+                o.into_mut()
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(new),
         };
         Registration { entry }
     }
@@ -706,6 +708,24 @@ mod tests {
         let r = registry();
         let reason = dead_reason(r.run(&env("io", serde_json::Value::Null), 1, 0.0));
         assert!(reason.contains("attempt 1 of 1"), "{reason}");
+    }
+
+    #[test]
+    fn registering_again_replaces_the_handler_and_its_settings() {
+        let mut r = registry();
+        r.register("io", |_: &mut JobContext<'_>, ()| Ok(()));
+        assert_eq!(
+            r.run(&env("io", serde_json::Value::Null), 1, 0.0),
+            Outcome::Done
+        );
+        assert_eq!(
+            r.prepare(&env("io", serde_json::Value::Null), 1)
+                .unwrap()
+                .retry_policy()
+                .get_max_attempts(),
+            3
+        );
+        assert_eq!(r.names(), ["add", "boom", "flaky", "io"]);
     }
 
     #[test]
