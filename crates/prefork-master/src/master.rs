@@ -121,6 +121,7 @@ impl Master {
                  start threads and runtimes in Worker::start, after the fork"
             )));
         }
+        raise_fd_limit();
         let mut queue = SignalQueue::new(SIGNALS)?;
         let poll = Poll::new()?;
         poll.registry()
@@ -551,6 +552,24 @@ impl<W: Worker> Loop<W> {
         // `ctx` is not dropped: its channel closes when the process exits,
         // so the master never sees EOF from a worker that still lives.
         exit_worker(code)
+    }
+}
+
+/// The master holds two descriptors per worker (its channel and its
+/// pidfd): raise the soft `RLIMIT_NOFILE` (often 1024) towards the hard
+/// limit so that [`MAX_WORKERS`](crate::MAX_WORKERS) fit. Workers inherit
+/// the raised limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let wanted = 2 * crate::config::MAX_WORKERS as u64 + 256;
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < wanted
+    {
+        let new = wanted.min(hard);
+        match setrlimit(Resource::RLIMIT_NOFILE, new, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = new, "raised the open file limit"),
+            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open file limit"),
+        }
     }
 }
 

@@ -39,7 +39,9 @@ impl Worker for Echo {
             let listener = tokio::net::TcpListener::from_std(std_listener)?;
             tokio::spawn(async move {
                 loop {
-                    let Ok((stream, peer)) = listener.accept().await else { continue };
+                    let Ok((stream, peer)) = listener.accept().await else {
+                        continue;
+                    };
                     tokio::spawn(async move {
                         let (read, mut write) = stream.into_split();
                         let mut lines = BufReader::new(read).lines();

@@ -46,7 +46,11 @@ impl Worker for Scorer {
     }
 
     fn stop(&mut self, ctx: &mut Context) {
-        tracing::info!(worker = ctx.worker_index(), scored = self.scored, "stopping");
+        tracing::info!(
+            worker = ctx.worker_index(),
+            scored = self.scored,
+            "stopping"
+        );
     }
 }
 

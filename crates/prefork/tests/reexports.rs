@@ -30,7 +30,8 @@ fn a_closure_is_a_worker() {
 #[test]
 fn the_parts_are_reachable() {
     let (mut a, mut b) = prefork::heartbeat::Channel::pair().unwrap();
-    a.send(&prefork::heartbeat::Message::Ready { pid: 1 }).unwrap();
+    a.send(&prefork::heartbeat::Message::Ready { pid: 1 })
+        .unwrap();
     assert_eq!(
         b.recv().unwrap(),
         Some(prefork_heartbeat::Message::Ready { pid: 1 })
