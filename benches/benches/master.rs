@@ -44,6 +44,7 @@ fn main() {
 /// every page of it is mapped (shared) in every worker.
 struct Idle {
     preloaded: Vec<u8>,
+    iteration: Duration,
 }
 
 impl Worker for Idle {
@@ -57,7 +58,7 @@ impl Worker for Idle {
     }
 
     fn execute(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(self.iteration);
         Ok(())
     }
 }
@@ -68,11 +69,19 @@ fn daemon(mode: &str) -> ! {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    let iteration = Duration::from_millis(
+        std::env::var("BENCH_ITER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100),
+    );
     // Filled with a non-zero byte: every page is really allocated.
     let preloaded = vec![1u8; preload_mib * MIB];
     let master = Master::builder()
         .name("bench")
         .workers(workers)
+        // Heartbeats every 2 s: the idle-CPU window sees several rounds.
+        .timeout(Duration::from_secs(8))
         .graceful_timeout(Duration::from_secs(10))
         // A killed worker was not an early death: no backoff in the way.
         .healthy_after(Duration::from_millis(1))
@@ -84,7 +93,12 @@ fn daemon(mode: &str) -> ! {
         .build()
         .expect("settings");
     let _ = mode;
-    let report = master.run(Idle { preloaded }).expect("run");
+    let report = master
+        .run(Idle {
+            preloaded,
+            iteration,
+        })
+        .expect("run");
     std::process::exit(if report.success() { 0 } else { 1 })
 }
 
@@ -94,8 +108,9 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(workers: usize, preload_mib: usize) -> (Daemon, Vec<i32>) {
+    fn start(workers: usize, preload_mib: usize, iter_ms: u64) -> (Daemon, Vec<i32>) {
         let mut child = Command::new(std::env::current_exe().unwrap())
+            .env("BENCH_ITER_MS", iter_ms.to_string())
             .env(DAEMON_ENV, "1")
             .env("BENCH_WORKERS", workers.to_string())
             .env("BENCH_PRELOAD_MIB", preload_mib.to_string())
@@ -222,7 +237,7 @@ fn rss_pss(pid: i32) -> (u64, u64) {
 // ------------------------------------------------------------------ benches
 
 fn kill_to_ready(samples: usize) {
-    let (mut d, mut pids) = Daemon::start(4, 0);
+    let (mut d, mut pids) = Daemon::start(4, 0, 100);
     let mut ours = Vec::new();
     for i in 0..samples {
         let victim = pids.remove(i % pids.len());
@@ -251,7 +266,7 @@ fn quit_to_exit(samples: usize) {
     let n = 64;
     let mut ours = Vec::new();
     for _ in 0..samples {
-        let (d, _) = Daemon::start(n, 0);
+        let (d, _) = Daemon::start(n, 0, 10);
         ours.push(d.quit());
     }
     let mut base = Vec::new();
@@ -268,13 +283,13 @@ fn quit_to_exit(samples: usize) {
     }
     let (a, b) = (median(ours), median(base));
     println!(
-        "QUIT->exit, {n} idle workers: median {a:?} (baseline TERM+reap of {n} bare children {b:?}): {:.1}x baseline",
+        "QUIT->exit, {n} idle workers (10 ms iterations, each finished first): median {a:?} (baseline TERM+reap of {n} bare children {b:?}): {:.1}x baseline",
         ratio(a, b)
     );
 }
 
 fn idle_cpu(n: usize, window: Duration) {
-    let (d, _) = Daemon::start(n, 0);
+    let (d, _) = Daemon::start(n, 0, 100);
     let (base_pid, _r, hold) = bare_child(true);
     std::thread::sleep(Duration::from_secs(1)); // let start-up settle
     let (m0, b0, s0) = (
@@ -295,7 +310,7 @@ fn idle_cpu(n: usize, window: Duration) {
     d.quit();
     let pct = |ns: u64| ns as f64 / 1e9 / secs * 100.0;
     println!(
-        "idle CPU, {n} workers over {secs:.1} s: master {:.3}% of a core ({:.0} wake-ups/s); baseline process blocked in read {:.3}%",
+        "idle CPU, {n} workers (heartbeat every 2 s) over {secs:.1} s: master {:.3}% of a core ({:.0} wake-ups/s); baseline process blocked in read {:.3}%",
         pct(m1 - m0),
         (s1 - s0) as f64 / secs,
         pct(b1 - b0)
@@ -304,7 +319,7 @@ fn idle_cpu(n: usize, window: Duration) {
 
 fn shared_pss(mib: usize) {
     let n = 8;
-    let (d, pids) = Daemon::start(n, mib);
+    let (d, pids) = Daemon::start(n, mib, 100);
     let (mut rss, mut pss) = rss_pss(d.pid());
     for p in &pids {
         let (r, s) = rss_pss(*p);

@@ -216,10 +216,12 @@ impl Supervisor {
                 State::Killed(_) => {}
             }
         }
-        if !self.is_stopping() {
+        if !self.is_stopping() && self.slots.iter().any(|s| s.respawn_at.is_some()) {
+            let occupied = self.slot_summary(|p| matches!(p.state, State::Live | State::Killed(_)));
+            let recyclable = self.slot_summary(|p| p.state == State::Live && p.recycle.is_some());
             for (i, slot) in self.slots.iter().enumerate().take(self.target) {
                 if let Some(t) = slot.respawn_at
-                    && (!self.occupied(i) || self.recycle_candidate_for(i))
+                    && (!occupied[i] || (self.recycling.is_none() && recyclable[i]))
                 {
                     at(t);
                 }
@@ -655,21 +657,15 @@ impl Supervisor {
         }
     }
 
-    /// Whether slot `index` has a worker, live or killed but not reaped yet
-    /// (its replacement waits for the reap, and for the backoff).
-    fn occupied(&self, index: usize) -> bool {
-        self.procs
-            .values()
-            .any(|p| p.index == index && matches!(p.state, State::Live | State::Killed(_)))
-    }
-
-    /// Whether slot `index` holds a worker waiting to be recycled.
-    fn recycle_candidate_for(&self, index: usize) -> bool {
-        self.recycling.is_none()
-            && self
-                .procs
-                .values()
-                .any(|p| p.index == index && p.state == State::Live && p.recycle.is_some())
+    /// For each slot below the target, whether some process of it matches.
+    fn slot_summary(&self, matches: impl Fn(&Proc) -> bool) -> Vec<bool> {
+        let mut out = vec![false; self.target];
+        for p in self.procs.values() {
+            if p.index < self.target && matches(p) {
+                out[p.index] = true;
+            }
+        }
+        out
     }
 
     fn stop_gracefully(&mut self, now: Instant, serial: Serial) {
@@ -739,9 +735,11 @@ impl Supervisor {
         for serial in extra {
             self.stop_gracefully(now, serial);
         }
-        // Fill the empty slots whose backoff has passed.
-        for index in 0..self.target {
-            if !self.occupied(index)
+        // Fill the empty slots whose backoff has passed (one pass over the
+        // processes, not one per slot: this runs on every loop turn).
+        let occupied = self.slot_summary(|p| matches!(p.state, State::Live | State::Killed(_)));
+        for (index, occupied) in occupied.into_iter().enumerate() {
+            if !occupied
                 && self
                     .slots
                     .get(index)
@@ -792,11 +790,11 @@ impl Supervisor {
             self.reloading = false;
             tracing::info!("HUP: every worker replaced");
         }
-        let all_ready = (0..self.target).all(|i| {
-            self.procs
-                .values()
-                .any(|p| p.index == i && p.state == State::Live && p.ready)
-        });
+        let all_ready = self.started
+            || self
+                .slot_summary(|p| p.state == State::Live && p.ready)
+                .iter()
+                .all(|ready| *ready);
         if all_ready {
             self.started = true;
         }
