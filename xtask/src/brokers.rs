@@ -102,10 +102,12 @@ pub(crate) const SPECS: &[Spec] = &[
         env_var: "PREFORK_BEANSTALKD_URL",
         url: |port| format!("beanstalk://127.0.0.1:{port}"),
         launch: |l| {
+            // `-z`: the conformance kit round-trips a 1 MiB job; the
+            // default max-job-size is 64 KiB.
             let mut cmd = Command::new(l.program);
             cmd.args(["-l", "127.0.0.1", "-p"])
                 .arg(l.port.to_string())
-                .arg("-b")
+                .args(["-z", "2097152", "-b"])
                 .arg(l.dir);
             Ok(cmd)
         },
