@@ -30,6 +30,10 @@ const KIND_DONE: u8 = 4;
 const KIND_FAILED: u8 = 5;
 const KIND_STATS: u8 = 6;
 const KIND_CONTROL: u8 = 7;
+const KIND_WANT: u8 = 8;
+const KIND_RELEASE: u8 = 9;
+const KIND_LOST: u8 = 10;
+const KIND_DEADLINE: u8 = 11;
 
 const PROGRESS_IDLE: u8 = 0;
 const PROGRESS_BUSY: u8 = 1;
@@ -74,12 +78,15 @@ pub enum Message {
     },
     /// Worker -> master: alive, and what it is doing.
     Heartbeat(Progress),
-    /// Master -> worker: a job to run (dispatch mode).
+    /// Feeder -> master -> worker: a job to run (dispatch mode).
     Job {
         /// The broker's delivery id, opaque to this crate.
         id: String,
         /// The job's bytes, opaque to this crate.
         payload: Vec<u8>,
+        /// The broker's delivery count, from 1 (a frame from a peer that
+        /// predates this field decodes as 1).
+        attempt: u32,
     },
     /// Worker -> master: the job finished and is acknowledged (or may be).
     Done {
@@ -94,11 +101,47 @@ pub enum Message {
         reason: String,
         /// Whether the retry policy may run the job again.
         retry: bool,
+        /// With `retry`: how long to wait before the next attempt, in
+        /// milliseconds (a frame from a peer that predates this field
+        /// decodes as 0).
+        delay_ms: u64,
     },
     /// Worker -> master: resource usage.
     Stats(Stats),
     /// Master -> worker: a control request, read between iterations.
     Control(Control),
+    /// Master -> feeder: send up to `n` more jobs (credits, added to those
+    /// not yet used). The master asks for no more jobs than it has idle
+    /// workers.
+    Want {
+        /// How many more jobs the master can hand out now.
+        n: u32,
+    },
+    /// Master -> feeder: give this job back to the broker without counting
+    /// an attempt: it was never started (graceful shutdown, or no worker
+    /// left to run it).
+    Release {
+        /// The delivery id from [`Message::Job`].
+        id: String,
+    },
+    /// Master -> feeder: the worker holding this job died (crash, SIGKILL,
+    /// hard time limit). Settle it as a failed attempt under the retry
+    /// policy.
+    Lost {
+        /// The delivery id from [`Message::Job`].
+        id: String,
+        /// What happened, for the log and the dead-letter place.
+        reason: String,
+    },
+    /// Worker -> master: kill this worker if it is still running job `id`
+    /// `in_ms` milliseconds from now (a hard time limit); `in_ms == 0`
+    /// clears the deadline.
+    Deadline {
+        /// The job (a delivery id, or any label in pull mode).
+        id: String,
+        /// Milliseconds from now; 0 clears.
+        in_ms: u64,
+    },
     /// A frame of a kind this version does not know, from a newer peer: kept,
     /// not an error (forward compatibility).
     ///
@@ -136,6 +179,10 @@ impl Message {
             Message::Failed { .. } => KIND_FAILED,
             Message::Stats(_) => KIND_STATS,
             Message::Control(_) => KIND_CONTROL,
+            Message::Want { .. } => KIND_WANT,
+            Message::Release { .. } => KIND_RELEASE,
+            Message::Lost { .. } => KIND_LOST,
+            Message::Deadline { .. } => KIND_DEADLINE,
             Message::Unknown { kind, .. } => *kind,
         }
     }
@@ -250,15 +297,35 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&since_unix_ms.to_le_bytes());
             put_bytes(out, job.as_bytes());
         }
-        Message::Job { id, payload } => {
+        Message::Job {
+            id,
+            payload,
+            attempt,
+        } => {
             put_bytes(out, id.as_bytes());
             put_bytes(out, payload);
+            out.extend_from_slice(&attempt.to_le_bytes());
         }
-        Message::Done { id } => put_bytes(out, id.as_bytes()),
-        Message::Failed { id, reason, retry } => {
+        Message::Done { id } | Message::Release { id } => put_bytes(out, id.as_bytes()),
+        Message::Failed {
+            id,
+            reason,
+            retry,
+            delay_ms,
+        } => {
             put_bytes(out, id.as_bytes());
             put_bytes(out, reason.as_bytes());
             out.push(u8::from(*retry));
+            out.extend_from_slice(&delay_ms.to_le_bytes());
+        }
+        Message::Want { n } => out.extend_from_slice(&n.to_le_bytes()),
+        Message::Lost { id, reason } => {
+            put_bytes(out, id.as_bytes());
+            put_bytes(out, reason.as_bytes());
+        }
+        Message::Deadline { id, in_ms } => {
+            put_bytes(out, id.as_bytes());
+            out.extend_from_slice(&in_ms.to_le_bytes());
         }
         Message::Stats(s) => {
             for v in [s.rss_bytes, s.pss_bytes, s.jobs_done, s.iterations] {
@@ -321,6 +388,23 @@ impl<'a> Body<'a> {
         self.take(len, what)
     }
 
+    /// A field appended by a later version: absent (`None`) when the body
+    /// ends here, else it must be whole.
+    fn optional_u32(&mut self, what: &'static str) -> Result<Option<u32>, DecodeError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        self.u32(what).map(Some)
+    }
+
+    /// As [`optional_u32`](Body::optional_u32), for a `u64`.
+    fn optional_u64(&mut self, what: &'static str) -> Result<Option<u64>, DecodeError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        self.u64(what).map(Some)
+    }
+
     fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let b = self.bytes(what)?;
         std::str::from_utf8(b)
@@ -352,6 +436,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
         KIND_JOB => Message::Job {
             id: b.string("job: truncated id")?,
             payload: b.bytes("job: truncated payload")?.to_vec(),
+            attempt: b.optional_u32("job: truncated attempt")?.unwrap_or(1),
         },
         KIND_DONE => Message::Done {
             id: b.string("done: truncated id")?,
@@ -364,6 +449,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
                 1 => true,
                 _ => return Err(DecodeError::Malformed("failed: retry flag is not 0 or 1")),
             },
+            delay_ms: b.optional_u64("failed: truncated delay")?.unwrap_or(0),
         },
         KIND_STATS => Message::Stats(Stats {
             rss_bytes: b.u64("stats: truncated")?,
@@ -376,6 +462,20 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
             CONTROL_REOPEN_LOGS => Message::Control(Control::ReopenLogs),
             CONTROL_RECYCLE => Message::Control(Control::Recycle),
             _ => unknown(),
+        },
+        KIND_WANT => Message::Want {
+            n: b.u32("want: truncated count")?,
+        },
+        KIND_RELEASE => Message::Release {
+            id: b.string("release: truncated id")?,
+        },
+        KIND_LOST => Message::Lost {
+            id: b.string("lost: truncated id")?,
+            reason: b.string("lost: truncated reason")?,
+        },
+        KIND_DEADLINE => Message::Deadline {
+            id: b.string("deadline: truncated id")?,
+            in_ms: b.u64("deadline: truncated time")?,
         },
         _ => unknown(),
     };
@@ -587,6 +687,7 @@ mod tests {
         let msg = Message::Job {
             id: "a".into(),
             payload: vec![7; 200_000],
+            attempt: 1,
         };
         let mut bytes = Vec::new();
         encode(&msg, &mut bytes);

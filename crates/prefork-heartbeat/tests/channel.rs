@@ -17,6 +17,7 @@ fn sample() -> Vec<Message> {
         Message::Job {
             id: "delivery-1".into(),
             payload: (0..=255).collect(),
+            attempt: 3,
         },
         Message::Heartbeat(Progress::Busy {
             job: "delivery-1".into(),
@@ -29,6 +30,7 @@ fn sample() -> Vec<Message> {
             id: "d2".into(),
             reason: "handler panicked: index out of bounds".into(),
             retry: true,
+            delay_ms: 1500,
         },
         Message::Stats(Stats {
             rss_bytes: 50 << 20,
@@ -92,6 +94,7 @@ fn a_large_job_is_written_in_parts_while_the_socket_is_full() {
     let job = Message::Job {
         id: "big".into(),
         payload,
+        attempt: 1,
     };
     master.send(&job).unwrap();
     master.send(&Message::Control(Control::Recycle)).unwrap();
@@ -116,6 +119,7 @@ fn reads_of_a_trickled_large_frame_in_small_chunks() {
     let job = Message::Job {
         id: "j".into(),
         payload: vec![0xab; 100_000],
+        attempt: 1,
     };
     let mut bytes = Vec::new();
     encode(&job, &mut bytes);
@@ -168,9 +172,10 @@ fn a_body_above_the_maximum_is_refused_before_queueing() {
         .send(&Message::Job {
             id: "j".into(),
             payload: vec![0; 100],
+            attempt: 1,
         })
         .unwrap_err();
-    assert!(matches!(err, ChannelError::TooLarge { len: 109, max: 64 }));
+    assert!(matches!(err, ChannelError::TooLarge { len: 113, max: 64 }));
     assert!(!a.has_pending_output());
     // The channel is still usable.
     a.send(&Message::Ready { pid: 3 }).unwrap();

@@ -36,18 +36,33 @@ fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u32>().prop_map(|pid| Message::Ready { pid }),
         progress().prop_map(Message::Heartbeat),
-        (".*", proptest::collection::vec(any::<u8>(), 0..300))
-            .prop_map(|(id, payload)| Message::Job { id, payload }),
+        (
+            ".*",
+            proptest::collection::vec(any::<u8>(), 0..300),
+            any::<u32>()
+        )
+            .prop_map(|(id, payload, attempt)| Message::Job {
+                id,
+                payload,
+                attempt
+            }),
         ".*".prop_map(|id| Message::Done { id }),
-        (".*", ".*", any::<bool>()).prop_map(|(id, reason, retry)| Message::Failed {
-            id,
-            reason,
-            retry
+        (".*", ".*", any::<bool>(), any::<u64>()).prop_map(|(id, reason, retry, delay_ms)| {
+            Message::Failed {
+                id,
+                reason,
+                retry,
+                delay_ms,
+            }
         }),
+        any::<u32>().prop_map(|n| Message::Want { n }),
+        ".*".prop_map(|id| Message::Release { id }),
+        (".*", ".*").prop_map(|(id, reason)| Message::Lost { id, reason }),
+        (".*", any::<u64>()).prop_map(|(id, in_ms)| Message::Deadline { id, in_ms }),
         stats().prop_map(Message::Stats),
         control().prop_map(Message::Control),
         (
-            prop_oneof![Just(0_u8), 8_u8..=255],
+            prop_oneof![Just(0_u8), 12_u8..=255],
             proptest::collection::vec(any::<u8>(), 0..64)
         )
             .prop_map(|(kind, body)| Message::Unknown { kind, body }),
@@ -216,15 +231,21 @@ fn unknown_tags_of_known_kinds_are_kept_for_newer_peers() {
 #[test]
 fn malformed_bodies_are_errors() {
     let cases: &[(u8, &[u8])] = &[
-        (1, &[1, 2, 3]),                   // pid needs 4 bytes
-        (2, &[]),                          // no progress tag
-        (2, &[1, 0, 0]),                   // busy without its start time
-        (3, &[5, 0, 0, 0, b'a']),          // id says 5 bytes, 1 present
-        (3, &[1, 0, 0, 0, b'a']),          // no payload length
-        (4, &[2, 0, 0, 0, 0xff, 0xfe]),    // id not UTF-8
-        (5, &[0, 0, 0, 0, 0, 0, 0, 0, 2]), // retry flag 2
-        (6, &[0; 31]),                     // stats need 32 bytes
-        (7, &[]),                          // no control request
+        (1, &[1, 2, 3]),                      // pid needs 4 bytes
+        (2, &[]),                             // no progress tag
+        (2, &[1, 0, 0]),                      // busy without its start time
+        (3, &[5, 0, 0, 0, b'a']),             // id says 5 bytes, 1 present
+        (3, &[1, 0, 0, 0, b'a']),             // no payload length
+        (4, &[2, 0, 0, 0, 0xff, 0xfe]),       // id not UTF-8
+        (5, &[0, 0, 0, 0, 0, 0, 0, 0, 2]),    // retry flag 2
+        (6, &[0; 31]),                        // stats need 32 bytes
+        (7, &[]),                             // no control request
+        (3, &[0, 0, 0, 0, 0, 0, 0, 0, 1]),    // half an attempt
+        (5, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 7]), // half a delay
+        (8, &[1, 0]),                         // want needs 4 bytes
+        (9, &[]),                             // release without an id
+        (10, &[0, 0, 0, 0]),                  // lost without a reason
+        (11, &[0, 0, 0, 0, 1, 2, 3]),         // deadline needs 8 bytes
     ];
     for &(kind, body) in cases {
         let mut frame = vec![VERSION, kind];
@@ -244,6 +265,7 @@ fn a_body_exactly_at_the_maximum_is_accepted() {
     let msg = Message::Job {
         id: String::new(),
         payload: vec![1; 100],
+        attempt: 1,
     };
     let mut bytes = Vec::new();
     encode(&msg, &mut bytes);
@@ -254,4 +276,34 @@ fn a_body_exactly_at_the_maximum_is_accepted() {
     let mut d = Decoder::with_max_frame(body - 1);
     d.feed(&bytes);
     assert_eq!(d.next_message(), Err(DecodeError::TooLarge(body)));
+}
+
+#[test]
+fn frames_from_peers_that_predate_the_appended_fields_decode_with_defaults() {
+    // A Job without its attempt, a Failed without its delay (version 1 as
+    // first published).
+    let old_job = [VERSION, 3, 10, 0, 0, 0, 1, 0, 0, 0, b'j', 1, 0, 0, 0, b'p'];
+    let old_failed = [
+        VERSION, 5, 11, 0, 0, 0, 1, 0, 0, 0, b'j', 1, 0, 0, 0, b'r', 1,
+    ];
+    let mut d = Decoder::new();
+    d.feed(&old_job);
+    d.feed(&old_failed);
+    assert_eq!(
+        d.next_message(),
+        Ok(Some(Message::Job {
+            id: "j".into(),
+            payload: b"p".to_vec(),
+            attempt: 1
+        }))
+    );
+    assert_eq!(
+        d.next_message(),
+        Ok(Some(Message::Failed {
+            id: "j".into(),
+            reason: "r".into(),
+            retry: true,
+            delay_ms: 0
+        }))
+    );
 }

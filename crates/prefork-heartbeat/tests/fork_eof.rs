@@ -151,6 +151,7 @@ fn sending_to_a_killed_worker_is_an_error_not_sigpipe() {
     let result = master.send(&Message::Job {
         id: "lost".into(),
         payload: vec![0; 16],
+        attempt: 1,
     });
     assert!(matches!(result, Err(ChannelError::Closed)), "{result:?}");
 }

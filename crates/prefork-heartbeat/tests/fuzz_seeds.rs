@@ -2,7 +2,8 @@
 //! the decoder. The seeds were written from the wire-format table in the
 //! README, independently of the encoder, and their names say what they must
 //! do: `ok-*` decode fully (and re-encode to the same bytes, unless they
-//! carry fields from a newer peer), `partial-*` wait for more bytes, `err-*`
+//! carry fields from a newer peer, `*trailing*`, or lack fields appended
+//! since, `*older*`), `partial-*` wait for more bytes, `err-*`
 //! are refused.
 
 use std::path::Path;
@@ -51,7 +52,7 @@ fn every_seed_decodes_as_its_name_says() {
                 !msgs.is_empty() && left == 0,
                 "{name}: {msgs:?}, {left} left"
             );
-            if !name.contains("trailing") {
+            if !name.contains("trailing") && !name.contains("older") {
                 let mut again = Vec::new();
                 for m in &msgs {
                     encode(m, &mut again);
