@@ -4,7 +4,8 @@
 //!
 //! ```
 //! let url = prefork_cli::BrokerUrl::parse("spool:///tmp/prefork-doc")?;
-//! assert_eq!(url.path(), std::path::Path::new("/tmp/prefork-doc"));
+//! assert_eq!(url.spool_dir(), Some(std::path::Path::new("/tmp/prefork-doc")));
+//! assert_eq!(url.broker_name(), "spool");
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 #![doc = include_str!("../README.md")]

@@ -15,7 +15,8 @@ use prefork_jobs::{Enqueuer, JobWorker, TimeLimits};
 #[derive(Debug, Parser)]
 #[command(name = "prefork", version, about)]
 struct Cli {
-    /// Broker URL: spool:///dir (default: $TMPDIR/prefork-spool).
+    /// Broker URL: spool:///dir (default: $TMPDIR/prefork-spool),
+    /// redis://[:password@]host:port[/db], beanstalk://host:port.
     #[arg(long, global = true, env = "PREFORK_BROKER")]
     broker: Option<String>,
     /// Queue name.
@@ -140,7 +141,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opts = demo::DemoOptions {
                 jobs,
                 workers,
-                dir: cli.broker.as_ref().map(|_| url.path().to_owned()),
+                dir: match cli.broker {
+                    Some(_) => Some(
+                        url.spool_dir()
+                            .context("the demo runs on the embedded spool only (spool://DIR)")?
+                            .to_owned(),
+                    ),
+                    None => None,
+                },
                 exe: std::env::current_exe().context("finding the prefork binary")?,
                 progress: !quiet,
             };
@@ -164,7 +172,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limits.soft = soft_limit_ms.map(Duration::from_millis);
             limits.hard = hard_limit_ms.map(Duration::from_millis);
             jobs.default_time_limits(limits);
-            let mut worker = JobWorker::new(jobs, url.open()?, &cli.queue).prefetch(prefetch);
+            // Fail now, with the broker's name, rather than in every forked
+            // worker; the workers open their own handles after the fork.
+            url.check(&cli.queue)?;
+            let mut worker = JobWorker::new(jobs, url.clone(), &cli.queue).prefetch(prefetch);
             if let Some(path) = events {
                 worker = worker.on_outcome(events::writer(path));
             }
@@ -184,7 +195,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let args: serde_json::Value =
                 serde_json::from_str(&args).context("the arguments are not JSON")?;
-            let mut enq = Enqueuer::new(url.open()?.queue(&cli.queue)?);
+            let mut enq = Enqueuer::new(url.open_queue(&cli.queue)?);
             for _ in 0..count {
                 let id = enq.enqueue_in(&job, &args, Duration::from_millis(delay_ms))?;
                 println!("{id}");
@@ -192,7 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dead { action } => {
-            let mut q = url.open()?.queue(&cli.queue)?;
+            let mut q = url.open_queue(&cli.queue)?;
             match action {
                 DeadCmd::List { limit } => {
                     for d in q.dead_letters(limit)? {
@@ -223,7 +234,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats => {
-            let s = url.open()?.queue(&cli.queue)?.stats()?;
+            let s = url.spool()?.queue(&cli.queue)?.stats()?;
             println!(
                 "ready {}\ndelayed {}\nclaimed {}\ndead {}\nquarantined {}",
                 s.ready, s.delayed, s.claimed, s.dead, s.quarantined

@@ -1,66 +1,206 @@
-//! Broker URLs: `spool:///absolute/dir`, `spool:relative/dir`, or a bare
-//! directory path; the default is `$TMPDIR/prefork-spool`.
+//! Broker URLs: `spool:///absolute/dir`, `spool:relative/dir` or a bare
+//! directory path (the embedded broker; the default is
+//! `$TMPDIR/prefork-spool`), `redis://[[user]:password@]host[:port][/db]`
+//! (feature `redis`) and `beanstalk://host[:port]` (feature `beanstalkd`).
+//!
+//! Parsing never connects. Handles are opened through [`Connect`], after the
+//! fork, in the worker that uses them; [`BrokerUrl::check`] is the one
+//! exception, a connect-and-close done before the pool starts so that a
+//! wrong address fails the command at once instead of crash-looping workers.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use prefork_broker::{Broker, BrokerError, Connect};
 
-/// A parsed broker URL. Only the embedded spool broker is built in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed broker URL: which broker, and how to reach it.
+///
+/// `Display` and `Debug` show the URL with any password replaced by `***`;
+/// every error this type returns names the broker that way.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_cli::BrokerUrl;
+///
+/// let spool = BrokerUrl::parse("spool:///var/lib/jobs")?;
+/// assert_eq!(spool.spool_dir(), Some(std::path::Path::new("/var/lib/jobs")));
+/// # #[cfg(feature = "redis")] {
+/// let redis = BrokerUrl::parse("redis://:hunter2@127.0.0.1:6379/2")?;
+/// assert_eq!(redis.to_string(), "redis://:***@127.0.0.1:6379/2");
+/// assert_eq!(redis.spool_dir(), None);
+/// # }
+/// # Ok::<(), anyhow::Error>(())
+/// ```
+#[derive(Debug, Clone)]
 pub struct BrokerUrl {
-    path: PathBuf,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Spool(PathBuf),
+    #[cfg(feature = "redis")]
+    Redis(Box<prefork_redis::Redis>),
+    #[cfg(feature = "beanstalkd")]
+    Beanstalkd(prefork_beanstalkd::Config),
+}
+
+/// The schemes this build understands, for error messages.
+fn schemes() -> String {
+    let mut s = vec!["spool://"];
+    if cfg!(feature = "redis") {
+        s.push("redis://");
+    }
+    if cfg!(feature = "beanstalkd") {
+        s.push("beanstalk://");
+    }
+    s.join(", ")
+}
+
+/// `url` with the password of a `scheme://user:password@host` URL hidden.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let auth_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..auth_end].rfind('@') else {
+        return url.to_owned();
+    };
+    match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
 }
 
 impl BrokerUrl {
-    /// Parses `spool:///abs/path`, `spool://rel/path`, `spool:path` or a
-    /// bare path.
+    /// Parses a broker URL (see the module docs for the forms). Does not
+    /// connect.
     ///
     /// # Errors
     ///
-    /// For another scheme (`redis://...`: not built into this binary) or
-    /// an empty path.
+    /// For a scheme this build does not have (the message lists those it
+    /// has), an empty spool path, or a Redis or beanstalkd URL its adapter
+    /// refuses (the message shows the URL with the password hidden).
     pub fn parse(url: &str) -> anyhow::Result<BrokerUrl> {
-        let path = if let Some(rest) = url.strip_prefix("spool:") {
-            rest.strip_prefix("//").unwrap_or(rest)
-        } else if let Some((scheme, _)) = url.split_once("://") {
-            bail!("broker scheme {scheme:?} is not built into this binary (only spool://)");
-        } else {
-            url
+        let scheme = url.split_once("://").map(|(s, _)| s);
+        let kind = match scheme {
+            _ if url.starts_with("spool:") => {
+                let rest = &url["spool:".len()..];
+                let path = rest.strip_prefix("//").unwrap_or(rest);
+                if path.is_empty() {
+                    bail!("broker URL {url:?} has no directory");
+                }
+                Kind::Spool(PathBuf::from(path))
+            }
+            #[cfg(feature = "redis")]
+            Some("redis" | "redis+unix") => Kind::Redis(Box::new(
+                prefork_redis::Redis::new(url).map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+            #[cfg(feature = "beanstalkd")]
+            Some("beanstalk" | "beanstalkd") => Kind::Beanstalkd(
+                prefork_beanstalkd::Config::from_url(url).map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+            Some(scheme) => bail!(
+                "broker scheme {scheme:?} (in {}) is not built into this binary (it has {}; \
+                 redis:// and beanstalk:// come with the cargo features `redis` and `beanstalkd`)",
+                redact(url),
+                schemes()
+            ),
+            None if url.is_empty() => bail!("empty broker URL"),
+            None => Kind::Spool(PathBuf::from(url)),
         };
-        if path.is_empty() {
-            bail!("broker URL {url:?} has no directory");
-        }
-        Ok(BrokerUrl {
-            path: PathBuf::from(path),
-        })
+        Ok(BrokerUrl { kind })
     }
 
     /// The default broker: the spool in `$TMPDIR/prefork-spool`.
     pub fn default_spool() -> BrokerUrl {
         BrokerUrl {
-            path: std::env::temp_dir().join("prefork-spool"),
+            kind: Kind::Spool(std::env::temp_dir().join("prefork-spool")),
         }
     }
 
-    /// The spool directory.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The spool directory, when this is the embedded broker.
+    pub fn spool_dir(&self) -> Option<&Path> {
+        match &self.kind {
+            Kind::Spool(p) => Some(p),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
     }
 
-    /// Opens the spool.
+    /// The broker's name: `spool`, `redis` or `beanstalkd`.
+    pub fn broker_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::Spool(_) => "spool",
+            #[cfg(feature = "redis")]
+            Kind::Redis(_) => "redis",
+            #[cfg(feature = "beanstalkd")]
+            Kind::Beanstalkd(_) => "beanstalkd",
+        }
+    }
+
+    /// Opens the spool at [`spool_dir`](BrokerUrl::spool_dir).
     ///
     /// # Errors
     ///
-    /// When the directory cannot be created.
-    pub fn open(&self) -> anyhow::Result<prefork_spool::Spool> {
-        prefork_spool::Spool::open(&self.path)
-            .with_context(|| format!("opening the spool at {}", self.path.display()))
+    /// When this is not a spool URL, or the directory cannot be created.
+    pub fn spool(&self) -> anyhow::Result<prefork_spool::Spool> {
+        let Some(dir) = self.spool_dir() else {
+            bail!("broker {self}: this command works on the embedded spool only (spool://DIR)");
+        };
+        prefork_spool::Spool::open(dir)
+            .with_context(|| format!("opening the spool at {}", dir.display()))
+    }
+
+    /// Opens a handle on `queue`, in this process: for `enqueue`, `dead`
+    /// and the like, and in each worker (through [`Connect`]).
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached, refuses the credentials or the
+    /// queue name; the message names the broker (password hidden).
+    pub fn open_queue(&self, queue: &str) -> anyhow::Result<Box<dyn Broker + Send>> {
+        Connect::open(self, queue)
+            .map_err(|e| anyhow::anyhow!("broker {self}, queue {queue:?}: {e}"))
+    }
+
+    /// Connects to the broker, opens `queue` and closes it again: the check
+    /// `prefork work` runs before forking, so that a wrong address or
+    /// password is one clear error instead of workers failing to start.
+    /// Nothing of the connection survives the call (the adapters start no
+    /// threads and write nothing on close).
+    ///
+    /// # Errors
+    ///
+    /// As [`open_queue`](BrokerUrl::open_queue).
+    pub fn check(&self, queue: &str) -> anyhow::Result<()> {
+        drop(self.open_queue(queue)?);
+        Ok(())
+    }
+}
+
+impl Connect for BrokerUrl {
+    fn open(&self, queue: &str) -> Result<Box<dyn Broker + Send>, BrokerError> {
+        match &self.kind {
+            Kind::Spool(dir) => prefork_spool::Spool::open(dir)?.open(queue),
+            #[cfg(feature = "redis")]
+            Kind::Redis(r) => r.open(queue),
+            #[cfg(feature = "beanstalkd")]
+            Kind::Beanstalkd(c) => Connect::open(c, queue),
+        }
     }
 }
 
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "spool://{}", self.path.display())
+        match &self.kind {
+            Kind::Spool(p) => write!(f, "spool://{}", p.display()),
+            #[cfg(feature = "redis")]
+            Kind::Redis(r) => f.write_str(r.url()),
+            #[cfg(feature = "beanstalkd")]
+            Kind::Beanstalkd(c) => write!(f, "beanstalk://{}", c.address()),
+        }
     }
 }
 
@@ -69,19 +209,89 @@ mod tests {
     use super::*;
 
     #[test]
-    fn forms() {
-        assert_eq!(
-            BrokerUrl::parse("spool:///a/b").unwrap().path(),
-            Path::new("/a/b")
-        );
-        assert_eq!(
-            BrokerUrl::parse("spool:rel").unwrap().path(),
-            Path::new("rel")
-        );
-        assert_eq!(BrokerUrl::parse("/x").unwrap().path(), Path::new("/x"));
-        assert!(BrokerUrl::parse("redis://localhost").is_err());
+    fn spool_forms() {
+        let dir = |u: &str| BrokerUrl::parse(u).unwrap().spool_dir().map(Path::to_owned);
+        assert_eq!(dir("spool:///a/b"), Some(PathBuf::from("/a/b")));
+        assert_eq!(dir("spool:rel"), Some(PathBuf::from("rel")));
+        assert_eq!(dir("/x"), Some(PathBuf::from("/x")));
         assert!(BrokerUrl::parse("spool://").is_err());
+        assert!(BrokerUrl::parse("").is_err());
         let u = BrokerUrl::parse("spool:///a").unwrap();
-        assert_eq!(BrokerUrl::parse(&u.to_string()).unwrap(), u);
+        assert_eq!(
+            BrokerUrl::parse(&u.to_string()).unwrap().to_string(),
+            u.to_string()
+        );
+        assert_eq!(u.broker_name(), "spool");
+    }
+
+    #[test]
+    fn unknown_schemes_are_refused_with_the_list() {
+        let e = BrokerUrl::parse("amqp://guest:secret@localhost/")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"amqp\""), "{e}");
+        assert!(e.contains("spool://"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+        assert!(e.contains("guest:***@localhost"), "{e}");
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(redact("redis://u:pw@h"), "redis://u:***@h");
+        assert_eq!(redact("redis://h:1/0"), "redis://h:1/0");
+        assert_eq!(redact("x://h/p@q:r"), "x://h/p@q:r");
+        assert_eq!(redact("/plain/path"), "/plain/path");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn redis_urls() {
+        let u = BrokerUrl::parse("redis://:s3cret@127.0.0.1:6379/3").unwrap();
+        assert_eq!(u.broker_name(), "redis");
+        assert_eq!(u.to_string(), "redis://:***@127.0.0.1:6379/3");
+        assert!(!format!("{u:?}").contains("s3cret"));
+        assert!(u.spool_dir().is_none());
+        assert!(u.spool().unwrap_err().to_string().contains("spool only"));
+        let e = BrokerUrl::parse("redis://:s3cret@127.0.0.1:notaport/0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis URL"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[cfg(feature = "redis")]
+    #[test]
+    fn unreachable_redis_names_the_broker_without_the_password() {
+        // Port 1 on loopback: nothing listens there, the refusal is immediate.
+        let u = BrokerUrl::parse("redis://:s3cret@127.0.0.1:1/0").unwrap();
+        let e = format!("{:#}", u.check("q").unwrap_err());
+        assert!(e.contains("broker redis://:***@127.0.0.1:1/0"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[cfg(feature = "beanstalkd")]
+    #[test]
+    fn beanstalk_urls() {
+        let u = BrokerUrl::parse("beanstalk://127.0.0.1:11300").unwrap();
+        assert_eq!(u.broker_name(), "beanstalkd");
+        assert_eq!(u.to_string(), "beanstalk://127.0.0.1:11300");
+        assert_eq!(
+            BrokerUrl::parse("beanstalk://h").unwrap().to_string(),
+            "beanstalk://h:11300"
+        );
+        for bad in ["beanstalk://", "beanstalk://h:0", "beanstalk://h:1/tube"] {
+            let e = BrokerUrl::parse(bad).unwrap_err().to_string();
+            assert!(e.contains("beanstalkd URL"), "{bad}: {e}");
+        }
+    }
+
+    #[cfg(feature = "beanstalkd")]
+    #[test]
+    fn unreachable_beanstalkd_names_the_broker() {
+        let u = BrokerUrl::parse("beanstalk://127.0.0.1:1").unwrap();
+        let e = format!("{:#}", u.check("q").unwrap_err());
+        assert!(e.contains("broker beanstalk://127.0.0.1:1"), "{e}");
+        assert!(e.contains("queue \"q\""), "{e}");
     }
 }

@@ -1,9 +1,15 @@
 //! The `prefork` binary end to end: the demo drains a real batch through a
-//! real pool, and enqueue / dead list / redrive work on a spool.
+//! real pool, enqueue / dead list / redrive work on a spool, `work` and
+//! `enqueue` run on real Redis and beanstalkd servers (from
+//! `PREFORK_REDIS_URL` / `PREFORK_BEANSTALKD_URL`: a failure under CI when
+//! unset, a printed skip elsewhere), and a bad or unreachable broker is one
+//! clear error.
 //! (harness = false: these spawn process trees.)
 
 use std::process::Command;
+use std::time::Duration;
 
+use prefork_tests::e2e;
 use prefork_tests::harness::{Case, run};
 
 fn prefork() -> Command {
@@ -107,8 +113,102 @@ fn enqueue_dead_list_and_redrive() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// `prefork enqueue` then `prefork work` on the broker at `$env`: every
+/// job runs once, and QUIT stops the pool cleanly.
+fn pool_on_real_broker(env: &str) {
+    let Some(url) = e2e::broker_url(env) else {
+        return;
+    };
+    let queue = e2e::unique_name("cli");
+    let dir = tmp(&queue);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.log");
+    let base = |cmd: &mut Command| {
+        cmd.args(["--broker", &url, "--queue", &queue]);
+    };
+    let args = serde_json::json!({"path": out, "line": "ran"}).to_string();
+    let mut enqueue = prefork();
+    base(&mut enqueue);
+    let done = enqueue
+        .args(["enqueue", "append", &args, "--count", "100"])
+        .output()
+        .unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&done.stdout).lines().count(), 100);
+    let mut work = prefork();
+    base(&mut work);
+    let pool = work
+        .args(["work", "--workers", "2"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ran = || e2e::counts(&out).get("ran").copied().unwrap_or(0);
+    e2e::wait_until("the 100 jobs to run", Duration::from_secs(30), || {
+        ran() >= 100
+    });
+    e2e::quit(pool);
+    assert_eq!(ran(), 100, "no job ran twice");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn pool_on_redis() {
+    pool_on_real_broker("PREFORK_REDIS_URL");
+}
+
+fn pool_on_beanstalkd() {
+    pool_on_real_broker("PREFORK_BEANSTALKD_URL");
+}
+
+/// Nothing listens on 127.0.0.1:1: `work` and `enqueue` fail at once,
+/// exit non-zero, and name the broker with the password hidden; an unknown
+/// scheme and `stats` on a server broker are refused as clearly.
+fn bad_or_unreachable_broker_is_a_clear_error() {
+    let fails = |broker: &str, args: &[&str]| -> String {
+        let out = prefork()
+            .args(["--broker", broker])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            !out.status.success(),
+            "{broker} {args:?} succeeded: {stderr}"
+        );
+        assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
+        stderr
+    };
+    for (broker, shown) in [
+        (
+            "redis://:s3cret@127.0.0.1:1/0",
+            "broker redis://:***@127.0.0.1:1/0",
+        ),
+        ("beanstalk://127.0.0.1:1", "broker beanstalk://127.0.0.1:1"),
+    ] {
+        for args in [&["work", "--workers", "2"][..], &["enqueue", "noop"]] {
+            let e = fails(broker, args);
+            assert!(e.contains(shown), "{args:?}: {e}");
+        }
+        let e = fails(broker, &["stats"]);
+        assert!(e.contains("spool only"), "{e}");
+    }
+    let e = fails("amqp://guest:s3cret@127.0.0.1/", &["enqueue", "noop"]);
+    assert!(e.contains("not built into this binary"), "{e}");
+    let e = fails("redis://:s3cret@127.0.0.1:99999/0", &["enqueue", "noop"]);
+    assert!(e.contains("redis URL"), "{e}");
+}
+
 fn main() {
     run(&[
+        Case::new("pool_on_redis", pool_on_redis),
+        Case::new("pool_on_beanstalkd", pool_on_beanstalkd),
+        Case::new(
+            "bad_or_unreachable_broker_is_a_clear_error",
+            bad_or_unreachable_broker_is_a_clear_error,
+        ),
         Case::new(
             "demo_drains_the_batch_and_summarizes",
             demo_drains_the_batch_and_summarizes,
