@@ -6,15 +6,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use prefork_broker::Broker;
 use prefork_jobs::{
     Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry, RetryPolicy, TimeLimits,
 };
 use prefork_spool::{Durability, Options, Spool};
+use prefork_tests::e2e::{self, KillPlan, children_of, quit, wait_until};
 use prefork_tests::harness::{Case, run};
 
 const QUEUE: &str = "jobs";
@@ -35,13 +34,7 @@ fn out_file(dir: &Path) -> PathBuf {
 }
 
 fn append(path: &Path, line: &str) -> Result<(), JobError> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)?;
-    f.write_all(format!("{line}\n").as_bytes())?;
-    Ok(())
+    Ok(e2e::append_line(path, line)?)
 }
 
 /// The handlers every pool in this file runs.
@@ -118,69 +111,13 @@ fn start_pool(dir: &Path, workers: usize) -> Child {
         .unwrap()
 }
 
-fn quit(mut pool: Child) {
-    kill(Pid::from_raw(pool.id() as i32), Signal::SIGQUIT).unwrap();
-    let status = pool.wait().unwrap();
-    assert!(status.success(), "pool exited with {status}");
-}
-
-/// Pids whose parent is `parent`, from /proc.
-fn children_of(parent: u32) -> Vec<i32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-            continue;
-        };
-        let ppid = after.split(' ').nth(1).and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
-fn alive(pid: i32) -> bool {
-    kill(Pid::from_raw(pid), None).is_ok()
-}
-
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn counts(dir: &Path) -> HashMap<String, usize> {
+    e2e::counts(&out_file(dir))
 }
 
 fn drained(dir: &Path) -> bool {
     let s = spool(dir).queue(QUEUE).unwrap().stats().unwrap();
     s.ready + s.delayed + s.claimed == 0
-}
-
-fn counts(dir: &Path) -> HashMap<String, usize> {
-    let mut m = HashMap::new();
-    for line in std::fs::read_to_string(out_file(dir))
-        .unwrap_or_default()
-        .lines()
-    {
-        *m.entry(line.to_owned()).or_insert(0) += 1;
-    }
-    m
-}
-
-struct Rng(u64);
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// Thousands of jobs; workers SIGKILLed at random moments, the master
@@ -194,52 +131,20 @@ fn sigkills_lose_no_job() {
     for n in 0..JOBS {
         enq.enqueue("append", &n).unwrap();
     }
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ u64::from(std::process::id()));
-    let mut pool = start_pool(&dir, WORKERS);
-    let mut worker_kills = 0u64;
-    let mut master_killed = false;
-    while !drained(&dir) {
-        std::thread::sleep(Duration::from_millis(5 + rng.below(30)));
-        let done = counts(&dir).len() as u64;
-        if !master_killed && done > JOBS / 2 {
-            // Kill the master; its workers get SIGTERM (parent-death signal).
-            let workers = children_of(pool.id());
-            kill(Pid::from_raw(pool.id() as i32), Signal::SIGKILL).unwrap();
-            pool.wait().unwrap();
-            wait_until(
-                "the orphaned workers to die",
-                Duration::from_secs(10),
-                || workers.iter().all(|w| !alive(*w)),
-            );
-            master_killed = true;
-            pool = start_pool(&dir, WORKERS);
-            continue;
-        }
-        if worker_kills < 40 {
-            let workers = children_of(pool.id());
-            if !workers.is_empty() {
-                let victim = workers[rng.below(workers.len() as u64) as usize];
-                if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {
-                    worker_kills += 1;
-                }
-            }
-        }
-    }
-    quit(pool);
-    assert!(master_killed, "the run ended before the master was killed");
-    assert!(worker_kills >= 5, "only {worker_kills} worker kills landed");
-    let seen = counts(&dir);
-    for n in 0..JOBS {
-        assert!(seen.contains_key(&n.to_string()), "job {n} never ran");
-    }
-    let runs: usize = seen.values().sum();
-    let duplicates = runs as u64 - JOBS;
+    let plan = KillPlan {
+        worker_kills: 40,
+        ..KillPlan::new(JOBS, WORKERS)
+    };
+    let report = e2e::run_with_kills(
+        &plan,
+        || start_pool(&dir, WORKERS),
+        || counts(&dir).len() as u64,
+        || drained(&dir),
+    );
     // Each killed worker held at most one started job (prefetch 1); the
     // master's death took its WORKERS workers with it.
-    assert!(
-        duplicates <= worker_kills + WORKERS as u64,
-        "{duplicates} duplicates for {worker_kills} worker kills and one master kill"
-    );
+    let duplicates = report.check(&counts(&dir), JOBS);
+    let worker_kills = report.worker_kills;
     assert_eq!(spool(&dir).queue(QUEUE).unwrap().stats().unwrap().dead, 0);
     eprintln!("{JOBS} jobs, {worker_kills} worker kills + 1 master kill, {duplicates} duplicates");
     std::fs::remove_dir_all(dir).unwrap();
