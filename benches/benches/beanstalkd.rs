@@ -11,80 +11,13 @@
 //! prints the medians and their ratio.
 
 use std::hint::black_box;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
 use prefork_beanstalkd::{Beanstalkd, Config, URL_ENV};
+use prefork_benches::PAYLOAD;
+use prefork_benches::raw_beanstalkd::Raw;
 use prefork_broker::Broker;
-
-/// Payload of every job: small, so the figures are about the mechanism.
-const PAYLOAD: &[u8] = &[b'x'; 64];
-
-/// The bare baseline: the three commands, a line reader, no checks beyond
-/// the reply word.
-struct Raw {
-    out: TcpStream,
-    input: BufReader<TcpStream>,
-    line: String,
-    body: Vec<u8>,
-    cmd: Vec<u8>,
-}
-
-impl Raw {
-    fn new(address: &str, tube: &str) -> Raw {
-        let out = TcpStream::connect(address).expect("connect");
-        out.set_nodelay(true).unwrap();
-        let input = BufReader::new(out.try_clone().unwrap());
-        let mut raw = Raw {
-            out,
-            input,
-            line: String::new(),
-            body: Vec::new(),
-            cmd: Vec::new(),
-        };
-        for c in [
-            format!("use {tube}"),
-            format!("watch {tube}"),
-            "ignore default".into(),
-        ] {
-            raw.send(c.as_bytes());
-            raw.reply();
-        }
-        raw
-    }
-
-    fn send(&mut self, line: &[u8]) {
-        self.out.write_all(&[line, b"\r\n"].concat()).unwrap();
-    }
-
-    fn reply(&mut self) -> &str {
-        self.line.clear();
-        self.input.read_line(&mut self.line).unwrap();
-        &self.line
-    }
-
-    fn one_job(&mut self) {
-        self.cmd.clear();
-        write!(self.cmd, "put 1024 0 60 {}\r\n", PAYLOAD.len()).unwrap();
-        self.cmd.extend_from_slice(PAYLOAD);
-        self.cmd.extend_from_slice(b"\r\n");
-        self.out.write_all(&self.cmd).unwrap();
-        assert!(self.reply().starts_with("INSERTED"));
-        self.send(b"reserve-with-timeout 0");
-        let line = self.reply().to_owned();
-        let mut words = line.split_whitespace();
-        assert_eq!(words.next(), Some("RESERVED"), "{line}");
-        let id = words.next().unwrap().to_owned();
-        let len: usize = words.next().unwrap().parse().unwrap();
-        self.body.resize(len + 2, 0);
-        self.input.read_exact(&mut self.body).unwrap();
-        black_box(&self.body);
-        self.send(format!("delete {id}").as_bytes());
-        assert!(self.reply().starts_with("DELETED"));
-    }
-}
 
 fn adapter_one_job(b: &mut Beanstalkd) {
     b.publish(PAYLOAD, Duration::ZERO).unwrap();

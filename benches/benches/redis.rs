@@ -17,93 +17,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
+use prefork_benches::PAYLOAD;
+use prefork_benches::raw_redis::Raw;
 use prefork_broker::Broker;
 use prefork_redis::{Options, Redis, RedisQueue};
-use redis::{Connection, Value};
-
-/// Payload of every job: small, so the figures are about the mechanism.
-const PAYLOAD: &[u8] = &[b'x'; 64];
-
-/// The raw commands on a stream and group of their own.
-struct Raw {
-    conn: Connection,
-    stream: String,
-}
-
-impl Raw {
-    fn new(url: &str, tag: &str) -> Raw {
-        let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
-        let stream = format!("prefork-bench:raw-{tag}-{}", std::process::id());
-        let _: Value = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&stream)
-            .arg("g")
-            .arg("0")
-            .arg("MKSTREAM")
-            .query(&mut conn)
-            .unwrap();
-        Raw { conn, stream }
-    }
-
-    fn publish_fetch_ack(&mut self, n: usize) {
-        for _ in 0..n {
-            let _: Value = redis::cmd("XADD")
-                .arg(&self.stream)
-                .arg("*")
-                .arg("p")
-                .arg(PAYLOAD)
-                .query(&mut self.conn)
-                .unwrap();
-        }
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("c")
-            .arg("COUNT")
-            .arg(n)
-            .arg("STREAMS")
-            .arg(&self.stream)
-            .arg(">")
-            .query(&mut self.conn)
-            .unwrap();
-        let ids = entry_ids(reply);
-        assert_eq!(ids.len(), n, "raw read");
-        let acked: i64 = redis::cmd("XACK")
-            .arg(&self.stream)
-            .arg("g")
-            .arg(&ids)
-            .query(&mut self.conn)
-            .unwrap();
-        assert_eq!(acked as usize, n);
-    }
-
-    fn cleanup(&mut self) {
-        let _: Value = redis::cmd("DEL")
-            .arg(&self.stream)
-            .query(&mut self.conn)
-            .unwrap();
-    }
-}
-
-fn entry_ids(reply: Value) -> Vec<Vec<u8>> {
-    let mut ids = Vec::new();
-    if let Value::Array(streams) = reply {
-        for s in streams {
-            if let Value::Array(mut pair) = s
-                && let Some(Value::Array(entries)) = pair.pop()
-            {
-                for e in entries {
-                    if let Value::Array(mut e) = e
-                        && let Some(Value::BulkString(id)) = e.drain(..).next()
-                    {
-                        ids.push(id);
-                    }
-                }
-            }
-        }
-    }
-    ids
-}
 
 fn adapter(q: &mut RedisQueue, n: usize) {
     for _ in 0..n {

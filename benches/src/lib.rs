@@ -1,1 +1,212 @@
-//! Shared helpers for the benchmarks.
+//! Shared helpers for the benchmarks: the raw broker loops that the
+//! per-broker benches (`benches/{redis,beanstalkd}.rs`) and the end-to-end
+//! harness (`benches/e2e.rs`) use as their baselines, so each baseline is
+//! written once.
+//!
+//! ```no_run
+//! let mut raw = prefork_benches::raw_beanstalkd::Raw::new("127.0.0.1:11300", "bench");
+//! raw.one_job(); // put + reserve-with-timeout 0 + delete
+//! ```
+
+use std::hint::black_box;
+
+/// Payload of every baseline job: small, so the figures are about the
+/// mechanism.
+pub const PAYLOAD: &[u8] = &[b'x'; 64];
+
+/// Raw Redis Streams commands with the `redis` client, no prefork:
+/// `XADD`, `XREADGROUP`, `XACK` on a stream and group of their own.
+pub mod raw_redis {
+    use redis::{Connection, Value};
+
+    use super::PAYLOAD;
+
+    /// A connection and a stream (`prefork-bench:raw-<tag>-<pid>`) with a
+    /// consumer group `g`.
+    pub struct Raw {
+        conn: Connection,
+        stream: String,
+    }
+
+    impl std::fmt::Debug for Raw {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Raw").field("stream", &self.stream).finish()
+        }
+    }
+
+    impl Raw {
+        /// Connects to `url` and creates the stream and group.
+        ///
+        /// # Panics
+        ///
+        /// When the server cannot be reached or refuses a command.
+        pub fn new(url: &str, tag: &str) -> Raw {
+            let mut conn = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let stream = format!("prefork-bench:raw-{tag}-{}", std::process::id());
+            let _: Value = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&stream)
+                .arg("g")
+                .arg("0")
+                .arg("MKSTREAM")
+                .query(&mut conn)
+                .unwrap();
+            Raw { conn, stream }
+        }
+
+        /// `n` `XADD`s, one `XREADGROUP COUNT n`, one `XACK` of the `n` ids:
+        /// `n` jobs, `n + 2` commands, one at a time.
+        ///
+        /// # Panics
+        ///
+        /// When a command fails or returns fewer entries than published.
+        pub fn publish_fetch_ack(&mut self, n: usize) {
+            for _ in 0..n {
+                let _: Value = redis::cmd("XADD")
+                    .arg(&self.stream)
+                    .arg("*")
+                    .arg("p")
+                    .arg(PAYLOAD)
+                    .query(&mut self.conn)
+                    .unwrap();
+            }
+            let reply: Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("g")
+                .arg("c")
+                .arg("COUNT")
+                .arg(n)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(">")
+                .query(&mut self.conn)
+                .unwrap();
+            let ids = entry_ids(reply);
+            assert_eq!(ids.len(), n, "raw read");
+            let acked: i64 = redis::cmd("XACK")
+                .arg(&self.stream)
+                .arg("g")
+                .arg(&ids)
+                .query(&mut self.conn)
+                .unwrap();
+            assert_eq!(acked as usize, n);
+        }
+
+        /// Deletes the stream.
+        ///
+        /// # Panics
+        ///
+        /// When the command fails.
+        pub fn cleanup(&mut self) {
+            let _: Value = redis::cmd("DEL")
+                .arg(&self.stream)
+                .query(&mut self.conn)
+                .unwrap();
+        }
+    }
+
+    fn entry_ids(reply: Value) -> Vec<Vec<u8>> {
+        let mut ids = Vec::new();
+        if let Value::Array(streams) = reply {
+            for s in streams {
+                if let Value::Array(mut pair) = s
+                    && let Some(Value::Array(entries)) = pair.pop()
+                {
+                    for e in entries {
+                        if let Value::Array(mut e) = e
+                            && let Some(Value::BulkString(id)) = e.drain(..).next()
+                        {
+                            ids.push(id);
+                        }
+                    }
+                }
+            }
+        }
+        ids
+    }
+}
+
+/// Bare beanstalk commands over a plain `TcpStream`, no prefork: `put`,
+/// `reserve-with-timeout 0`, `delete`.
+pub mod raw_beanstalkd {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+
+    use super::{PAYLOAD, black_box};
+
+    /// A connection using and watching one tube; a line reader, no checks
+    /// beyond the reply word.
+    #[derive(Debug)]
+    pub struct Raw {
+        out: TcpStream,
+        input: BufReader<TcpStream>,
+        line: String,
+        body: Vec<u8>,
+        cmd: Vec<u8>,
+    }
+
+    impl Raw {
+        /// Connects to `address` (`host:port`) and uses/watches `tube`.
+        ///
+        /// # Panics
+        ///
+        /// When the server cannot be reached.
+        pub fn new(address: &str, tube: &str) -> Raw {
+            let out = TcpStream::connect(address).expect("connect");
+            out.set_nodelay(true).unwrap();
+            let input = BufReader::new(out.try_clone().unwrap());
+            let mut raw = Raw {
+                out,
+                input,
+                line: String::new(),
+                body: Vec::new(),
+                cmd: Vec::new(),
+            };
+            for c in [
+                format!("use {tube}"),
+                format!("watch {tube}"),
+                "ignore default".into(),
+            ] {
+                raw.send(c.as_bytes());
+                raw.reply();
+            }
+            raw
+        }
+
+        fn send(&mut self, line: &[u8]) {
+            self.out.write_all(&[line, b"\r\n"].concat()).unwrap();
+        }
+
+        fn reply(&mut self) -> &str {
+            self.line.clear();
+            self.input.read_line(&mut self.line).unwrap();
+            &self.line
+        }
+
+        /// `put`, `reserve-with-timeout 0`, `delete`: one job, three round
+        /// trips.
+        ///
+        /// # Panics
+        ///
+        /// On an I/O error or an unexpected reply.
+        pub fn one_job(&mut self) {
+            self.cmd.clear();
+            write!(self.cmd, "put 1024 0 60 {}\r\n", PAYLOAD.len()).unwrap();
+            self.cmd.extend_from_slice(PAYLOAD);
+            self.cmd.extend_from_slice(b"\r\n");
+            self.out.write_all(&self.cmd).unwrap();
+            assert!(self.reply().starts_with("INSERTED"));
+            self.send(b"reserve-with-timeout 0");
+            let line = self.reply().to_owned();
+            let mut words = line.split_whitespace();
+            assert_eq!(words.next(), Some("RESERVED"), "{line}");
+            let id = words.next().unwrap().to_owned();
+            let len: usize = words.next().unwrap().parse().unwrap();
+            self.body.resize(len + 2, 0);
+            self.input.read_exact(&mut self.body).unwrap();
+            black_box(&self.body);
+            self.send(format!("delete {id}").as_bytes());
+            assert!(self.reply().starts_with("DELETED"));
+        }
+    }
+}
