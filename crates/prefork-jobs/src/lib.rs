@@ -11,16 +11,19 @@
 //! | [`RetryPolicy`] | attempts, exponential backoff, cap, jitter (pure) |
 //! | [`Registry::prepare`], [`Prepared::run`], [`Outcome`] | what one delivery comes to: ack, retry after a delay, or dead letter |
 //! | [`JobWorker`], [`JobEvent`] | pull mode: a `Worker` that fetches, runs and settles |
+//! | [`DispatchFeeder`], [`DispatchWorker`] | dispatch mode: one feeder process fetches for idle workers, the master routes |
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod dispatch;
 mod enqueue;
 mod envelope;
 mod registry;
 mod retry;
 mod worker;
 
+pub use dispatch::{DispatchFeeder, DispatchWorker};
 pub use enqueue::{Enqueuer, enqueue};
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, new_id};
 pub use registry::{JobContext, JobError, Outcome, Prepared, Registration, Registry, TimeLimits};

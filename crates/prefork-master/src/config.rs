@@ -99,6 +99,8 @@ pub(crate) struct Settings {
     pub(crate) healthy_after: Duration,
     pub(crate) crash_limit: u32,
     pub(crate) close_fds: CloseFds,
+    /// Dispatch mode: supervise a feeder process too.
+    pub(crate) feeder: bool,
 }
 
 impl Default for Settings {
@@ -122,6 +124,7 @@ impl Default for Settings {
             healthy_after: Duration::from_secs(10),
             crash_limit: 8,
             close_fds: CloseFds::MasterOnly,
+            feeder: false,
         }
     }
 }

@@ -20,13 +20,16 @@
 
 mod backoff;
 mod config;
+mod feeder;
 mod master;
 mod memory;
 mod report;
+mod router;
 mod supervisor;
 mod worker;
 
 pub use config::{Builder, ConfigError, MAX_WORKERS, MIN_MEMORY, MIN_TIMEOUT};
+pub use feeder::{Feeder, Job, Settle};
 pub use master::Master;
 pub use report::{Cause, ExitStatus, Phase, Report, Shutdown, WorkerExit, WorkerInfo};
 pub use worker::{BoxError, Context, FnWorker, Worker, from_fn};

@@ -16,9 +16,11 @@ use prefork_selfpipe::SignalQueue;
 
 use crate::backoff::XorShift;
 use crate::config::{Builder, CloseFds, Hooks, Settings};
+use crate::feeder::{Feeder, Job, Settle, run_feeder};
 use crate::report::{Phase, Report, WorkerInfo};
-use crate::supervisor::{Action, Activity, Serial, Supervisor};
-use crate::worker::{Context, ContextSettings, Worker};
+use crate::router::{Route, Router};
+use crate::supervisor::{Action, Activity, FEEDER, Serial, Supervisor};
+use crate::worker::{BoxError, Context, ContextSettings, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
 pub(crate) const SIGNALS: &[c_int] = &[
@@ -114,6 +116,72 @@ impl Master {
     /// - the poll fails (it does not on a healthy system). The workers then
     ///   see their channel close and stop.
     pub fn run<W: Worker>(self, worker: W) -> io::Result<Report> {
+        self.run_with(worker, None::<NoFeeder>)
+    }
+
+    /// Runs the master in *dispatch mode*: as [`run`](Master::run), plus
+    /// one more child process, the feeder, that runs `feeder` (the only
+    /// process that talks to the broker). The master asks the feeder for
+    /// as many jobs as it has idle workers, hands each job to an idle
+    /// worker over its socket ([`Context::next_job`]), relays the workers'
+    /// reports back ([`Context::job_done`], [`Context::job_failed`]), and
+    /// knows at every moment which worker holds which job:
+    ///
+    /// - a worker that dies holding a job (crash, SIGKILL, OOM, hard time
+    ///   limit) has it settled at once as a failed attempt
+    ///   ([`Settle::Lost`]), and the log names the worker, the job and the
+    ///   signal;
+    /// - graceful shutdown (QUIT) stops fetching, gives back the jobs no
+    ///   worker started, lets the workers finish theirs within the graceful
+    ///   timeout, then stops the feeder;
+    /// - the feeder is supervised like a worker (heartbeat, restart with
+    ///   backoff; the master gives up when it keeps dying at start).
+    ///
+    /// The master itself holds no broker client: it moves opaque ids and
+    /// bytes.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use prefork_master::{BoxError, Context, Feeder, Job, Master, Settle, Worker};
+    ///
+    /// struct Count(u64);
+    /// impl Feeder for Count {
+    ///     fn fetch(&mut self, max: usize, _: Duration, _: &mut Context) -> Result<Vec<Job>, BoxError> {
+    ///         self.0 += max as u64;
+    ///         Ok((0..max).map(|i| Job::new(format!("{}-{i}", self.0), vec![], 1)).collect())
+    ///     }
+    ///     fn settle(&mut self, s: Settle, _: &mut Context) -> Result<(), BoxError> {
+    ///         println!("{s:?}");
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let worker = prefork_master::from_fn(|ctx| {
+    ///     if let Some(job) = ctx.next_job(Duration::from_millis(100)) {
+    ///         ctx.job_done(&job.id);
+    ///     }
+    ///     Ok(())
+    /// });
+    /// let report = Master::builder().workers(4).build()?.run_dispatch(Count(0), worker)?;
+    /// # drop(report);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Master::run).
+    pub fn run_dispatch<F: Feeder, W: Worker>(
+        mut self,
+        feeder: F,
+        worker: W,
+    ) -> io::Result<Report> {
+        self.settings.feeder = true;
+        self.run_with(worker, Some(feeder))
+    }
+
+    fn run_with<W: Worker, F: Feeder>(self, worker: W, feeder: Option<F>) -> io::Result<Report> {
         let threads = prefork_proc::thread_count()?;
         if threads > 1 {
             return Err(io::Error::other(format!(
@@ -140,6 +208,10 @@ impl Master {
             backlog: BTreeSet::new(),
             pending_output: BTreeSet::new(),
             master_pid: std::process::id(),
+            feeder,
+            feeder_serial: None,
+            router: Router::new(),
+            routes: Vec::new(),
         };
         let report = m.run();
         // Close the workers' channels before the queue restores the
@@ -149,15 +221,28 @@ impl Master {
     }
 }
 
+/// The feeder of [`Master::run`]: there is none.
+struct NoFeeder;
+
+impl Feeder for NoFeeder {
+    fn fetch(&mut self, _: usize, _: Duration, _: &mut Context) -> Result<Vec<Job>, BoxError> {
+        Ok(Vec::new())
+    }
+    fn settle(&mut self, _: Settle, _: &mut Context) -> Result<(), BoxError> {
+        Ok(())
+    }
+}
+
 /// A worker process as the loop holds it.
 struct Proc {
+    index: usize,
     child: Child,
     channel: Channel,
     /// Still registered in the poll (false after EOF or a protocol error).
     open: bool,
 }
 
-struct Loop<W> {
+struct Loop<W, F> {
     settings: Settings,
     hooks: Hooks,
     worker: W,
@@ -171,13 +256,20 @@ struct Loop<W> {
     /// Workers whose channel could not take a whole message.
     pending_output: BTreeSet<Serial>,
     master_pid: u32,
+    /// Dispatch mode: what the feeder process runs.
+    feeder: Option<F>,
+    /// The feeder process, once forked.
+    feeder_serial: Option<Serial>,
+    router: Router,
+    /// Scratch space for the router's decisions.
+    routes: Vec<Route>,
 }
 
 fn token(serial: Serial) -> Token {
     Token(usize::try_from(serial).unwrap_or(usize::MAX))
 }
 
-impl<W: Worker> Loop<W> {
+impl<W: Worker, F: Feeder> Loop<W, F> {
     fn poll(&self) -> &Poll {
         self.poll.as_ref().expect("the master's poll")
     }
@@ -257,18 +349,48 @@ impl<W: Worker> Loop<W> {
                 for r in reaped {
                     let now = Instant::now();
                     if let Some(serial) = self.pids.remove(&r.pid) {
-                        if let Some(mut p) = self.procs.remove(&serial)
-                            && p.open
-                        {
-                            let _ = self.poll().registry().deregister(&mut p.channel);
+                        let mut index = None;
+                        if let Some(mut p) = self.procs.remove(&serial) {
+                            index = Some(p.index);
+                            if p.open {
+                                let _ = self.poll().registry().deregister(&mut p.channel);
+                            }
                         }
                         self.backlog.remove(&serial);
                         self.pending_output.remove(&serial);
+                        if self.feeder_serial == Some(serial) {
+                            self.feeder_serial = None;
+                            let dropped = self.router.feeder_gone();
+                            tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the broker gives its unstarted jobs back");
+                        } else {
+                            let index = index.unwrap_or(usize::MAX);
+                            let cause = self
+                                .sup
+                                .kill_cause(serial)
+                                .map(|c| format!(" ({c})"))
+                                .unwrap_or_default();
+                            let reason = format!(
+                                "worker {index} (pid {}) {}{cause} while running the job",
+                                r.pid, r.status
+                            );
+                            if let Some(job) = self.router.worker_gone(serial, &reason) {
+                                tracing::warn!(
+                                    worker = index,
+                                    pid = r.pid,
+                                    job = %job,
+                                    status = %r.status,
+                                    "worker {index} (pid {}) {} holding job {job}: released to the feeder as a failed attempt",
+                                    r.pid,
+                                    r.status
+                                );
+                            }
+                        }
                     }
                     if !self.sup.reaped(now, r.pid, r.status) {
                         tracing::debug!(pid = r.pid, status = %r.status, "reaped a child that is not a worker");
                     }
                 }
+                self.route();
             }
             Err(e) => tracing::error!(error = %e, "reaping failed"),
         }
@@ -299,7 +421,14 @@ impl<W: Worker> Loop<W> {
         }
         for msg in messages {
             match msg {
-                Message::Ready { .. } => self.sup.ready(now, serial),
+                Message::Ready { .. } => {
+                    self.sup.ready(now, serial);
+                    if self.feeder_serial == Some(serial) {
+                        self.router.feeder_ready();
+                    } else if self.feeder.is_some() && self.sup.is_live(serial) {
+                        self.router.worker_ready(serial);
+                    }
+                }
                 Message::Heartbeat(Progress::Idle) => self.sup.beat(now, serial, Activity::Idle),
                 Message::Heartbeat(Progress::Busy { job, since_unix_ms }) => {
                     let since = UNIX_EPOCH + Duration::from_millis(since_unix_ms);
@@ -307,10 +436,47 @@ impl<W: Worker> Loop<W> {
                     self.sup
                         .beat(now, serial, Activity::Busy { what: job, since });
                 }
-                Message::Stats(s) => self.sup.stats(now, serial, s.pss_bytes, s.iterations),
-                _ => self.sup.alive(now, serial),
+                Message::Stats(s) => {
+                    self.sup
+                        .stats(now, serial, s.pss_bytes, s.iterations, s.jobs_done)
+                }
+                Message::Job {
+                    id,
+                    payload,
+                    attempt,
+                } if self.feeder_serial == Some(serial) => {
+                    self.sup.alive(now, serial);
+                    self.router.job_from_feeder(Job::new(id, payload, attempt));
+                }
+                Message::Done { id } => {
+                    self.sup.job_deadline(now, serial, String::new(), 0);
+                    self.finished(serial, Route::Done(id));
+                }
+                Message::Failed {
+                    id,
+                    reason,
+                    retry,
+                    delay_ms,
+                } => {
+                    self.sup.job_deadline(now, serial, String::new(), 0);
+                    let report = Route::Failed {
+                        id,
+                        reason,
+                        retry,
+                        delay_ms,
+                    };
+                    self.finished(serial, report);
+                }
+                Message::Deadline { id, in_ms } => self.sup.job_deadline(now, serial, id, in_ms),
+                other => {
+                    if matches!(other, Message::Job { .. }) {
+                        tracing::warn!(serial, "a job frame from a worker: ignored");
+                    }
+                    self.sup.alive(now, serial)
+                }
             }
         }
+        self.route();
         if let Some(err) = failure {
             let protocol = !matches!(err, ChannelError::Closed);
             if protocol {
@@ -335,10 +501,14 @@ impl<W: Worker> Loop<W> {
     }
 
     fn send(&mut self, serial: Serial, control: Control) {
+        self.send_message(serial, &Message::Control(control));
+    }
+
+    fn send_message(&mut self, serial: Serial, msg: &Message) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        match p.channel.send(&Message::Control(control)) {
+        match p.channel.send(msg) {
             Ok(()) => {
                 if p.channel.has_pending_output() {
                     self.pending_output.insert(serial);
@@ -348,6 +518,60 @@ impl<W: Worker> Loop<W> {
             Err(ChannelError::Closed) => {}
             Err(e) => tracing::error!(error = %e, serial, "cannot write to a worker"),
         }
+    }
+
+    /// A worker reported the end of its job.
+    fn finished(&mut self, serial: Serial, report: Route) {
+        if self.feeder.is_none() {
+            return;
+        }
+        if !self.router.worker_finished(serial, report) {
+            tracing::warn!(serial, "a worker reported a job it was not given");
+        }
+    }
+
+    /// Sends what the router decided.
+    fn route(&mut self) {
+        if self.feeder.is_none() {
+            return;
+        }
+        let mut routes = std::mem::take(&mut self.routes);
+        self.router.drain_routes_into(&mut routes);
+        for route in routes.drain(..) {
+            let (to, msg) = match route {
+                Route::ToWorker(serial, job) => (
+                    Some(serial),
+                    Message::Job {
+                        id: job.id,
+                        payload: job.payload,
+                        attempt: job.attempt,
+                    },
+                ),
+                Route::Want(n) => (self.feeder_serial, Message::Want { n }),
+                Route::Done(id) => (self.feeder_serial, Message::Done { id }),
+                Route::Failed {
+                    id,
+                    reason,
+                    retry,
+                    delay_ms,
+                } => (
+                    self.feeder_serial,
+                    Message::Failed {
+                        id,
+                        reason,
+                        retry,
+                        delay_ms,
+                    },
+                ),
+                Route::Release(id) => (self.feeder_serial, Message::Release { id }),
+                Route::Lost { id, reason } => (self.feeder_serial, Message::Lost { id, reason }),
+            };
+            match to {
+                Some(serial) => self.send_message(serial, &msg),
+                None => tracing::warn!(kind = msg.kind(), "no feeder to tell: dropped"),
+            }
+        }
+        self.routes = routes;
     }
 
     fn flush_pending(&mut self) {
@@ -380,13 +604,17 @@ impl<W: Worker> Loop<W> {
                         let pid = self.spawn(serial, index, iteration_limit);
                         self.sup.spawned(Instant::now(), serial, pid);
                     }
-                    Action::Stop(serial) => self.send(serial, Control::Stop),
+                    Action::Stop(serial) => {
+                        self.router.worker_closing(serial);
+                        self.send(serial, Control::Stop)
+                    }
                     Action::ReopenLogs(serial) => self.send(serial, Control::ReopenLogs),
                     Action::Kill {
                         serial,
                         pid,
                         signal,
                     } => {
+                        self.router.worker_closing(serial);
                         let result = match self.procs.get(&serial) {
                             Some(p) => p.child.signal(signal),
                             None => Ok(()),
@@ -408,6 +636,9 @@ impl<W: Worker> Loop<W> {
                         }
                     }
                     Action::Phase(phase) => {
+                        if matches!(phase, Phase::Stopping(_)) {
+                            self.router.stop_fetching();
+                        }
                         tracing::info!(%phase, workers = self.sup.target(), "master phase");
                         self.set_title(phase);
                         if let Some(hook) = self.hooks.on_phase.as_mut() {
@@ -421,6 +652,7 @@ impl<W: Worker> Loop<W> {
                     }
                 }
             }
+            self.route();
         }
     }
 
@@ -466,10 +698,14 @@ impl<W: Worker> Loop<W> {
                     let _ = child.signal(libc::SIGKILL);
                 }
                 tracing::debug!(worker = index, pid, serial, "forked a worker");
+                if index == FEEDER {
+                    self.feeder_serial = Some(serial);
+                }
                 self.pids.insert(pid, serial);
                 self.procs.insert(
                     serial,
                     Proc {
+                        index,
                         child,
                         channel: ours,
                         open: true,
@@ -543,12 +779,15 @@ impl<W: Worker> Loop<W> {
                 iteration_limit,
             },
         );
-        let code = run_worker(
-            &mut self.worker,
-            &mut ctx,
-            &mut self.hooks,
-            self.settings.timeout,
-        );
+        let code = match self.feeder.as_mut() {
+            Some(feeder) if index == FEEDER => run_feeder(feeder, &mut ctx, self.settings.timeout),
+            _ => run_worker(
+                &mut self.worker,
+                &mut ctx,
+                &mut self.hooks,
+                self.settings.timeout,
+            ),
+        };
         // `ctx` is not dropped: its channel closes when the process exits,
         // so the master never sees EOF from a worker that still lives.
         exit_worker(code)
@@ -593,7 +832,7 @@ fn exit_worker(code: i32) -> ! {
 }
 
 /// Exit status of a worker that panicked (as Rust's own runtime uses).
-const PANIC_STATUS: i32 = 101;
+pub(crate) const PANIC_STATUS: i32 = 101;
 
 /// The worker's life after set-up. Returns its exit status.
 fn run_worker<W: Worker>(
@@ -640,7 +879,8 @@ fn run_worker<W: Worker>(
             tracing::error!("reopen_logs panicked");
             return PANIC_STATUS;
         }
-        if ctx.is_stopping() {
+        // A job handed out before the stop request runs first.
+        if ctx.is_stopping() && !ctx.has_pending_job() {
             break;
         }
         ctx.before_iteration();

@@ -166,6 +166,10 @@ pub enum Cause {
     Protocol,
     /// It exited, crashed or was killed by someone else, unasked.
     Unexpected,
+    /// A job it ran passed its hard time limit
+    /// ([`Context::set_deadline`](crate::Context::set_deadline)), and it
+    /// was killed.
+    TimeLimit,
 }
 
 impl fmt::Display for Cause {
@@ -176,6 +180,7 @@ impl fmt::Display for Cause {
             Cause::TooSlowToStop => "killed: too slow to stop",
             Cause::Protocol => "killed: channel protocol error",
             Cause::Unexpected => "died unexpectedly",
+            Cause::TimeLimit => "killed: job hard time limit",
         })
     }
 }

@@ -16,6 +16,9 @@ use crate::report::{Cause, ExitStatus, Phase, Report, Shutdown, WorkerExit};
 /// A number unique to each worker process for the life of the master.
 pub(crate) type Serial = u64;
 
+/// The slot of the feeder (dispatch mode): beyond every worker slot.
+pub(crate) const FEEDER: usize = MAX_WORKERS;
+
 /// Something the loop must do.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
@@ -96,6 +99,9 @@ struct Proc {
     age_limit: Option<Instant>,
     iteration_limit: Option<u64>,
     replaces: Option<Serial>,
+    /// A job's hard time limit: kill the worker at this time.
+    job_deadline: Option<(Instant, String)>,
+    jobs_done: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -195,6 +201,11 @@ impl Supervisor {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for p in self.procs.values() {
+            if let Some((t, _)) = &p.job_deadline
+                && !matches!(p.state, State::Killed(_))
+            {
+                at(*t);
+            }
             match p.state {
                 State::Live => {
                     at(p.last_beat + self.s.timeout);
@@ -236,6 +247,19 @@ impl Supervisor {
         let mut to_kill = Vec::new();
         let mut healthy = Vec::new();
         for (&serial, p) in self.procs.iter_mut() {
+            if !matches!(p.state, State::Killed(_))
+                && let Some((t, job)) = &p.job_deadline
+                && *t <= now
+            {
+                tracing::error!(
+                    worker = p.index,
+                    pid = p.pid,
+                    job = %job,
+                    "job {job} exceeded its hard time limit: SIGKILL"
+                );
+                to_kill.push((serial, Cause::TimeLimit));
+                continue;
+            }
             match p.state {
                 State::Live | State::Stopping { quick: false, .. }
                     if p.last_beat + timeout <= now =>
@@ -279,6 +303,8 @@ impl Supervisor {
         for (serial, cause) in to_kill {
             if cause == Cause::Hung {
                 self.log_hung(serial, now);
+            } else if cause == Cause::TimeLimit {
+                // Logged above.
             } else if let Some(p) = self.procs.get(&serial) {
                 tracing::warn!(
                     worker = p.index,
@@ -341,7 +367,7 @@ impl Supervisor {
                 }
                 let mut n = 0;
                 for p in self.procs.values_mut() {
-                    if p.state == State::Live {
+                    if p.state == State::Live && p.index != FEEDER {
                         p.recycle = Some(Recycle::Reload);
                         n += 1;
                     }
@@ -404,6 +430,7 @@ impl Supervisor {
         for serial in serials {
             let p = self.procs.get_mut(&serial).expect("known serial");
             match (p.state, quick) {
+                (State::Live, false) if p.index == FEEDER => {}
                 (State::Live, false) => {
                     p.state = State::Stopping {
                         kill_at: now + grace,
@@ -427,11 +454,26 @@ impl Supervisor {
                 _ => {}
             }
         }
-        self.check_finished();
+        self.check_finished(now);
     }
 
-    fn check_finished(&mut self) {
-        if matches!(self.phase, Phase::Stopping(_)) && self.procs.is_empty() {
+    fn check_finished(&mut self, now: Instant) {
+        if !matches!(self.phase, Phase::Stopping(_)) {
+            return;
+        }
+        // The feeder goes last: the workers' reports go through it.
+        if self.procs.values().all(|p| p.index == FEEDER) {
+            let feeders: Vec<Serial> = self
+                .procs
+                .iter()
+                .filter(|(_, p)| p.state == State::Live)
+                .map(|(&s, _)| s)
+                .collect();
+            for serial in feeders {
+                self.stop_gracefully(now, serial);
+            }
+        }
+        if self.procs.is_empty() {
             self.set_phase(Phase::Stopped);
         }
     }
@@ -519,11 +561,19 @@ impl Supervisor {
     }
 
     /// The worker reported its memory (PSS, bytes) and iteration count.
-    pub(crate) fn stats(&mut self, now: Instant, serial: Serial, pss: u64, iterations: u64) {
+    pub(crate) fn stats(
+        &mut self,
+        now: Instant,
+        serial: Serial,
+        pss: u64,
+        iterations: u64,
+        jobs_done: u64,
+    ) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
         p.last_beat = now;
+        p.jobs_done = jobs_done;
         if p.state != State::Live || p.recycle.is_some() {
             return;
         }
@@ -578,6 +628,29 @@ impl Supervisor {
         self.reconcile(now);
     }
 
+    /// The worker set (`in_ms > 0`) or cleared a job's hard time limit.
+    pub(crate) fn job_deadline(&mut self, now: Instant, serial: Serial, job: String, in_ms: u64) {
+        if let Some(p) = self.procs.get_mut(&serial) {
+            p.last_beat = now;
+            p.job_deadline = (in_ms > 0).then(|| (now + Duration::from_millis(in_ms), job));
+        }
+    }
+
+    /// Why the master killed `serial`, if it did.
+    pub(crate) fn kill_cause(&self, serial: Serial) -> Option<Cause> {
+        match self.procs.get(&serial)?.state {
+            State::Killed(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Whether `serial` is live (not asked to stop, not killed).
+    pub(crate) fn is_live(&self, serial: Serial) -> bool {
+        self.procs
+            .get(&serial)
+            .is_some_and(|p| p.state == State::Live)
+    }
+
     /// A child was reaped. Returns false when `pid` is not one of ours.
     pub(crate) fn reaped(&mut self, now: Instant, pid: i32, status: ExitStatus) -> bool {
         let Some((&serial, _)) = self.procs.iter().find(|(_, p)| p.pid == Some(pid)) else {
@@ -598,10 +671,15 @@ impl Supervisor {
             cause,
             uptime,
         };
-        if cause == Cause::Requested {
-            tracing::info!(worker = p.index, pid, %status, "worker exited");
+        let role = if p.index == FEEDER {
+            "feeder"
         } else {
-            tracing::warn!(worker = p.index, pid, %status, %cause, uptime = ?uptime, "worker died");
+            "worker"
+        };
+        if cause == Cause::Requested {
+            tracing::info!(worker = p.index, pid, %status, jobs_done = p.jobs_done, "{role} exited");
+        } else {
+            tracing::warn!(worker = p.index, pid, %status, %cause, uptime = ?uptime, jobs_done = p.jobs_done, "{role} died");
         }
         self.actions.push(Action::Exited(exit));
         if let Some((old, new)) = self.recycling
@@ -646,6 +724,14 @@ impl Supervisor {
             tracing::warn!(worker = index, failures, delay = ?delay, "worker died early: restart after backoff");
         }
         let limit = self.s.crash_limit;
+        if index == FEEDER && failures >= limit {
+            tracing::error!(
+                crash_limit = limit,
+                "the feeder died early {limit} times in a row: giving up"
+            );
+            self.shutdown(now, Shutdown::CrashLoop, None);
+            return;
+        }
         if self.target > 0
             && (0..self.target).all(|i| self.slots.get(i).is_some_and(|s| s.failures >= limit))
         {
@@ -708,6 +794,8 @@ impl Supervisor {
                 age_limit,
                 iteration_limit,
                 replaces,
+                job_deadline: None,
+                jobs_done: 0,
             },
         );
         self.actions.push(Action::Spawn {
@@ -722,14 +810,14 @@ impl Supervisor {
     /// empty slots, start the next recycling, update the phase.
     fn reconcile(&mut self, now: Instant) {
         if self.is_stopping() {
-            self.check_finished();
+            self.check_finished(now);
             return;
         }
         // Scale down: the highest slots go first (TTOU, WINCH).
         let extra: Vec<Serial> = self
             .procs
             .iter()
-            .filter(|(_, p)| p.state == State::Live && p.index >= self.target)
+            .filter(|(_, p)| p.state == State::Live && p.index >= self.target && p.index != FEEDER)
             .map(|(&s, _)| s)
             .collect();
         for serial in extra {
@@ -748,6 +836,20 @@ impl Supervisor {
             {
                 self.spawn(now, index, None);
             }
+        }
+        // The feeder, in dispatch mode.
+        if self.s.feeder
+            && !self
+                .procs
+                .values()
+                .any(|p| p.index == FEEDER && matches!(p.state, State::Live | State::Killed(_)))
+            && self
+                .slots
+                .get(FEEDER)
+                .and_then(|s| s.respawn_at)
+                .is_none_or(|t| t <= now)
+        {
+            self.spawn(now, FEEDER, None);
         }
         // One recycling at a time: the replacement is forked now, the old
         // worker is asked to stop once the replacement is ready.

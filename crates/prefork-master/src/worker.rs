@@ -1,6 +1,7 @@
 //! The [`Worker`] trait users implement, and the [`Context`] a worker gets:
 //! its slot, the shutdown flag, and the heartbeat.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -154,6 +155,10 @@ pub struct Context {
     last_memory: Instant,
     iteration_limit: Option<u64>,
     limit_reported: bool,
+    /// Messages for the dispatch layer (jobs, credits, reports), in order.
+    inbox: VecDeque<Message>,
+    jobs_done: u64,
+    jobs_reported: u64,
 }
 
 impl fmt::Debug for Context {
@@ -198,6 +203,9 @@ impl Context {
             last_memory: now,
             iteration_limit: s.iteration_limit,
             limit_reported: false,
+            inbox: VecDeque::new(),
+            jobs_done: 0,
+            jobs_reported: 0,
         }
     }
 
@@ -263,6 +271,101 @@ impl Context {
         prefork_proc::child::set_title(&format!("{} worker[{}] {state}", self.name, self.index))
     }
 
+    /// Dispatch mode: the next job the master handed this worker, waiting
+    /// up to `timeout` for one. `None` when none came, or when the worker
+    /// is asked to stop (check [`shutting_down`](Context::shutting_down)).
+    ///
+    /// The master hands a worker one job at a time and no other until it
+    /// reports this one with [`job_done`](Context::job_done) or
+    /// [`job_failed`](Context::job_failed). A worker that dies holding a job
+    /// has it settled as a failed attempt (the log names the job and the
+    /// signal). Outside dispatch mode no job ever comes.
+    pub fn next_job(&mut self, timeout: Duration) -> Option<crate::Job> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self
+                .inbox
+                .iter()
+                .position(|m| matches!(m, Message::Job { .. }))
+                && let Some(Message::Job {
+                    id,
+                    payload,
+                    attempt,
+                }) = self.inbox.remove(i)
+            {
+                return Some(crate::Job::new(id, payload, attempt));
+            }
+            if self.stopping || self.master_gone {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.poll_master();
+                if !self.inbox.iter().any(|m| matches!(m, Message::Job { .. })) {
+                    return None;
+                }
+                continue;
+            }
+            self.wait_master(left.min(self.beat_every / 4).max(Duration::from_millis(1)));
+            self.alive();
+        }
+    }
+
+    /// Dispatch mode: tells the master the job `id` (from
+    /// [`next_job`](Context::next_job)) succeeded, to be acknowledged; the
+    /// worker can take the next one. Counts a job done.
+    pub fn job_done(&mut self, id: &str) {
+        self.job_finished();
+        self.send(&Message::Done { id: id.to_owned() });
+        self.flush();
+    }
+
+    /// Dispatch mode: tells the master the job `id` failed: retried after
+    /// `delay` when `retry` (else dead-lettered with `reason`). Counts a
+    /// job done.
+    pub fn job_failed(&mut self, id: &str, reason: &str, retry: bool, delay: Duration) {
+        self.job_finished();
+        self.send(&Message::Failed {
+            id: id.to_owned(),
+            reason: reason.to_owned(),
+            retry,
+            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        });
+        self.flush();
+    }
+
+    /// Counts one job finished (any outcome); the count goes to the master
+    /// with the next heartbeat (as `Stats::jobs_done`) and is logged when
+    /// the worker exits. [`job_done`](Context::job_done) and
+    /// [`job_failed`](Context::job_failed) count for themselves; pull-mode
+    /// workers call this.
+    pub fn job_finished(&mut self) {
+        self.jobs_done += 1;
+    }
+
+    /// Jobs this worker finished (see [`job_finished`](Context::job_finished)).
+    pub fn jobs_done(&self) -> u64 {
+        self.jobs_done
+    }
+
+    /// Sets a hard time limit on the job `what` (any label; the delivery id
+    /// in dispatch mode): if this worker still runs it `limit` from now the
+    /// master kills the worker with SIGKILL, logs the job, and (dispatch
+    /// mode) settles it as a failed attempt under its retry policy; the
+    /// worker is replaced. `None` clears the limit; in dispatch mode a
+    /// report ([`job_done`](Context::job_done), ...) clears it too. It is
+    /// separate from the liveness timeout: heartbeats do not move it.
+    pub fn set_deadline(&mut self, what: &str, limit: Option<Duration>) {
+        let in_ms = limit.map_or(0, |l| {
+            u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)
+        });
+        self.send(&Message::Deadline {
+            id: what.to_owned(),
+            in_ms,
+        });
+        self.flush();
+    }
+
     /// Reads every pending request from the master.
     pub(crate) fn poll_master(&mut self) {
         if self.master_gone {
@@ -270,22 +373,71 @@ impl Context {
         }
         loop {
             match self.channel.recv() {
-                Ok(Some(Message::Control(Control::Stop | Control::Recycle))) => {
-                    self.stopping = true;
-                }
-                Ok(Some(Message::Control(Control::ReopenLogs))) => self.reopen_pending = true,
-                Ok(Some(other)) => {
-                    tracing::debug!(kind = other.kind(), "ignored message from the master")
-                }
+                Ok(Some(msg)) => self.take_message(msg),
                 Ok(None) => return,
                 Err(e) => {
-                    if !matches!(e, ChannelError::Closed) {
-                        tracing::error!(error = %e, "channel to the master failed");
-                    }
-                    self.lose_master();
+                    self.channel_failed(e);
                     return;
                 }
             }
+        }
+    }
+
+    /// Waits up to `timeout` for a message from the master, then reads
+    /// every pending one.
+    pub(crate) fn wait_master(&mut self, timeout: Duration) {
+        if self.master_gone {
+            return;
+        }
+        match self.channel.recv_timeout(timeout) {
+            Ok(Some(msg)) => {
+                self.take_message(msg);
+                self.poll_master();
+            }
+            Ok(None) => {}
+            Err(e) => self.channel_failed(e),
+        }
+    }
+
+    fn take_message(&mut self, msg: Message) {
+        match msg {
+            Message::Control(Control::Stop | Control::Recycle) => self.stopping = true,
+            Message::Control(Control::ReopenLogs) => self.reopen_pending = true,
+            m @ (Message::Job { .. }
+            | Message::Want { .. }
+            | Message::Done { .. }
+            | Message::Failed { .. }
+            | Message::Release { .. }
+            | Message::Lost { .. }) => self.inbox.push_back(m),
+            other => tracing::debug!(kind = other.kind(), "ignored message from the master"),
+        }
+    }
+
+    fn channel_failed(&mut self, e: ChannelError) {
+        if !matches!(e, ChannelError::Closed) {
+            tracing::error!(error = %e, "channel to the master failed");
+        }
+        self.lose_master();
+    }
+
+    /// Dispatch messages received so far.
+    pub(crate) fn take_inbox(&mut self) -> VecDeque<Message> {
+        std::mem::take(&mut self.inbox)
+    }
+
+    /// Whether a job handed out by the master waits to be run.
+    pub(crate) fn has_pending_job(&self) -> bool {
+        !self.master_gone && self.inbox.iter().any(|m| matches!(m, Message::Job { .. }))
+    }
+
+    /// Writes buffered output, waiting up to a second for the master to
+    /// take it.
+    pub(crate) fn flush(&mut self) {
+        if self.master_gone || !self.channel.has_pending_output() {
+            return;
+        }
+        if !matches!(self.channel.flush_timeout(Duration::from_secs(1)), Ok(true)) {
+            self.lose_master();
         }
     }
 
@@ -356,6 +508,9 @@ impl Context {
         self.iteration_started = SystemTime::now();
         if now.duration_since(self.last_beat) >= self.beat_every {
             self.beat();
+            if self.jobs_done != self.jobs_reported {
+                self.report_stats();
+            }
         }
         if let Some(every) = self.memory_every
             && now.duration_since(self.last_memory) >= every
@@ -382,9 +537,10 @@ impl Context {
         self.send(&Message::Stats(Stats {
             rss_bytes,
             pss_bytes,
-            jobs_done: 0,
+            jobs_done: self.jobs_done,
             iterations: self.iterations,
         }));
+        self.jobs_reported = self.jobs_done;
     }
 }
 

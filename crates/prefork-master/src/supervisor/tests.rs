@@ -498,11 +498,11 @@ fn recycling_by_iterations_memory_and_age_waits_for_the_replacement() {
     let [a, b, c] = sim.serials()[..] else {
         panic!()
     };
-    sim.sup.stats(sim.now, a, 1 << 20, 99);
+    sim.sup.stats(sim.now, a, 1 << 20, 99, 0);
     sim.pump();
     assert_eq!(sim.spawns(), 3, "below the limit: {:?}", sim.log);
-    sim.sup.stats(sim.now, a, 1 << 20, 100);
-    sim.sup.stats(sim.now, b, 65 << 20, 5);
+    sim.sup.stats(sim.now, a, 1 << 20, 100, 0);
+    sim.sup.stats(sim.now, b, 65 << 20, 5, 0);
     sim.pump();
     assert_eq!(sim.spawns(), 4, "one replacement at a time");
     assert!(
@@ -552,7 +552,7 @@ fn a_replacement_that_dies_leaves_the_old_worker_running() {
     let mut sim = Sim::new(s);
     sim.ready_all();
     let old = sim.serials()[0];
-    sim.sup.stats(sim.now, old, 0, 10);
+    sim.sup.stats(sim.now, old, 0, 10, 0);
     sim.pump();
     let new = sim.serials()[1];
     sim.exit(new, ExitStatus::Exited(1));
@@ -662,7 +662,7 @@ proptest! {
                 Event::ObeyAll => sim.obey(),
                 Event::Stats(i, n) => {
                     let ss = sim.serials();
-                    if !ss.is_empty() { sim.sup.stats(sim.now, ss[i % ss.len()], 0, n); sim.pump(); }
+                    if !ss.is_empty() { sim.sup.stats(sim.now, ss[i % ss.len()], 0, n, 0); sim.pump(); }
                 }
                 Event::Advance(ms) => sim.advance(Duration::from_millis(ms)),
             }
@@ -691,4 +691,91 @@ proptest! {
         prop_assert_eq!(sim.sup.phase(), Phase::Stopped);
         prop_assert!(sim.sup.report().is_some());
     }
+}
+
+fn feeder_of(sim: &Sim) -> Option<Serial> {
+    sim.sup
+        .procs
+        .iter()
+        .find(|(_, p)| p.index == FEEDER)
+        .map(|(&s, _)| s)
+}
+
+#[test]
+fn dispatch_mode_forks_a_feeder_and_restarts_it_with_backoff() {
+    let mut sim = Sim::new(Settings {
+        feeder: true,
+        ..settings(2)
+    });
+    let feeder = feeder_of(&sim).expect("a feeder forked at start");
+    assert_eq!(sim.live().len(), 3);
+    sim.ready_all();
+    assert_eq!(sim.sup.phase(), Phase::Running);
+    sim.exit(
+        feeder,
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    );
+    // Died at once after start: restarted after the backoff, not before.
+    assert!(feeder_of(&sim).is_none());
+    sim.advance(2 * SEC);
+    let again = feeder_of(&sim).expect("a new feeder");
+    assert_ne!(again, feeder);
+    // HUP replaces the workers, not the feeder.
+    sim.ready_all();
+    sim.sup.signal(sim.now, libc::SIGHUP);
+    sim.pump();
+    assert!(sim.sup.procs[&again].recycle.is_none());
+}
+
+#[test]
+fn graceful_shutdown_stops_the_feeder_after_the_last_worker() {
+    let mut sim = Sim::new(Settings {
+        feeder: true,
+        ..settings(2)
+    });
+    sim.ready_all();
+    let feeder = feeder_of(&sim).unwrap();
+    sim.sup.signal(sim.now, libc::SIGQUIT);
+    sim.pump();
+    assert!(!sim.log.contains(&Action::Stop(feeder)));
+    let workers: Vec<Serial> = sim.serials().into_iter().filter(|s| *s != feeder).collect();
+    sim.exit(workers[0], ExitStatus::Exited(0));
+    sim.pump();
+    assert!(!sim.log.contains(&Action::Stop(feeder)));
+    sim.exit(workers[1], ExitStatus::Exited(0));
+    sim.pump();
+    assert!(
+        sim.log.contains(&Action::Stop(feeder)),
+        "the feeder goes last"
+    );
+    sim.exit(feeder, ExitStatus::Exited(0));
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopped);
+}
+
+#[test]
+fn a_job_past_its_hard_limit_kills_its_worker_but_a_cleared_one_does_not() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    let s = sim.serials();
+    sim.sup.job_deadline(sim.now, s[0], "job-1".into(), 3_000);
+    sim.sup.job_deadline(sim.now, s[1], "job-2".into(), 3_000);
+    sim.sup.job_deadline(sim.now, s[1], String::new(), 0);
+    assert_eq!(sim.sup.next_deadline(), Some(sim.now + 3 * SEC));
+    sim.advance(2 * SEC);
+    sim.beat_all(); // heartbeats do not move a hard limit
+    assert!(sim.kills.is_empty());
+    sim.advance(SEC);
+    assert_eq!(sim.kills, vec![(sim.pid(s[0]), libc::SIGKILL)]);
+    let exit = sim.exit(
+        s[0],
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    );
+    assert_eq!(exit.cause, Cause::TimeLimit);
 }

@@ -1,0 +1,315 @@
+//! Dispatch mode: [`DispatchFeeder`], the one process of a pool that owns
+//! a broker connection, and [`DispatchWorker`], the workers that run the
+//! jobs the master hands them. Run them with
+//! `prefork_master::Master::run_dispatch`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, Instant, SystemTime};
+
+use prefork_broker::{Broker, Connect, Delivery, ErrorKind, SettleError};
+use prefork_master::{BoxError, Context, Feeder, Job, Settle, Worker};
+
+use crate::envelope::unix_ms;
+use crate::registry::{Outcome, Registry};
+use crate::retry::Jitter;
+use crate::worker::JobEvent;
+
+type Observer = Box<dyn FnMut(&JobEvent)>;
+
+/// Dispatch mode's feeder: fetches from one queue only as many jobs as the
+/// master has idle workers, keeps each [`Delivery`] until its worker
+/// reports, and settles it: ack, retry after the delay the worker computed,
+/// dead letter, release (never started), or, when the worker died holding
+/// it, a failed attempt under the job's [`RetryPolicy`](crate::RetryPolicy)
+/// (with its backoff; dead letter once the attempts are spent, so poison
+/// protection holds). It renews the claims of running jobs every
+/// [`touch_every`](DispatchFeeder::touch_every).
+///
+/// The registry is the same as the workers' (it is read here for the
+/// retry policy of lost jobs); pass a clone of the set-up or build it twice.
+///
+/// # Examples
+///
+/// ```no_run
+/// use prefork_jobs::{DispatchFeeder, DispatchWorker, JobContext, JobError, Registry};
+///
+/// fn jobs() -> Registry {
+///     let mut jobs = Registry::new();
+///     jobs.register("hello", |_: &mut JobContext<'_>, name: String| {
+///         println!("hello {name}");
+///         Ok::<(), JobError>(())
+///     });
+///     jobs
+/// }
+/// let spool = prefork_spool::Spool::open("/var/lib/myapp/spool")?;
+/// let feeder = DispatchFeeder::new(jobs(), spool, "default");
+/// let report = prefork_master::Master::builder()
+///     .workers(4)
+///     .build()?
+///     .run_dispatch(feeder, DispatchWorker::new(jobs()))?;
+/// # drop(report);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct DispatchFeeder {
+    registry: Registry,
+    connect: Box<dyn Connect>,
+    queue: String,
+    broker: Option<Box<dyn Broker + Send>>,
+    held: HashMap<String, Delivery>,
+    jitter: Jitter,
+    touch_every: Duration,
+    last_touch: Instant,
+}
+
+impl fmt::Debug for DispatchFeeder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DispatchFeeder")
+            .field("queue", &self.queue)
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl DispatchFeeder {
+    /// A feeder of `queue`, opened through `connect` in the feeder process.
+    pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> DispatchFeeder {
+        DispatchFeeder {
+            registry,
+            connect: Box::new(connect),
+            queue: queue.to_owned(),
+            broker: None,
+            held: HashMap::new(),
+            jitter: Jitter::seeded(),
+            touch_every: Duration::from_secs(5),
+            last_touch: Instant::now(),
+        }
+    }
+
+    /// How often the claims of the jobs in flight are renewed (default
+    /// 5 s; keep it well under the broker's claim timeout).
+    pub fn touch_every(mut self, every: Duration) -> DispatchFeeder {
+        self.touch_every = every;
+        self
+    }
+
+    fn touch_all(&mut self) {
+        let Some(broker) = self.broker.as_mut() else {
+            return;
+        };
+        for (id, d) in self.held.iter_mut() {
+            if let Err(e) = broker.touch(d) {
+                tracing::warn!(delivery = %id, error = %e, "could not renew the claim of a running job");
+            }
+        }
+    }
+}
+
+impl Feeder for DispatchFeeder {
+    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+        self.broker = Some(self.connect.open(&self.queue)?);
+        self.jitter = Jitter::seeded();
+        Ok(())
+    }
+
+    fn fetch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        _ctx: &mut Context,
+    ) -> Result<Vec<Job>, BoxError> {
+        if self.last_touch.elapsed() >= self.touch_every {
+            self.last_touch = Instant::now();
+            self.touch_all();
+        }
+        let queue = self.queue.clone();
+        let Some(broker) = self.broker.as_mut() else {
+            return Err("DispatchFeeder used before start".into());
+        };
+        let batch = match broker.fetch(max, wait) {
+            Ok(batch) => batch,
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(%queue, error = %e, "fetch failed; trying again");
+                std::thread::sleep(wait.min(Duration::from_millis(100)));
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut jobs = Vec::with_capacity(batch.len());
+        for d in batch {
+            let id = d.id().as_str().to_owned();
+            jobs.push(Job::new(id.clone(), d.payload().to_vec(), d.attempt()));
+            self.held.insert(id, d);
+        }
+        Ok(jobs)
+    }
+
+    fn settle(&mut self, settle: Settle, _ctx: &mut Context) -> Result<(), BoxError> {
+        let Some(delivery) = self.held.remove(settle.id()) else {
+            tracing::info!(
+                delivery = settle.id(),
+                "a report about a job this feeder did not fetch (its feeder died, the broker took it back): ignored"
+            );
+            return Ok(());
+        };
+        let random = self.jitter.next();
+        let Some(broker) = self.broker.as_mut() else {
+            return Err("DispatchFeeder used before start".into());
+        };
+        let id = delivery.id().clone();
+        let result: Result<(), SettleError> = match settle {
+            Settle::Done { .. } => broker.ack(delivery),
+            Settle::Failed {
+                retry: true,
+                delay,
+                reason,
+                ..
+            } => {
+                tracing::info!(delivery = %id, ?delay, %reason, "job failed; retrying");
+                broker.retry(delivery, delay)
+            }
+            Settle::Failed { reason, .. } => {
+                tracing::warn!(delivery = %id, %reason, "job sent to the dead letters");
+                broker.dead_letter(delivery, &reason)
+            }
+            Settle::Release { .. } => broker.release(delivery),
+            Settle::Lost { reason, .. } => {
+                match self
+                    .registry
+                    .lost(delivery.payload(), delivery.attempt(), &reason, random)
+                {
+                    Ok((delay, reason)) => {
+                        tracing::warn!(delivery = %id, ?delay, %reason, "job lost with its worker; retrying");
+                        broker.retry(delivery, delay)
+                    }
+                    Err(reason) => {
+                        tracing::warn!(delivery = %id, %reason, "job lost with its worker; sent to the dead letters");
+                        broker.dead_letter(delivery, &reason)
+                    }
+                }
+            }
+            other => {
+                tracing::warn!(delivery = %id, ?other, "unknown settlement: released");
+                broker.release(delivery)
+            }
+        };
+        match result {
+            Ok(()) => {}
+            Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
+                tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
+            }
+            Err(e) if e.error().is_retryable() => {
+                tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
+            }
+            Err(e) => return Err(e.into_error().into()),
+        }
+        Ok(())
+    }
+
+    fn stop(&mut self, _ctx: &mut Context) {
+        let Some(broker) = self.broker.as_mut() else {
+            return;
+        };
+        for (id, d) in self.held.drain() {
+            tracing::info!(delivery = %id, "feeder stopping: giving back a job never settled");
+            if let Err(e) = broker.release(d) {
+                tracing::warn!(delivery = %id, error = %e.error(), "could not release a job; it comes back when its claim expires");
+            }
+        }
+        self.broker = None;
+    }
+}
+
+/// Dispatch mode's worker: takes each job the master hands it
+/// ([`Context::next_job`]), runs it through the [`Registry`] (the hard
+/// time limit is enforced by the master: [`Context::set_deadline`]), and
+/// reports what came of it; the feeder settles it with the broker. It holds
+/// no broker connection.
+///
+/// # Examples
+///
+/// See [`DispatchFeeder`].
+pub struct DispatchWorker {
+    registry: Registry,
+    poll: Duration,
+    jitter: Jitter,
+    observer: Option<Observer>,
+}
+
+impl fmt::Debug for DispatchWorker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DispatchWorker")
+            .field("registry", &self.registry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DispatchWorker {
+    /// A worker running `registry`'s handlers.
+    pub fn new(registry: Registry) -> DispatchWorker {
+        DispatchWorker {
+            registry,
+            poll: Duration::from_millis(200),
+            jitter: Jitter::seeded(),
+            observer: None,
+        }
+    }
+
+    /// Calls `f` in the worker process after each job is reported (the
+    /// `settled` field says the report reached the master; the broker is
+    /// told by the feeder).
+    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> DispatchWorker {
+        self.observer = Some(Box::new(f));
+        self
+    }
+}
+
+impl Worker for DispatchWorker {
+    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+        self.jitter = Jitter::seeded();
+        Ok(())
+    }
+
+    fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        let Some(job) = ctx.next_job(self.poll) else {
+            return Ok(());
+        };
+        let started = SystemTime::now();
+        let t0 = Instant::now();
+        let (outcome, name, id, enqueued_at_ms) =
+            match self.registry.prepare(&job.payload, job.attempt) {
+                Err(outcome) => (outcome, None, None, 0),
+                Ok(prepared) => {
+                    let e = prepared.envelope();
+                    let (name, id, enq) = (e.job.clone(), e.id.clone(), e.enqueued_at);
+                    ctx.set_activity(format!("{name} {id}"));
+                    if let Some(hard) = prepared.time_limits().hard {
+                        ctx.set_deadline(&job.id, Some(hard));
+                    }
+                    let mut keepalive = || ctx.alive();
+                    let outcome = prepared.run(Some(&mut keepalive), self.jitter.next());
+                    (outcome, Some(name), Some(id), enq)
+                }
+            };
+        let ran = t0.elapsed();
+        match &outcome {
+            Outcome::Done => ctx.job_done(&job.id),
+            Outcome::Retry { delay, reason } => ctx.job_failed(&job.id, reason, true, *delay),
+            Outcome::Dead { reason } => ctx.job_failed(&job.id, reason, false, Duration::ZERO),
+        }
+        ctx.clear_activity();
+        if let Some(observer) = self.observer.as_mut() {
+            observer(&JobEvent {
+                job: name,
+                id,
+                delivery_attempt: job.attempt,
+                outcome,
+                enqueued_at_ms,
+                started_at_ms: unix_ms(started),
+                ran,
+                settled: true,
+            });
+        }
+        Ok(())
+    }
+}

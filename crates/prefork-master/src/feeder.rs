@@ -1,0 +1,285 @@
+//! Dispatch mode's feeder: the [`Feeder`] trait users implement (the one
+//! process of a pool that talks to the broker), the [`Job`] it hands the
+//! master, the [`Settle`] requests it gets back, and its runtime loop in
+//! the feeder process.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::Duration;
+
+use prefork_heartbeat::Message;
+
+use crate::worker::{BoxError, Context};
+
+/// A job as the master routes it: the broker's delivery id, the payload
+/// and the delivery count, all opaque to the master.
+///
+/// # Examples
+///
+/// ```
+/// let job = prefork_master::Job::new("delivery-7", b"{}".to_vec(), 2);
+/// assert_eq!((job.id.as_str(), job.attempt), ("delivery-7", 2));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Job {
+    /// The delivery id: unique among the jobs in flight.
+    pub id: String,
+    /// The job's bytes.
+    pub payload: Vec<u8>,
+    /// The broker's delivery count, from 1.
+    pub attempt: u32,
+}
+
+impl Job {
+    /// A job with this delivery id, payload and delivery count.
+    pub fn new(id: impl Into<String>, payload: Vec<u8>, attempt: u32) -> Job {
+        Job {
+            id: id.into(),
+            payload,
+            attempt,
+        }
+    }
+}
+
+/// What the master asks the feeder to do with a job it fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Settle {
+    /// The worker finished it: acknowledge.
+    Done {
+        /// The delivery id.
+        id: String,
+    },
+    /// The worker's handler failed.
+    Failed {
+        /// The delivery id.
+        id: String,
+        /// Why.
+        reason: String,
+        /// `true`: retry after `delay`; `false`: dead letter with `reason`.
+        retry: bool,
+        /// How long before the next attempt.
+        delay: Duration,
+    },
+    /// No worker started it (graceful shutdown): give it back without
+    /// counting an attempt.
+    Release {
+        /// The delivery id.
+        id: String,
+    },
+    /// Its worker died while running it (crash, SIGKILL, hard time limit):
+    /// a failed attempt; retry under the retry policy (with its backoff) or
+    /// dead-letter once the attempts are spent.
+    Lost {
+        /// The delivery id.
+        id: String,
+        /// What happened to the worker (names the signal).
+        reason: String,
+    },
+}
+
+impl Settle {
+    /// The delivery id this is about.
+    pub fn id(&self) -> &str {
+        match self {
+            Settle::Done { id }
+            | Settle::Failed { id, .. }
+            | Settle::Release { id }
+            | Settle::Lost { id, .. } => id,
+        }
+    }
+
+    fn from_message(msg: Message) -> Option<Settle> {
+        Some(match msg {
+            Message::Done { id } => Settle::Done { id },
+            Message::Failed {
+                id,
+                reason,
+                retry,
+                delay_ms,
+            } => Settle::Failed {
+                id,
+                reason,
+                retry,
+                delay: Duration::from_millis(delay_ms),
+            },
+            Message::Release { id } => Settle::Release { id },
+            Message::Lost { id, reason } => Settle::Lost { id, reason },
+            _ => return None,
+        })
+    }
+}
+
+/// Dispatch mode's broker side: the one process of a pool that fetches
+/// jobs and settles them (see [`Master::run_dispatch`]).
+///
+/// The master forks the feeder like a worker (its own channel, heartbeat,
+/// restart with backoff, `PR_SET_PDEATHSIG`) and never talks to the broker
+/// itself. The runtime, in the feeder process, calls
+/// [`start`](Feeder::start) once, then loops: it reads the master's
+/// requests, calls [`settle`](Feeder::settle) for each report, and while
+/// the master has idle workers it calls [`fetch`](Feeder::fetch) with the
+/// number it can take; each [`Job`] returned goes to an idle worker. It
+/// fetches nothing while every worker is busy.
+///
+/// - Graceful stop: the master stops asking, releases the jobs no worker
+///   started, lets the workers finish theirs (their reports still reach
+///   the feeder), and stops the feeder last; [`stop`](Feeder::stop) then
+///   gives back whatever it still holds.
+/// - A worker that dies holding a job: [`Settle::Lost`] at once.
+/// - The feeder dying: the broker gets its claims back (the feeder was
+///   their holder); reports of jobs still running reach the next feeder,
+///   which settles what it can: at-least-once.
+///
+/// Errors from `start` or `fetch` end the feeder process; the master starts
+/// another after a backoff. Keep transient broker errors inside (log and
+/// return no job).
+///
+/// [`Master::run_dispatch`]: crate::Master::run_dispatch
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::VecDeque;
+/// use std::time::Duration;
+/// use prefork_master::{BoxError, Context, Feeder, Job, Settle};
+///
+/// /// Feeds the numbers 1 to 100; forgets what is done.
+/// struct Numbers { next: u32, retry: VecDeque<Job> }
+///
+/// impl Feeder for Numbers {
+///     fn fetch(&mut self, max: usize, _wait: Duration, _ctx: &mut Context) -> Result<Vec<Job>, BoxError> {
+///         let mut out: Vec<Job> = self.retry.drain(..self.retry.len().min(max)).collect();
+///         while out.len() < max && self.next < 100 {
+///             self.next += 1;
+///             out.push(Job::new(self.next.to_string(), self.next.to_le_bytes().to_vec(), 1));
+///         }
+///         Ok(out)
+///     }
+///     fn settle(&mut self, settle: Settle, _ctx: &mut Context) -> Result<(), BoxError> {
+///         if let Settle::Lost { id, .. } | Settle::Release { id } = settle {
+///             let n: u32 = id.parse()?;
+///             self.retry.push_back(Job::new(id, n.to_le_bytes().to_vec(), 2));
+///         }
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Feeder {
+    /// Called once in the fresh feeder process: connect to the broker here.
+    ///
+    /// # Errors
+    ///
+    /// An error ends the feeder process; it is restarted with backoff.
+    fn start(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Fetches up to `max` jobs (at least 1), waiting at most `wait` when
+    /// none is ready. Return an empty `Vec` when none came.
+    ///
+    /// # Errors
+    ///
+    /// An error ends the feeder process (the broker gets its claims back).
+    fn fetch(
+        &mut self,
+        max: usize,
+        wait: Duration,
+        ctx: &mut Context,
+    ) -> Result<Vec<Job>, BoxError>;
+
+    /// Settles a job this feeder (or a previous one) handed out. An id it
+    /// does not know (fetched by a feeder that died) is logged and ignored:
+    /// the broker has given that job back already.
+    ///
+    /// # Errors
+    ///
+    /// An error ends the feeder process.
+    fn settle(&mut self, settle: Settle, ctx: &mut Context) -> Result<(), BoxError>;
+
+    /// Called when the master stops the feeder (last, after the workers):
+    /// give back what is still held and close connections.
+    fn stop(&mut self, ctx: &mut Context) {
+        let _ = ctx;
+    }
+}
+
+/// How long one `fetch` may wait, and the longest the feeder sleeps on its
+/// channel when it has no credit.
+pub(crate) const FEEDER_WAIT: Duration = Duration::from_millis(50);
+
+/// The feeder's life after set-up. Returns its exit status.
+pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: Duration) -> i32 {
+    let _span = tracing::info_span!("feeder", pid = std::process::id()).entered();
+    let _ = ctx.set_state("feeder starting");
+    match catch_unwind(AssertUnwindSafe(|| feeder.start(ctx))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "feeder start failed");
+            return 1;
+        }
+        Err(_) => {
+            tracing::error!("feeder start panicked");
+            return crate::master::PANIC_STATUS;
+        }
+    }
+    if !ctx.send_ready(timeout) {
+        return 1;
+    }
+    let _ = ctx.set_state("feeder");
+    let mut credits: usize = 0;
+    let mut status = 0;
+    let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), BoxError> {
+        loop {
+            ctx.poll_master();
+            for msg in ctx.take_inbox() {
+                match msg {
+                    Message::Want { n } => credits = credits.saturating_add(n as usize),
+                    other => {
+                        if let Some(s) = Settle::from_message(other) {
+                            feeder.settle(s, ctx)?;
+                        }
+                    }
+                }
+            }
+            if ctx.is_stopping() {
+                return Ok(());
+            }
+            ctx.before_iteration();
+            if credits > 0 {
+                let jobs = feeder.fetch(credits, FEEDER_WAIT, ctx)?;
+                credits = credits.saturating_sub(jobs.len());
+                for job in jobs {
+                    ctx.send(&Message::Job {
+                        id: job.id,
+                        payload: job.payload,
+                        attempt: job.attempt,
+                    });
+                }
+                ctx.flush();
+            } else {
+                ctx.wait_master(FEEDER_WAIT);
+            }
+            ctx.after_iteration();
+        }
+    }));
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "feeder failed");
+            status = 1;
+        }
+        Err(_) => {
+            tracing::error!("feeder panicked");
+            return crate::master::PANIC_STATUS;
+        }
+    }
+    let _ = ctx.set_state("feeder stopping");
+    if catch_unwind(AssertUnwindSafe(|| feeder.stop(ctx))).is_err() {
+        tracing::error!("feeder stop panicked");
+        return crate::master::PANIC_STATUS;
+    }
+    ctx.flush();
+    status
+}

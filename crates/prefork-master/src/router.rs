@@ -1,0 +1,439 @@
+//! Dispatch mode's routing, as a pure state machine (Narwhal's): which
+//! worker holds which job, how many jobs to ask the feeder for, and what
+//! to tell the feeder when a worker dies. No socket here: the loop in
+//! `master.rs` feeds it events and carries out the [`Route`]s.
+//!
+//! The three states of Narwhal's master fall out of two numbers:
+//! - *wait for a client* (every worker busy): no idle worker, so no credit
+//!   is given and jobs from the feeder wait in the queue;
+//! - *wait for a message* (workers idle, queue empty): the feeder holds
+//!   `idle - queued` credits and the loop sleeps on the sockets;
+//! - *running*: a job and an idle worker meet, the job goes out at once.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::feeder::Job;
+use crate::supervisor::Serial;
+
+/// Something the loop must send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Hand this job to this worker.
+    ToWorker(Serial, Job),
+    /// Ask the feeder for this many more jobs.
+    Want(u32),
+    /// To the feeder: a worker finished the job.
+    Done(String),
+    /// To the feeder: a worker's job failed.
+    Failed {
+        id: String,
+        reason: String,
+        retry: bool,
+        delay_ms: u64,
+    },
+    /// To the feeder: give this unstarted job back, no attempt counted.
+    Release(String),
+    /// To the feeder: the job's worker died; a failed attempt.
+    Lost { id: String, reason: String },
+}
+
+impl Route {
+    fn is_for_feeder(&self) -> bool {
+        !matches!(self, Route::ToWorker(..))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slot {
+    job: Option<String>,
+    accepting: bool,
+}
+
+/// The router's state. See the module doc.
+#[derive(Debug, Default)]
+pub(crate) struct Router {
+    workers: BTreeMap<Serial, Slot>,
+    /// Workers ready, accepting and holding no job.
+    idle: BTreeSet<Serial>,
+    /// Jobs from the feeder not yet handed out.
+    queue: VecDeque<Job>,
+    /// Credits given to the feeder and not yet used.
+    asked: usize,
+    feeder_ready: bool,
+    stopped: bool,
+    /// Messages for the feeder while there is none (it died): delivered to
+    /// the next one.
+    held: Vec<Route>,
+    out: Vec<Route>,
+}
+
+impl Router {
+    pub(crate) fn new() -> Router {
+        Router::default()
+    }
+
+    /// The routes decided since the last call, in order.
+    #[cfg(test)]
+    pub(crate) fn take_routes(&mut self) -> Vec<Route> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Appends the routes decided since the last call to `into`.
+    pub(crate) fn drain_routes_into(&mut self, into: &mut Vec<Route>) {
+        into.append(&mut self.out);
+    }
+
+    /// The job `serial` holds, if any.
+    #[cfg(test)]
+    pub(crate) fn job_of(&self, serial: Serial) -> Option<&str> {
+        self.workers.get(&serial)?.job.as_deref()
+    }
+
+    /// Jobs waiting for a worker.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// A worker said it is ready: it can take a job.
+    pub(crate) fn worker_ready(&mut self, serial: Serial) {
+        let slot = self.workers.entry(serial).or_default();
+        if slot.job.is_none() {
+            slot.accepting = true;
+            self.idle.insert(serial);
+        }
+        self.pump();
+    }
+
+    /// The worker was asked to stop (or is being killed): no new job for it.
+    pub(crate) fn worker_closing(&mut self, serial: Serial) {
+        if let Some(slot) = self.workers.get_mut(&serial) {
+            slot.accepting = false;
+            self.idle.remove(&serial);
+        }
+    }
+
+    /// The worker is gone. Returns the job it held, which the feeder is
+    /// told about at once as [`Route::Lost`] with `reason`.
+    pub(crate) fn worker_gone(&mut self, serial: Serial, reason: &str) -> Option<String> {
+        self.idle.remove(&serial);
+        let job = self.workers.remove(&serial)?.job;
+        if let Some(id) = &job {
+            self.emit(Route::Lost {
+                id: id.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+        self.pump();
+        job
+    }
+
+    /// A worker reported the end of job `id` (a `Done` or `Failed` route,
+    /// forwarded to the feeder). Returns false when the worker did not hold
+    /// that job (the report is forwarded anyway: the feeder settles what it
+    /// knows).
+    pub(crate) fn worker_finished(&mut self, serial: Serial, report: Route) -> bool {
+        let id = match &report {
+            Route::Done(id) | Route::Failed { id, .. } => id.clone(),
+            _ => return false,
+        };
+        let held = match self.workers.get_mut(&serial) {
+            Some(slot) if slot.job.as_deref() == Some(id.as_str()) => {
+                slot.job = None;
+                if slot.accepting {
+                    self.idle.insert(serial);
+                }
+                true
+            }
+            _ => false,
+        };
+        self.emit(report);
+        self.pump();
+        held
+    }
+
+    /// The feeder sent a job.
+    pub(crate) fn job_from_feeder(&mut self, job: Job) {
+        self.asked = self.asked.saturating_sub(1);
+        if self.stopped {
+            self.emit(Route::Release(job.id));
+            return;
+        }
+        self.queue.push_back(job);
+        self.pump();
+    }
+
+    /// A (new) feeder is ready: it holds no credit yet, and gets what was
+    /// held for it while there was none.
+    pub(crate) fn feeder_ready(&mut self) {
+        self.feeder_ready = true;
+        self.asked = 0;
+        let held = std::mem::take(&mut self.held);
+        self.out.extend(held);
+        self.pump();
+    }
+
+    /// The feeder died. Its unused credits die with it, and the jobs it
+    /// sent that no worker has started are dropped: the broker gives its
+    /// claims back (it is their holder), so running them would run them
+    /// twice. Returns how many were dropped.
+    pub(crate) fn feeder_gone(&mut self) -> usize {
+        self.feeder_ready = false;
+        self.asked = 0;
+        let dropped = self.queue.len();
+        self.queue.clear();
+        dropped
+    }
+
+    /// Shutdown: no more fetching; the jobs no worker has started go back
+    /// to the broker.
+    pub(crate) fn stop_fetching(&mut self) {
+        self.stopped = true;
+        while let Some(job) = self.queue.pop_front() {
+            self.emit(Route::Release(job.id));
+        }
+    }
+
+    fn emit(&mut self, route: Route) {
+        if route.is_for_feeder() && !self.feeder_ready {
+            self.held.push(route);
+        } else {
+            self.out.push(route);
+        }
+    }
+
+    /// Hands queued jobs to idle workers, then tops the feeder's credits up
+    /// to the number of idle workers.
+    fn pump(&mut self) {
+        while !self.queue.is_empty() {
+            let Some(serial) = self.idle.pop_first() else {
+                break;
+            };
+            let job = self.queue.pop_front().expect("not empty");
+            let slot = self
+                .workers
+                .get_mut(&serial)
+                .expect("idle workers are known");
+            slot.job = Some(job.id.clone());
+            self.out.push(Route::ToWorker(serial, job));
+        }
+        if self.feeder_ready && !self.stopped {
+            let want = self
+                .idle
+                .len()
+                .saturating_sub(self.queue.len() + self.asked);
+            if want > 0 {
+                self.asked += want;
+                self.out
+                    .push(Route::Want(u32::try_from(want).unwrap_or(u32::MAX)));
+            }
+        }
+    }
+
+    /// Credits given and not used, jobs queued, idle workers (for tests).
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize, usize) {
+        (self.asked, self.queue.len(), self.idle.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    fn job(n: u64) -> Job {
+        Job::new(format!("j{n}"), vec![], 1)
+    }
+
+    #[test]
+    fn asks_for_one_job_per_idle_worker_and_hands_it_out() {
+        let mut r = Router::new();
+        r.feeder_ready();
+        r.worker_ready(1);
+        r.worker_ready(2);
+        assert_eq!(r.take_routes(), [Route::Want(1), Route::Want(1)]);
+        r.job_from_feeder(job(1));
+        assert_eq!(r.take_routes(), [Route::ToWorker(1, job(1))]);
+        assert_eq!(r.job_of(1), Some("j1"));
+        assert!(r.worker_finished(1, Route::Done("j1".into())));
+        assert_eq!(
+            r.take_routes(),
+            [Route::Done("j1".into()), Route::Want(1)],
+            "one credit is still out, for worker 2"
+        );
+    }
+
+    #[test]
+    fn a_dead_worker_s_job_is_lost_at_once_and_a_dead_feeder_s_queue_dropped() {
+        let mut r = Router::new();
+        r.worker_ready(1);
+        r.feeder_ready();
+        r.job_from_feeder(job(1));
+        r.take_routes();
+        assert_eq!(r.worker_gone(1, "killed by SIGKILL"), Some("j1".into()));
+        assert_eq!(
+            r.take_routes(),
+            [Route::Lost {
+                id: "j1".into(),
+                reason: "killed by SIGKILL".into()
+            }]
+        );
+        r.job_from_feeder(job(2)); // no worker: it waits
+        assert_eq!(r.queued(), 1);
+        assert_eq!(r.feeder_gone(), 1);
+        r.worker_ready(2);
+        assert_eq!(r.take_routes(), [], "nothing to hand out, no feeder to ask");
+    }
+
+    #[test]
+    fn reports_wait_for_the_next_feeder() {
+        let mut r = Router::new();
+        r.feeder_ready();
+        r.worker_ready(1);
+        r.job_from_feeder(job(1));
+        r.feeder_gone();
+        r.take_routes();
+        r.worker_finished(1, Route::Done("j1".into()));
+        assert_eq!(r.take_routes(), []);
+        r.feeder_ready();
+        assert_eq!(r.take_routes(), [Route::Done("j1".into()), Route::Want(1)]);
+    }
+
+    #[test]
+    fn stopping_releases_unstarted_jobs_and_asks_no_more() {
+        let mut r = Router::new();
+        r.feeder_ready();
+        r.worker_ready(1);
+        r.job_from_feeder(job(1));
+        r.job_from_feeder(job(2)); // more than asked for: it waits
+        r.take_routes();
+        r.stop_fetching();
+        r.job_from_feeder(job(3)); // already on its way
+        assert_eq!(
+            r.take_routes(),
+            [Route::Release("j2".into()), Route::Release("j3".into())]
+        );
+        r.worker_finished(1, Route::Done("j1".into()));
+        assert_eq!(r.take_routes(), [Route::Done("j1".into())]);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Ev {
+        Ready(u8),
+        Closing(u8),
+        Gone(u8),
+        Finish(u8, bool),
+        FeederSends,
+        FeederReady,
+        FeederGone,
+        Stop,
+    }
+
+    fn ev() -> impl Strategy<Value = Ev> {
+        prop_oneof![
+            3 => (0_u8..6).prop_map(Ev::Ready),
+            1 => (0_u8..6).prop_map(Ev::Closing),
+            1 => (0_u8..6).prop_map(Ev::Gone),
+            4 => ((0_u8..6), any::<bool>()).prop_map(|(w, ok)| Ev::Finish(w, ok)),
+            4 => Just(Ev::FeederSends),
+            1 => Just(Ev::FeederReady),
+            1 => Just(Ev::FeederGone),
+            1 => Just(Ev::Stop),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens: no job is held by two workers at once, credits
+        /// never exceed idle workers when given, and every job handed out
+        /// ends (done, failed, lost or released) once its worker finishes or
+        /// dies.
+        #[test]
+        fn routing_invariants(events in proptest::collection::vec(ev(), 1..200)) {
+            let mut r = Router::new();
+            let mut next = 0_u64;
+            // Worker processes: the serial of each simulated slot (a slot's
+            // worker that dies is replaced by a new serial).
+            let mut serial_of: HashMap<u8, Serial> = HashMap::new();
+            let mut next_serial: Serial = 1;
+            let mut credits = 0_usize; // what the simulated feeder holds
+            let mut holding: HashMap<Serial, String> = HashMap::new();
+            let mut handed: HashSet<String> = HashSet::new();
+            let mut ended: HashSet<String> = HashSet::new();
+            let mut released: HashSet<String> = HashSet::new();
+            let mut sent: HashSet<String> = HashSet::new();
+            let mut feeder = false;
+            for e in events {
+                match e {
+                    Ev::Ready(w) => {
+                        let s = *serial_of.entry(w).or_insert_with(|| { next_serial += 1; next_serial });
+                        r.worker_ready(s);
+                    }
+                    Ev::Closing(w) => if let Some(&s) = serial_of.get(&w) { r.worker_closing(s) },
+                    Ev::Gone(w) => if let Some(s) = serial_of.remove(&w) {
+                        let lost = r.worker_gone(s, "killed");
+                        prop_assert_eq!(lost, holding.remove(&s));
+                    },
+                    Ev::Finish(w, ok) => if let Some(&s) = serial_of.get(&w) && let Some(id) = holding.remove(&s) {
+                        let report = if ok { Route::Done(id) } else {
+                            Route::Failed { id, reason: "x".into(), retry: true, delay_ms: 5 }
+                        };
+                        prop_assert!(r.worker_finished(s, report));
+                    },
+                    Ev::FeederSends => if feeder && credits > 0 {
+                        credits -= 1;
+                        next += 1;
+                        sent.insert(format!("j{next}"));
+                        r.job_from_feeder(job(next));
+                    },
+                    Ev::FeederReady => if !feeder { feeder = true; credits = 0; r.feeder_ready() },
+                    Ev::FeederGone => if feeder { feeder = false; credits = 0; r.feeder_gone(); },
+                    Ev::Stop => r.stop_fetching(),
+                }
+                for route in r.take_routes() {
+                    match route {
+                        Route::ToWorker(s, j) => {
+                            prop_assert!(!holding.values().any(|h| *h == j.id), "{} handed out twice at once", j.id);
+                            prop_assert!(holding.insert(s, j.id.clone()).is_none(), "worker {} given two jobs", s);
+                            prop_assert!(handed.insert(j.id));
+                        }
+                        Route::Want(n) => {
+                            prop_assert!(feeder);
+                            credits += n as usize;
+                            let (asked, queued, idle) = r.counts();
+                            prop_assert!(asked + queued <= idle, "credits {} + queued {} > idle {}", asked, queued, idle);
+                        }
+                        Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => {
+                            prop_assert!(handed.contains(&id));
+                            prop_assert!(ended.insert(id));
+                        }
+                        Route::Release(id) => {
+                            prop_assert!(!handed.contains(&id), "{} released after it started", id);
+                            prop_assert!(released.insert(id));
+                        }
+                    }
+                }
+            }
+            // Every worker finishes or dies; a feeder comes up to hear it.
+            let serials: Vec<Serial> = holding.keys().copied().collect();
+            for s in serials {
+                let id = holding.remove(&s).unwrap();
+                r.worker_finished(s, Route::Done(id));
+            }
+            if !feeder { r.feeder_ready(); }
+            r.stop_fetching();
+            for route in r.take_routes() {
+                match route {
+                    Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => { prop_assert!(ended.insert(id)); }
+                    Route::Release(id) => { prop_assert!(released.insert(id)); }
+                    other => prop_assert!(matches!(other, Route::Want(_)), "{:?}", other),
+                }
+            }
+            prop_assert_eq!(&handed, &ended, "every job handed out ended");
+            // Every job sent was handed out, released, or dropped with a dead feeder.
+            prop_assert!(handed.is_disjoint(&released));
+            prop_assert!(handed.union(&released).all(|id| sent.contains(id)));
+        }
+    }
+}
