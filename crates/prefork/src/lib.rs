@@ -3,8 +3,11 @@
 //! # Where things are
 //!
 //! Everything a daemon needs is at the top level ([`Master`], [`Worker`],
-//! [`Context`], [`Report`], ...), re-exported from [`master`]. The parts
-//! below it are reachable as modules for those who need a lower level.
+//! [`Context`], [`Report`], ...), re-exported from [`master`], and so is
+//! what a job worker needs ([`Registry`], [`JobWorker`] for pull mode,
+//! [`DispatchFeeder`] and [`DispatchWorker`] for dispatch mode, ...),
+//! re-exported from [`jobs`]. The parts below them are reachable as modules
+//! for those who need a lower level ([`broker`] for adapters).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -12,6 +15,24 @@ pub use prefork_master::{
     BoxError, Builder, Cause, ConfigError, Context, ExitStatus, FnWorker, MAX_WORKERS, MIN_MEMORY,
     MIN_TIMEOUT, Master, Phase, Report, Shutdown, Worker, WorkerExit, WorkerInfo, from_fn,
 };
+pub use prefork_master::{Feeder, Settle};
+
+pub use prefork_jobs::{
+    DispatchFeeder, DispatchWorker, Enqueuer, Envelope, JobContext, JobError, JobEvent, JobWorker,
+    Outcome, Registry, RetryPolicy, TimeLimits, enqueue,
+};
+
+/// The job layer: [`prefork_jobs`], re-exported whole.
+pub mod jobs {
+    pub use prefork_jobs::*;
+}
+
+/// The broker adapter trait and its types: [`prefork_broker`], re-exported
+/// whole. Adapters (`prefork-spool`, `prefork-redis`, ...) are separate
+/// dependencies.
+pub mod broker {
+    pub use prefork_broker::*;
+}
 
 /// The supervisor: [`prefork_master`], re-exported whole.
 pub mod master {

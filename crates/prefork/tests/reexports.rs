@@ -42,3 +42,28 @@ fn the_parts_are_reachable() {
     );
     assert!(prefork::selfpipe::FORBIDDEN.contains(&libc::SIGKILL));
 }
+
+#[test]
+fn the_job_layer_and_the_broker_trait_are_reachable() {
+    let mut jobs = prefork::Registry::new();
+    jobs.register("x", |_: &mut prefork::JobContext<'_>, ()| {
+        Ok::<(), prefork::JobError>(())
+    });
+    let same: &prefork_jobs::Registry = &jobs;
+    let via_module: &prefork::jobs::Registry = same;
+    let payload = prefork::jobs::Envelope::new("q", "x", serde_json::Value::Null).to_bytes();
+    assert_eq!(
+        via_module.run(&payload, 1, 0.0),
+        prefork_jobs::Outcome::Done
+    );
+    let _: fn(prefork::RetryPolicy) -> prefork_jobs::RetryPolicy = |p| p;
+    let _: fn(prefork::DispatchWorker) -> prefork::jobs::DispatchWorker = |w| w;
+    let _: fn(prefork::Settle) -> prefork_master::Settle = |s| s;
+    let _: fn(prefork::master::Job) -> prefork_master::Job = |j| j;
+    let kind: prefork::broker::ErrorKind = prefork_broker::ErrorKind::LeaseLost;
+    assert_eq!(kind, prefork::broker::ErrorKind::LeaseLost);
+    fn takes_feeder<F: prefork::Feeder>(_: Option<F>) {}
+    takes_feeder::<prefork::DispatchFeeder>(None);
+    fn takes_connect(_: Option<&dyn prefork::broker::Connect>) {}
+    takes_connect(None);
+}
