@@ -55,7 +55,8 @@ const LIST_CHUNK: usize = 64;
 /// | [`priority`](Config::priority) | 1024 | priority of published jobs (0 is most urgent) |
 /// | [`connect_timeout`](Config::connect_timeout) | 5 s | TCP connect |
 /// | [`io_timeout`](Config::io_timeout) | 10 s | any reply, on top of the server-side wait of a reserve |
-/// | [`poll_interval`](Config::poll_interval) | 20 ms | sub-second fetch waits poll at this interval |
+/// | [`precise_waits`](Config::precise_waits) | off | off: a fetch's sub-second wait is rounded up to a whole second and the server pushes the job; on: it is polled |
+/// | [`poll_interval`](Config::poll_interval) | 20 ms | with precise waits, sub-second fetch waits poll at this interval |
 ///
 /// # Examples
 ///
@@ -79,6 +80,7 @@ pub struct Config {
     connect_timeout: Duration,
     io_timeout: Duration,
     poll_interval: Duration,
+    precise_waits: bool,
 }
 
 impl Config {
@@ -92,6 +94,7 @@ impl Config {
             connect_timeout: Duration::from_secs(5),
             io_timeout: Duration::from_secs(10),
             poll_interval: Duration::from_millis(20),
+            precise_waits: false,
         }
     }
 
@@ -191,9 +194,29 @@ impl Config {
     }
 
     /// Sets how often a fetch polls while waiting out a sub-second rest of
-    /// its timeout (beanstalkd blocks in whole seconds only).
+    /// its timeout, with [`precise_waits`](Config::precise_waits) on.
     pub fn poll_interval(mut self, interval: Duration) -> Config {
         self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Chooses how a fetch waits out the part of its timeout that is not a
+    /// whole number of seconds (beanstalkd's `reserve-with-timeout` takes
+    /// whole seconds only).
+    ///
+    /// Off (the default): the wait is rounded up to the next whole second
+    /// and the server pushes a job the moment one is ready, so a job waits
+    /// no time in the tube; an empty fetch may return up to a second after
+    /// its timeout (the [`Broker::fetch`] contract allows rounding up to the
+    /// broker's granularity). A worker that fetches with a 200 ms timeout to
+    /// check for shutdown thus sees the stop request up to a second later.
+    ///
+    /// On: the rest is polled with `reserve-with-timeout 0` every
+    /// [`poll_interval`](Config::poll_interval): timeouts are kept to the
+    /// millisecond, at the cost of up to one poll interval of latency for a
+    /// job that arrives during the polled part, and a command per interval.
+    pub fn precise_waits(mut self, on: bool) -> Config {
+        self.precise_waits = on;
         self
     }
 
@@ -516,7 +539,12 @@ impl Beanstalkd {
         let mut poll_only = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let (secs, nap) = wait_plan(left, poll_only, self.config.poll_interval);
+            let (secs, nap) = wait_plan(
+                left,
+                poll_only,
+                self.config.precise_waits,
+                self.config.poll_interval,
+            );
             let wait = Duration::from_secs(secs);
             match self.exchange1("reserve", wait, |w| {
                 cmd::line(w, format_args!("reserve-with-timeout {secs}"))
@@ -540,18 +568,23 @@ impl Beanstalkd {
 
 /// How to wait `left` for a job: the whole seconds the server may block
 /// (`reserve-with-timeout N`), and how long to nap after an empty poll.
-/// Sub-second waits (and every wait while a held job is near its TTR) poll
-/// with `reserve-with-timeout 0` every `poll`.
-fn wait_plan(left: Duration, poll_only: bool, poll: Duration) -> (u64, Duration) {
-    if poll_only || left < Duration::from_secs(1) {
+/// While a held job is near its TTR every wait polls with
+/// `reserve-with-timeout 0` every `poll`; otherwise a sub-second rest is
+/// rounded up to a whole second, or polled when `precise`.
+fn wait_plan(left: Duration, poll_only: bool, precise: bool, poll: Duration) -> (u64, Duration) {
+    if left.is_zero() {
+        (0, Duration::ZERO)
+    } else if poll_only || (precise && left < Duration::from_secs(1)) {
         (0, poll.min(left))
-    } else {
+    } else if precise {
         (left.as_secs().min(MAX_BLOCK_SECS), Duration::ZERO)
+    } else {
+        (ceil_secs(left).min(MAX_BLOCK_SECS), Duration::ZERO)
     }
 }
 
 fn ceil_secs(d: Duration) -> u64 {
-    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+    d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
 }
 
 fn server_error(what: &str, e: ServerError) -> BrokerError {

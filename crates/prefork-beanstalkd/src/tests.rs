@@ -61,7 +61,8 @@ fn fake_server(script: Vec<Step>) -> (Config, JoinHandle<Vec<String>>) {
     });
     let config = Config::new("127.0.0.1", port)
         .io_timeout(Duration::from_secs(5))
-        .poll_interval(Duration::from_millis(5));
+        .poll_interval(Duration::from_millis(5))
+        .precise_waits(true);
     (config, server)
 }
 
@@ -182,18 +183,49 @@ fn ttr_rounds_up_to_whole_seconds() {
 #[test]
 fn wait_plan_blocks_whole_seconds_and_polls_the_rest() {
     let p = Duration::from_millis(20);
+    // Precise: whole seconds on the server, the rest polled.
     assert_eq!(
-        wait_plan(Duration::from_millis(2500), false, p),
+        wait_plan(Duration::from_millis(2500), false, true, p),
         (2, Duration::ZERO)
     );
-    assert_eq!(wait_plan(Duration::from_millis(999), false, p), (0, p));
     assert_eq!(
-        wait_plan(Duration::from_millis(5), false, p),
+        wait_plan(Duration::from_millis(999), false, true, p),
+        (0, p)
+    );
+    assert_eq!(
+        wait_plan(Duration::from_millis(5), false, true, p),
         (0, Duration::from_millis(5))
     );
-    assert_eq!(wait_plan(Duration::ZERO, false, p), (0, Duration::ZERO));
-    assert_eq!(wait_plan(Duration::from_secs(9), true, p), (0, p));
-    assert_eq!(wait_plan(Duration::MAX, false, p).0, MAX_BLOCK_SECS);
+    assert_eq!(
+        wait_plan(Duration::ZERO, false, true, p),
+        (0, Duration::ZERO)
+    );
+    assert_eq!(wait_plan(Duration::from_secs(9), true, true, p), (0, p));
+    assert_eq!(wait_plan(Duration::MAX, false, true, p).0, MAX_BLOCK_SECS);
+}
+
+#[test]
+fn wait_plan_rounds_up_by_default_and_never_blocks_a_zero_wait() {
+    let p = Duration::from_millis(20);
+    assert_eq!(
+        wait_plan(Duration::from_millis(200), false, false, p),
+        (1, Duration::ZERO)
+    );
+    assert_eq!(
+        wait_plan(Duration::from_millis(2500), false, false, p),
+        (3, Duration::ZERO)
+    );
+    assert_eq!(
+        wait_plan(Duration::from_secs(2), false, false, p),
+        (2, Duration::ZERO)
+    );
+    assert_eq!(
+        wait_plan(Duration::ZERO, false, false, p),
+        (0, Duration::ZERO)
+    );
+    // Near a held job's TTR the server answers at once: poll instead.
+    assert_eq!(wait_plan(Duration::from_secs(9), true, false, p), (0, p));
+    assert_eq!(wait_plan(Duration::MAX, false, false, p).0, MAX_BLOCK_SECS);
 }
 
 #[test]

@@ -30,7 +30,6 @@ fn config() -> Config {
         .expect("PREFORK_BEANSTALKD_URL")
         .expect("PREFORK_BEANSTALKD_URL is set (checked in main)")
         .ttr(TTR)
-        .poll_interval(Duration::from_millis(10))
 }
 
 fn open(tube: &str) -> Beanstalkd {
