@@ -15,7 +15,11 @@ fuzz_target!(|data: &[u8]| {
     while !rest.is_empty() {
         match parse_response(rest, MAX_BODY) {
             Ok(Some((_response, used))) => {
-                assert!(used > 0 && used <= rest.len(), "consumed {used} of {}", rest.len());
+                assert!(
+                    used > 0 && used <= rest.len(),
+                    "consumed {used} of {}",
+                    rest.len()
+                );
                 // A whole response cut short is never a complete response.
                 for cut in [used - 1, used / 2] {
                     if let Ok(Some((_, n))) = parse_response(&rest[..cut], MAX_BODY) {
