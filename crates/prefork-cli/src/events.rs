@@ -2,18 +2,30 @@
 //! delivery to a file opened with `O_APPEND` (one `write(2)` per line, so
 //! lines from several processes never interleave), and the demo tails it.
 //!
-//! Line format: `{kind} {queued_ms} {ran_us}\n`, kind `D` done, `R` retried,
-//! `X` dead letter; `queued_ms` is enqueue-to-start in ms.
+//! Line format: `{kind} {enqueued_ms} {started_ms} {ran_us} {finished_us}\n`,
+//! kind `D` done, `R` retried, `X` dead letter; `enqueued_ms` is when the
+//! envelope says the job was enqueued and `started_ms` when this attempt
+//! started (ms since the epoch; `0` when unknown), `ran_us` how long the
+//! handler ran, `finished_us` when the worker had reported the outcome (µs
+//! since the epoch).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_jobs::{JobEvent, Outcome};
 
-/// An observer for [`prefork_jobs::JobWorker::on_outcome`] that appends
-/// events to `path`. The file is opened in the worker process on its first
+/// Microseconds since the Unix epoch, now.
+pub fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// An observer for [`prefork_jobs::JobWorker::on_outcome`] (or
+/// [`prefork_jobs::DispatchWorker::on_outcome`]) that appends events to
+/// `path`. The file is opened in the worker process on its first
 /// event (nothing is opened in the master).
 pub fn writer(path: PathBuf) -> impl FnMut(&JobEvent) + 'static {
     let mut file: Option<File> = None;
@@ -23,9 +35,13 @@ pub fn writer(path: PathBuf) -> impl FnMut(&JobEvent) + 'static {
             Outcome::Retry { .. } => 'R',
             Outcome::Dead { .. } => 'X',
         };
-        let queued = e.started_at_ms.saturating_sub(e.enqueued_at_ms);
-        let queued = if e.enqueued_at_ms == 0 { 0 } else { queued };
-        let line = format!("{kind} {queued} {}\n", e.ran.as_micros());
+        let line = format!(
+            "{kind} {} {} {} {}\n",
+            e.enqueued_at_ms,
+            e.started_at_ms,
+            e.ran.as_micros(),
+            unix_us()
+        );
         if file.is_none() {
             file = OpenOptions::new()
                 .append(true)
@@ -48,8 +64,14 @@ pub struct Tally {
     pub retried: u64,
     /// Deliveries sent to the dead letters.
     pub dead: u64,
-    /// Enqueue-to-finish of finished jobs (done or dead), in µs.
-    pub latencies_us: Vec<u64>,
+    /// Enqueue-to-start of the attempt that finished each job (done or
+    /// dead), in µs (ms resolution); jobs without an enqueue time are left
+    /// out.
+    pub waits_us: Vec<u64>,
+    /// Handler run time (start to finish) of every attempt, in µs.
+    pub runs_us: Vec<u64>,
+    /// When the last attempt was reported (µs since the epoch).
+    pub last_finish_us: u64,
 }
 
 impl Tally {
@@ -58,40 +80,55 @@ impl Tally {
         self.done + self.dead
     }
 
-    /// The `q`-quantile (0..=1) of the latencies, nearest rank.
-    pub fn latency(&self, q: f64) -> Option<Duration> {
-        let mut v = self.latencies_us.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_unstable();
-        let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
-        Some(Duration::from_micros(v[rank - 1]))
+    /// The `q`-quantile (0..=1) of [`waits_us`](Tally::waits_us),
+    /// nearest rank.
+    pub fn wait(&self, q: f64) -> Option<Duration> {
+        quantile(&self.waits_us, q)
+    }
+
+    /// The `q`-quantile (0..=1) of [`runs_us`](Tally::runs_us), nearest
+    /// rank.
+    pub fn run(&self, q: f64) -> Option<Duration> {
+        quantile(&self.runs_us, q)
     }
 
     fn add_line(&mut self, line: &str) {
-        let mut parts = line.split(' ');
-        let (Some(kind), Some(queued), Some(ran)) = (parts.next(), parts.next(), parts.next())
-        else {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let [kind, enqueued, started, ran, finished] = fields[..] else {
             return;
         };
-        let (Ok(queued_ms), Ok(ran_us)) = (queued.parse::<u64>(), ran.parse::<u64>()) else {
+        let (Ok(enqueued_ms), Ok(started_ms), Ok(ran_us), Ok(finished_us)) = (
+            enqueued.parse::<u64>(),
+            started.parse::<u64>(),
+            ran.parse::<u64>(),
+            finished.parse::<u64>(),
+        ) else {
             return;
         };
-        let total = queued_ms * 1000 + ran_us;
         match kind {
-            "D" => {
-                self.done += 1;
-                self.latencies_us.push(total);
-            }
+            "D" => self.done += 1,
             "R" => self.retried += 1,
-            "X" => {
-                self.dead += 1;
-                self.latencies_us.push(total);
-            }
-            _ => {}
+            "X" => self.dead += 1,
+            _ => return,
+        }
+        self.runs_us.push(ran_us);
+        self.last_finish_us = self.last_finish_us.max(finished_us);
+        if kind != "R" && enqueued_ms > 0 && started_ms > 0 {
+            self.waits_us
+                .push(started_ms.saturating_sub(enqueued_ms).saturating_mul(1000));
         }
     }
+}
+
+/// The `q`-quantile (0..=1) of `values` (µs), nearest rank.
+fn quantile(values: &[u64], q: f64) -> Option<Duration> {
+    let mut v = values.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_unstable();
+    let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
+    Some(Duration::from_micros(v[rank - 1]))
 }
 
 /// Reads an events file as it grows.
@@ -140,12 +177,24 @@ mod tests {
     #[test]
     fn lines_are_counted_and_quantiles_taken() {
         let mut t = Tally::default();
-        for l in ["D 1 500", "R 0 10", "X 2 0", "garbage", "D 0 100"] {
+        for l in [
+            "D 1000 1001 500 1001600",
+            "R 1000 1000 10 1000050",
+            "X 1000 1002 0 1002100",
+            "garbage",
+            "D 1 2 3",
+            "D 0 1003 100 1003200",
+        ] {
             t.add_line(l);
         }
         assert_eq!((t.done, t.retried, t.dead, t.finished()), (2, 1, 1, 3));
-        assert_eq!(t.latency(0.5), Some(Duration::from_micros(1500)));
-        assert_eq!(t.latency(1.0), Some(Duration::from_micros(2000)));
-        assert_eq!(t.latency(0.0), Some(Duration::from_micros(100)));
+        // Waits of finished jobs with an enqueue time: 1 ms and 2 ms.
+        assert_eq!(t.wait(0.5), Some(Duration::from_millis(1)));
+        assert_eq!(t.wait(1.0), Some(Duration::from_millis(2)));
+        // Run times of every attempt: 0, 10, 100, 500 µs.
+        assert_eq!(t.run(0.5), Some(Duration::from_micros(10)));
+        assert_eq!(t.run(1.0), Some(Duration::from_micros(500)));
+        assert_eq!(t.run(0.0), Some(Duration::from_micros(0)));
+        assert_eq!(t.last_finish_us, 1_003_200);
     }
 }

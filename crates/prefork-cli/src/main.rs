@@ -8,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use prefork_broker::{Broker, DeliveryId};
-use prefork_cli::{BrokerUrl, demo, events, examples};
-use prefork_jobs::{Enqueuer, JobWorker, TimeLimits};
+use prefork_cli::{BrokerUrl, Mode, demo, events, examples};
+use prefork_jobs::{DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
 
 /// Pre-forking job workers on a broker (the embedded spool by default).
 #[derive(Debug, Parser)]
@@ -22,6 +22,14 @@ struct Cli {
     /// Queue name.
     #[arg(long, global = true, default_value = "default")]
     queue: String,
+    /// Claim timeout, in seconds: how long a fetched job that is neither
+    /// settled nor renewed stays with its holder before the broker hands
+    /// it out again. Redis: the lease (min-idle time of reclaims, default
+    /// 30); spool: the claim lease (default 60; a dead holder's claims come
+    /// back at once anyway); beanstalkd: the TTR of the jobs this command
+    /// puts (default 60; a dead holder's jobs come back at once anyway).
+    #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
+    lease: Option<Duration>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -37,6 +45,10 @@ enum Cmd {
         /// Worker processes.
         #[arg(long, default_value_t = 4)]
         workers: usize,
+        /// Pull (each worker fetches) or dispatch (one feeder fetches, the
+        /// master routes each job to an idle worker).
+        #[arg(long, value_enum, default_value_t = Mode::Pull)]
+        mode: Mode,
         /// No progress bar.
         #[arg(long)]
         quiet: bool,
@@ -47,7 +59,14 @@ enum Cmd {
         /// Worker processes.
         #[arg(long, default_value_t = 4)]
         workers: usize,
-        /// Jobs claimed per fetch.
+        /// Pull: each worker owns a broker connection and fetches for
+        /// itself. Dispatch: one feeder process owns the connection and
+        /// fetches only for idle workers; the master hands each job to an
+        /// idle worker and settles a killed worker's job at once.
+        #[arg(long, value_enum, default_value_t = Mode::Pull)]
+        mode: Mode,
+        /// Jobs claimed per fetch (pull mode; the dispatch feeder fetches
+        /// as many as there are idle workers).
         #[arg(long, default_value_t = 1)]
         prefetch: usize,
         /// Liveness timeout of a worker, in seconds.
@@ -107,6 +126,13 @@ enum DeadCmd {
     },
 }
 
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("want a positive number of seconds, got {s:?}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -128,19 +154,26 @@ fn init_logs() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = match &cli.broker {
-        Some(u) => BrokerUrl::parse(u)?,
-        None => BrokerUrl::default_spool(),
+    let url = match (&cli.broker, cli.lease) {
+        (Some(u), lease) => BrokerUrl::parse_with_lease(u, lease)?,
+        (None, None) => BrokerUrl::default_spool(),
+        (None, lease) => {
+            let dir = BrokerUrl::default_spool().spool_dir().map(|d| d.to_owned());
+            let dir = dir.context("the default broker is a spool")?;
+            BrokerUrl::parse_with_lease(&format!("spool://{}", dir.display()), lease)?
+        }
     };
     match cli.command {
         Cmd::Demo {
             jobs,
             workers,
+            mode,
             quiet,
         } => {
             let opts = demo::DemoOptions {
                 jobs,
                 workers,
+                mode,
                 dir: match cli.broker {
                     Some(_) => Some(
                         url.spool_dir()
@@ -152,13 +185,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 exe: std::env::current_exe().context("finding the prefork binary")?,
                 progress: !quiet,
             };
-            eprintln!("prefork demo: {jobs} jobs, {workers} workers, embedded spool broker");
+            eprintln!(
+                "prefork demo: {jobs} jobs, {workers} workers, {mode} mode, embedded spool broker"
+            );
             let summary = demo::run(&opts)?;
             print!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Work {
             workers,
+            mode,
             prefetch,
             timeout,
             retry_base_ms,
@@ -167,24 +203,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             events,
         } => {
             init_logs();
-            let mut jobs = examples::registry(Duration::from_millis(retry_base_ms));
-            let mut limits = TimeLimits::none();
-            limits.soft = soft_limit_ms.map(Duration::from_millis);
-            limits.hard = hard_limit_ms.map(Duration::from_millis);
-            jobs.default_time_limits(limits);
+            let registry = || {
+                let mut jobs = examples::registry(Duration::from_millis(retry_base_ms));
+                let mut limits = TimeLimits::none();
+                limits.soft = soft_limit_ms.map(Duration::from_millis);
+                limits.hard = hard_limit_ms.map(Duration::from_millis);
+                jobs.default_time_limits(limits);
+                jobs
+            };
             // Fail now, with the broker's name, rather than in every forked
-            // worker; the workers open their own handles after the fork.
+            // worker; the workers (or the feeder) open their own handles
+            // after the fork.
             url.check(&cli.queue)?;
-            let mut worker = JobWorker::new(jobs, url.clone(), &cli.queue).prefetch(prefetch);
-            if let Some(path) = events {
-                worker = worker.on_outcome(events::writer(path));
-            }
             let master = prefork_master::Master::builder()
                 .name("prefork")
                 .workers(workers)
                 .timeout(Duration::from_secs(timeout))
                 .build()?;
-            let report = master.run(worker)?;
+            let report = match mode {
+                Mode::Pull => {
+                    let mut worker =
+                        JobWorker::new(registry(), url.clone(), &cli.queue).prefetch(prefetch);
+                    if let Some(path) = events {
+                        worker = worker.on_outcome(events::writer(path));
+                    }
+                    master.run(worker)?
+                }
+                Mode::Dispatch => {
+                    // The feeder reads the registry for the retry policy of
+                    // jobs lost with their worker; the workers run it.
+                    let feeder = DispatchFeeder::new(registry(), url.clone(), &cli.queue);
+                    let mut worker = DispatchWorker::new(registry());
+                    if let Some(path) = events {
+                        worker = worker.on_outcome(events::writer(path));
+                    }
+                    master.run_dispatch(feeder, worker)?
+                }
+            };
             Ok(report.exit_code())
         }
         Cmd::Enqueue {

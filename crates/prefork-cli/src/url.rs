@@ -9,6 +9,7 @@
 //! wrong address fails the command at once instead of crash-looping workers.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use prefork_broker::{Broker, BrokerError, Connect};
@@ -39,7 +40,7 @@ pub struct BrokerUrl {
 
 #[derive(Debug, Clone)]
 enum Kind {
-    Spool(PathBuf),
+    Spool(PathBuf, prefork_spool::Options),
     #[cfg(feature = "redis")]
     Redis(Box<prefork_redis::Redis>),
     #[cfg(feature = "beanstalkd")]
@@ -83,6 +84,40 @@ impl BrokerUrl {
     /// has), an empty spool path, or a Redis or beanstalkd URL its adapter
     /// refuses (the message shows the URL with the password hidden).
     pub fn parse(url: &str) -> anyhow::Result<BrokerUrl> {
+        BrokerUrl::parse_with_lease(url, None)
+    }
+
+    /// Parses a broker URL like [`parse`](BrokerUrl::parse), with a claim
+    /// timeout other than the adapter's default: how long a job fetched
+    /// and neither settled nor touched stays with its holder before the
+    /// broker hands it out again.
+    ///
+    /// | broker | what `lease` sets | default |
+    /// |---|---|---|
+    /// | spool | the claim lease (a claim whose holder's pid is gone is taken back at once anyway) | 60 s |
+    /// | redis | the lease: the min-idle time after which another consumer reclaims a pending entry (`XAUTOCLAIM`), checked every half lease | 30 s |
+    /// | beanstalkd | the TTR of jobs this process puts (`enqueue`, and retries); a dead holder's connection closes and its job is ready at once whatever the TTR | 60 s |
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let url = prefork_cli::BrokerUrl::parse_with_lease("spool:///tmp/q", Some(Duration::from_secs(5)))?;
+    /// assert_eq!(url.lease(), Duration::from_secs(5));
+    /// # Ok::<(), anyhow::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`parse`](BrokerUrl::parse).
+    pub fn parse_with_lease(url: &str, lease: Option<Duration>) -> anyhow::Result<BrokerUrl> {
+        let spool_options = || {
+            let o = prefork_spool::Options::default();
+            match lease {
+                Some(l) => o.lease(l),
+                None => o,
+            }
+        };
         let scheme = url.split_once("://").map(|(s, _)| s);
         let kind = match scheme {
             _ if url.starts_with("spool:") => {
@@ -91,16 +126,28 @@ impl BrokerUrl {
                 if path.is_empty() {
                     bail!("broker URL {url:?} has no directory");
                 }
-                Kind::Spool(PathBuf::from(path))
+                Kind::Spool(PathBuf::from(path), spool_options())
             }
             #[cfg(feature = "redis")]
-            Some("redis" | "redis+unix") => Kind::Redis(Box::new(
-                prefork_redis::Redis::new(url).map_err(|e| anyhow::anyhow!("{e}"))?,
-            )),
+            Some("redis" | "redis+unix") => {
+                let mut options = prefork_redis::Options::default();
+                if let Some(l) = lease {
+                    options = options.lease(l);
+                }
+                Kind::Redis(Box::new(
+                    prefork_redis::Redis::with_options(url, options)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?,
+                ))
+            }
             #[cfg(feature = "beanstalkd")]
-            Some("beanstalk" | "beanstalkd") => Kind::Beanstalkd(
-                prefork_beanstalkd::Config::from_url(url).map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
+            Some("beanstalk" | "beanstalkd") => {
+                let mut config = prefork_beanstalkd::Config::from_url(url)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                if let Some(l) = lease {
+                    config = config.ttr(l);
+                }
+                Kind::Beanstalkd(config)
+            }
             Some(scheme) => bail!(
                 "broker scheme {scheme:?} (in {}) is not built into this binary (it has {}; \
                  redis:// and beanstalk:// come with the cargo features `redis` and `beanstalkd`)",
@@ -108,7 +155,7 @@ impl BrokerUrl {
                 schemes()
             ),
             None if url.is_empty() => bail!("empty broker URL"),
-            None => Kind::Spool(PathBuf::from(url)),
+            None => Kind::Spool(PathBuf::from(url), spool_options()),
         };
         Ok(BrokerUrl { kind })
     }
@@ -116,14 +163,29 @@ impl BrokerUrl {
     /// The default broker: the spool in `$TMPDIR/prefork-spool`.
     pub fn default_spool() -> BrokerUrl {
         BrokerUrl {
-            kind: Kind::Spool(std::env::temp_dir().join("prefork-spool")),
+            kind: Kind::Spool(
+                std::env::temp_dir().join("prefork-spool"),
+                prefork_spool::Options::default(),
+            ),
+        }
+    }
+
+    /// The claim timeout in effect (see
+    /// [`parse_with_lease`](BrokerUrl::parse_with_lease)).
+    pub fn lease(&self) -> Duration {
+        match &self.kind {
+            Kind::Spool(_, o) => o.get_lease(),
+            #[cfg(feature = "redis")]
+            Kind::Redis(r) => r.options().lease_time(),
+            #[cfg(feature = "beanstalkd")]
+            Kind::Beanstalkd(c) => Duration::from_secs(u64::from(c.ttr_secs())),
         }
     }
 
     /// The spool directory, when this is the embedded broker.
     pub fn spool_dir(&self) -> Option<&Path> {
         match &self.kind {
-            Kind::Spool(p) => Some(p),
+            Kind::Spool(p, _) => Some(p),
             #[allow(unreachable_patterns)]
             _ => None,
         }
@@ -132,7 +194,7 @@ impl BrokerUrl {
     /// The broker's name: `spool`, `redis` or `beanstalkd`.
     pub fn broker_name(&self) -> &'static str {
         match &self.kind {
-            Kind::Spool(_) => "spool",
+            Kind::Spool(..) => "spool",
             #[cfg(feature = "redis")]
             Kind::Redis(_) => "redis",
             #[cfg(feature = "beanstalkd")]
@@ -149,7 +211,12 @@ impl BrokerUrl {
         let Some(dir) = self.spool_dir() else {
             bail!("broker {self}: this command works on the embedded spool only (spool://DIR)");
         };
-        prefork_spool::Spool::open(dir)
+        let options = match &self.kind {
+            Kind::Spool(_, o) => o.clone(),
+            #[allow(unreachable_patterns)]
+            _ => prefork_spool::Options::default(),
+        };
+        prefork_spool::Spool::with_options(dir, options)
             .with_context(|| format!("opening the spool at {}", dir.display()))
     }
 
@@ -183,7 +250,9 @@ impl BrokerUrl {
 impl Connect for BrokerUrl {
     fn open(&self, queue: &str) -> Result<Box<dyn Broker + Send>, BrokerError> {
         match &self.kind {
-            Kind::Spool(dir) => prefork_spool::Spool::open(dir)?.open(queue),
+            Kind::Spool(dir, options) => {
+                prefork_spool::Spool::with_options(dir, options.clone())?.open(queue)
+            }
             #[cfg(feature = "redis")]
             Kind::Redis(r) => r.open(queue),
             #[cfg(feature = "beanstalkd")]
@@ -195,7 +264,7 @@ impl Connect for BrokerUrl {
 impl std::fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
-            Kind::Spool(p) => write!(f, "spool://{}", p.display()),
+            Kind::Spool(p, _) => write!(f, "spool://{}", p.display()),
             #[cfg(feature = "redis")]
             Kind::Redis(r) => f.write_str(r.url()),
             #[cfg(feature = "beanstalkd")]
@@ -222,6 +291,32 @@ mod tests {
             u.to_string()
         );
         assert_eq!(u.broker_name(), "spool");
+    }
+
+    #[test]
+    fn lease_reaches_every_adapter() {
+        let five = Some(Duration::from_secs(5));
+        let mut urls = vec!["spool:///a"];
+        if cfg!(feature = "redis") {
+            urls.push("redis://127.0.0.1:6379/0");
+        }
+        if cfg!(feature = "beanstalkd") {
+            urls.push("beanstalk://127.0.0.1");
+        }
+        for u in urls {
+            let with = BrokerUrl::parse_with_lease(u, five).unwrap();
+            assert_eq!(with.lease(), Duration::from_secs(5), "{u}");
+            let without = BrokerUrl::parse(u).unwrap();
+            assert_ne!(without.lease(), Duration::from_secs(5), "{u}");
+        }
+        // beanstalkd counts TTR in whole seconds: rounded up.
+        #[cfg(feature = "beanstalkd")]
+        assert_eq!(
+            BrokerUrl::parse_with_lease("beanstalk://h", Some(Duration::from_millis(1500)))
+                .unwrap()
+                .lease(),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

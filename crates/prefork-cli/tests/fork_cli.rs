@@ -22,9 +22,22 @@ fn tmp(name: &str) -> std::path::PathBuf {
     d
 }
 
-fn demo_drains_the_batch_and_summarizes() {
+/// `prefork demo --mode MODE` on 400 jobs: the exact counts the job mix
+/// implies, the dead letters' reasons, and durations that fit together
+/// (no job waited longer than the enqueue phase plus the run; no handler
+/// ran longer than the run).
+fn demo_in(mode: &str) {
     let out = prefork()
-        .args(["demo", "--jobs", "400", "--workers", "3", "--quiet"])
+        .args([
+            "demo",
+            "--jobs",
+            "400",
+            "--workers",
+            "3",
+            "--quiet",
+            "--mode",
+            mode,
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,13 +46,33 @@ fn demo_drains_the_batch_and_summarizes() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let field = |name: &str| -> u64 {
-        let line = stdout
+    let line = |name: &str| -> &str {
+        stdout
             .lines()
             .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("{name} in {stdout}"));
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+            .unwrap_or_else(|| panic!("{name} in {stdout}"))
     };
+    let field = |name: &str| -> u64 {
+        line(name)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // The number after `word` on the line `name` (e.g. "p99" on "waited").
+    let after = |name: &str, word: &str| -> f64 {
+        let l = line(name);
+        let mut words = l.split(|c: char| c.is_whitespace() || c == ',' || c == '(');
+        words
+            .find(|w| *w == word)
+            .unwrap_or_else(|| panic!("{word} in {l}"));
+        words.find(|w| !w.is_empty()).unwrap().parse().unwrap()
+    };
+    assert!(
+        line("mode").starts_with(&format!("mode      {mode}, 3 workers")),
+        "{stdout}"
+    );
     // 400 jobs: per 200, 1 malformed + 1 unknown + 1 bad args are dead, 19 flaky jobs retry once.
     assert_eq!(field("jobs"), 400);
     assert_eq!(field("dead"), 6);
@@ -48,6 +81,31 @@ fn demo_drains_the_batch_and_summarizes() {
     assert!(stdout.contains("unknown job \"no_such_job\""), "{stdout}");
     assert!(stdout.contains("malformed envelope"), "{stdout}");
     assert!(stdout.contains("bad arguments"), "{stdout}");
+    let enqueue_ms = after("jobs", "in") * 1e3;
+    let run_ms = after("run", "run") * 1e3;
+    let rate = after("rate", "rate");
+    assert!(run_ms > 0.0, "{stdout}");
+    // The rate is the finished jobs over the run, as labelled (the figures
+    // are rounded for print: 1% and one unit of slack).
+    assert!(
+        (rate - 400.0 / (run_ms / 1e3)).abs() <= rate * 0.01 + 1.0,
+        "{stdout}"
+    );
+    // A wait is enqueue to start: within the enqueue phase plus the run
+    // (ms timestamps, the printed figures rounded: a few ms of slack).
+    let wait_p99 = after("waited", "p99");
+    assert!(wait_p99 <= enqueue_ms + run_ms + 15.0, "{stdout}");
+    assert!(after("waited", "p50") <= wait_p99, "{stdout}");
+    assert!(after("handler", "p99") <= run_ms + 15.0, "{stdout}");
+}
+
+fn demo_drains_the_batch_and_summarizes() {
+    demo_in("pull");
+}
+
+/// Dispatch mode runs the same mix to the same exact counts.
+fn demo_in_dispatch_mode_gives_the_same_counts() {
+    demo_in("dispatch");
 }
 
 fn enqueue_dead_list_and_redrive() {
@@ -113,9 +171,9 @@ fn enqueue_dead_list_and_redrive() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// `prefork enqueue` then `prefork work` on the broker at `$env`: every
-/// job runs once, and QUIT stops the pool cleanly.
-fn pool_on_real_broker(env: &str) {
+/// `prefork enqueue` then `prefork work --mode MODE` on the broker at
+/// `$env`: every job runs once, and QUIT stops the pool cleanly.
+fn pool_on_real_broker(env: &str, mode: &str) {
     let Some(url) = e2e::broker_url(env) else {
         return;
     };
@@ -142,7 +200,7 @@ fn pool_on_real_broker(env: &str) {
     let mut work = prefork();
     base(&mut work);
     let pool = work
-        .args(["work", "--workers", "2"])
+        .args(["work", "--workers", "2", "--mode", mode])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -156,11 +214,19 @@ fn pool_on_real_broker(env: &str) {
 }
 
 fn pool_on_redis() {
-    pool_on_real_broker("PREFORK_REDIS_URL");
+    pool_on_real_broker("PREFORK_REDIS_URL", "pull");
 }
 
 fn pool_on_beanstalkd() {
-    pool_on_real_broker("PREFORK_BEANSTALKD_URL");
+    pool_on_real_broker("PREFORK_BEANSTALKD_URL", "pull");
+}
+
+fn dispatch_pool_on_redis() {
+    pool_on_real_broker("PREFORK_REDIS_URL", "dispatch");
+}
+
+fn dispatch_pool_on_beanstalkd() {
+    pool_on_real_broker("PREFORK_BEANSTALKD_URL", "dispatch");
 }
 
 /// Nothing listens on 127.0.0.1:1: `work` and `enqueue` fail at once,
@@ -205,6 +271,8 @@ fn main() {
     run(&[
         Case::new("pool_on_redis", pool_on_redis),
         Case::new("pool_on_beanstalkd", pool_on_beanstalkd),
+        Case::new("dispatch_pool_on_redis", dispatch_pool_on_redis),
+        Case::new("dispatch_pool_on_beanstalkd", dispatch_pool_on_beanstalkd),
         Case::new(
             "bad_or_unreachable_broker_is_a_clear_error",
             bad_or_unreachable_broker_is_a_clear_error,
@@ -212,6 +280,10 @@ fn main() {
         Case::new(
             "demo_drains_the_batch_and_summarizes",
             demo_drains_the_batch_and_summarizes,
+        ),
+        Case::new(
+            "demo_in_dispatch_mode_gives_the_same_counts",
+            demo_in_dispatch_mode_gives_the_same_counts,
         ),
         Case::new(
             "enqueue_dead_list_and_redrive",
