@@ -119,6 +119,21 @@ pub fn children_of(parent: u32) -> Vec<i32> {
     out
 }
 
+/// The command line of `pid` as `/proc` shows it (arguments joined by
+/// spaces; a process title set by the process itself shows here), or an
+/// empty string when it is gone.
+pub fn cmdline(pid: i32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            String::from_utf8_lossy(&b)
+                .split('\0')
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 /// Whether a process `pid` exists (a zombie counts).
 pub fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
@@ -176,6 +191,13 @@ pub struct KillPlan {
     pub workers: usize,
     /// Workers to SIGKILL, at most.
     pub worker_kills: u64,
+    /// Dispatch mode: the text in the feeder's command line (its process
+    /// title, e.g. `"feeder"`) that tells it from the workers among the
+    /// master's children. `None`: every child is a worker.
+    pub feeder_title: Option<String>,
+    /// Feeder SIGKILLs to make, at most (needs `feeder_title`), at random
+    /// moments like the worker kills.
+    pub feeder_kills: u64,
     /// The shortest and longest pause between two looks at the pool.
     pub pause: (Duration, Duration),
     /// How long the whole run may take.
@@ -183,13 +205,15 @@ pub struct KillPlan {
 }
 
 impl KillPlan {
-    /// `jobs` jobs on pools of `workers`: up to 10 worker kills, pauses of
-    /// 5-35 ms, 90 s in all.
+    /// `jobs` jobs on pools of `workers`: up to 10 worker kills, no feeder
+    /// kill, pauses of 5-35 ms, 90 s in all.
     pub fn new(jobs: u64, workers: usize) -> KillPlan {
         KillPlan {
             jobs,
             workers,
             worker_kills: 10,
+            feeder_title: None,
+            feeder_kills: 0,
             pause: (Duration::from_millis(5), Duration::from_millis(35)),
             limit: Duration::from_secs(90),
         }
@@ -201,6 +225,8 @@ impl KillPlan {
 pub struct KillReport {
     /// Worker SIGKILLs that landed.
     pub worker_kills: u64,
+    /// Feeder SIGKILLs that landed (dispatch mode).
+    pub feeder_kills: u64,
     /// Whether the master was SIGKILLed (and a new pool started).
     pub master_killed: bool,
     /// Workers per pool.
@@ -208,11 +234,31 @@ pub struct KillReport {
 }
 
 impl KillReport {
+    /// How many jobs the kills can have made run twice (or left claimed
+    /// after they ran), in pull mode with prefetch 1 and in dispatch mode:
+    ///
+    /// - a worker kill: one. The worker held at most one started job
+    ///   (prefetch 1; dispatch: the master hands one at a time), which may
+    ///   have run before its ack or report was sent.
+    /// - a feeder kill (dispatch): one per worker. The feeder holds the
+    ///   broker's claims of the jobs fetched and not yet settled; it is
+    ///   asked for jobs only for idle workers, after their last report was
+    ///   forwarded to it, so it holds at most one unsettled job per worker.
+    ///   The broker gives those claims back (spool, beanstalkd: at once;
+    ///   Redis: after the lease) while the workers still run them, and the
+    ///   next feeder ignores their reports (it did not fetch them).
+    /// - the master kill: one per worker, the same way (in pull mode the
+    ///   workers die holding one started job each; in dispatch mode the
+    ///   feeder dies holding at most one per worker, and the workers die
+    ///   with it).
+    pub fn bound(&self) -> u64 {
+        self.worker_kills + self.workers as u64 * (self.feeder_kills + 1)
+    }
+
     /// Asserts what at-least-once promises for a run whose handlers append
     /// each job's id (`0..jobs`) to the file `seen` was read from: every
-    /// job ran, and the duplicates are at most one per killed worker (each
-    /// held at most one started job: prefetch 1) plus one per worker the
-    /// master's death took along. Returns the number of duplicates.
+    /// job ran, and the duplicates are within [`bound`](KillReport::bound).
+    /// Returns the number of duplicates.
     ///
     /// # Panics
     ///
@@ -240,9 +286,10 @@ impl KillReport {
         let runs: usize = seen.values().sum();
         let duplicates = runs as u64 - jobs;
         assert!(
-            duplicates <= self.worker_kills + self.workers as u64,
-            "{duplicates} duplicates for {} worker kills and one master kill ({} workers)",
+            duplicates <= self.bound(),
+            "{duplicates} duplicates for {} worker kills, {} feeder kills and one master kill ({} workers)",
             self.worker_kills,
+            self.feeder_kills,
             self.workers
         );
         duplicates
@@ -251,7 +298,8 @@ impl KillReport {
 
 /// Runs a pool started by `start_pool` until `finished()`, SIGKILLing one of
 /// its workers at random moments (up to `plan.worker_kills`, each once
-/// `done()` passes a random mark in the first 90% of the jobs) and, once
+/// `done()` passes a random mark in the first 90% of the jobs), its feeder
+/// likewise (up to `plan.feeder_kills`, dispatch mode) and, once
 /// `done()` passes half of `plan.jobs`, the master itself; then it waits for
 /// the orphaned workers to die (their parent-death signal) and starts a new
 /// pool. Ends with a graceful QUIT of the last pool.
@@ -269,6 +317,7 @@ pub fn run_with_kills(
     let mut rng = Rng::seeded();
     let mut report = KillReport {
         worker_kills: 0,
+        feeder_kills: 0,
         master_killed: false,
         workers: plan.workers,
     };
@@ -276,11 +325,22 @@ pub fn run_with_kills(
     let spread = (plan.pause.1.saturating_sub(plan.pause.0)).as_millis() as u64 + 1;
     // Progress marks (jobs done) at which to kill a worker: random, within
     // the first 90% of the run so that they land before it ends.
-    let mut marks: Vec<u64> = (0..plan.worker_kills)
-        .map(|_| rng.below((plan.jobs * 9 / 10).max(1)))
-        .collect();
-    marks.sort_unstable();
+    let mut random_marks = |n: u64| {
+        let mut marks: Vec<u64> = (0..n)
+            .map(|_| rng.below((plan.jobs * 9 / 10).max(1)))
+            .collect();
+        marks.sort_unstable();
+        marks
+    };
+    let marks = random_marks(plan.worker_kills);
+    let feeder_marks = match plan.feeder_title {
+        Some(_) => random_marks(plan.feeder_kills),
+        None => Vec::new(),
+    };
+    let is_feeder =
+        |pid: i32| matches!(&plan.feeder_title, Some(t) if cmdline(pid).contains(t.as_str()));
     let mut next_kill = 0;
+    let mut next_feeder_kill = 0;
     let mut pool = start_pool();
     while !finished() {
         assert!(
@@ -304,8 +364,20 @@ pub fn run_with_kills(
         }
         // One worker kill per look at most, once progress passes the next
         // random mark: the kills are spread over the run whatever its speed.
+        if next_feeder_kill < feeder_marks.len() && done() >= feeder_marks[next_feeder_kill] {
+            if let Some(feeder) = children_of(pool.id()).into_iter().find(|p| is_feeder(*p))
+                && kill(Pid::from_raw(feeder), Signal::SIGKILL).is_ok()
+            {
+                report.feeder_kills += 1;
+                next_feeder_kill += 1;
+            }
+            continue;
+        }
         if next_kill < marks.len() && done() >= marks[next_kill] {
-            let workers = children_of(pool.id());
+            let workers: Vec<i32> = children_of(pool.id())
+                .into_iter()
+                .filter(|p| !is_feeder(*p))
+                .collect();
             if !workers.is_empty() {
                 let victim = workers[rng.below(workers.len() as u64) as usize];
                 if kill(Pid::from_raw(victim), Signal::SIGKILL).is_ok() {

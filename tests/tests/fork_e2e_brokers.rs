@@ -1,10 +1,13 @@
-//! Pull mode end to end on real brokers: thousands of jobs through a real
+//! Both modes end to end on real brokers: thousands of jobs through a real
 //! pool (a master and forked workers, in a child process) on Redis and on
 //! beanstalkd, with workers SIGKILLed at random moments and the master
 //! SIGKILLed once and replaced: every job runs, and the duplicates are
-//! bounded by the kills. The spool version is
-//! `crates/prefork-jobs/tests/fork_pull.rs`; both drive their pools with
-//! `prefork_tests::e2e`.
+//! bounded by the kills. In dispatch mode the feeder (the one process
+//! holding a broker connection) is SIGKILLed a few times as well; the
+//! embedded spool runs the dispatch case too. The bound and its reasoning
+//! are in `prefork_tests::e2e::KillReport::bound`. Other spool versions:
+//! `crates/prefork-jobs/tests/fork_{pull,dispatch}.rs`; all drive their
+//! pools with `prefork_tests::e2e`.
 //!
 //! The servers come from `PREFORK_REDIS_URL` / `PREFORK_BEANSTALKD_URL`
 //! (`cargo xtask ci`, or `cargo xtask brokers start`); without them a case
@@ -17,7 +20,10 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use prefork_broker::{Broker, Connect};
-use prefork_jobs::{Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry, RetryPolicy};
+use prefork_jobs::{
+    DispatchFeeder, DispatchWorker, Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry,
+    RetryPolicy,
+};
 use prefork_tests::e2e::{self, KillPlan};
 use prefork_tests::harness::{Case, run};
 
@@ -30,8 +36,20 @@ const WORKERS: usize = 4;
 /// reclaimed on a loaded machine.
 const REDIS_LEASE: Duration = Duration::from_secs(2);
 
+/// Feeder kills in each dispatch-mode run.
+const FEEDER_KILLS: u64 = 3;
+
 fn connect(broker: &str, url: &str) -> Box<dyn Connect> {
     match broker {
+        // `url` is the spool's directory; buffered writes, as durability
+        // across a machine crash is not what is tested here.
+        "spool" => Box::new(
+            prefork_spool::Spool::with_options(
+                url,
+                prefork_spool::Options::default().durability(prefork_spool::Durability::Buffered),
+            )
+            .unwrap(),
+        ),
         "redis" => Box::new(
             prefork_redis::Redis::with_options(
                 url,
@@ -44,12 +62,10 @@ fn connect(broker: &str, url: &str) -> Box<dyn Connect> {
     }
 }
 
-/// The hidden case a spawned copy of this binary runs: a pool on
-/// `$POOL_BROKER` at `$POOL_URL`, queue `$POOL_QUEUE`, whose `append` job
-/// appends its argument to `$POOL_OUT`; until QUIT.
-fn pool() {
-    let var = |k: &str| std::env::var(k).unwrap();
-    let out = PathBuf::from(var("POOL_OUT"));
+/// The test's one job: `append` writes its argument to `out`. Retries are
+/// quick (a job lost with its worker is a failed attempt in dispatch mode)
+/// and many, so that no job reaches the dead letters.
+fn registry(out: PathBuf) -> Registry {
     let mut jobs = Registry::new();
     jobs.default_retry(
         RetryPolicy::new(50)
@@ -59,13 +75,22 @@ fn pool() {
     jobs.register("append", move |_: &mut JobContext<'_>, n: u64| {
         e2e::append_line(&out, &n.to_string()).map_err(JobError::from)
     });
+    jobs
+}
+
+/// The hidden case a spawned copy of this binary runs: a pool in
+/// `$POOL_MODE` (pull or dispatch) on `$POOL_BROKER` at `$POOL_URL`, queue
+/// `$POOL_QUEUE`, whose `append` job appends its argument to `$POOL_OUT`;
+/// until QUIT.
+fn pool() {
+    let var = |k: &str| std::env::var(k).unwrap();
+    let out = PathBuf::from(var("POOL_OUT"));
     let url = var("POOL_URL");
     let broker = var("POOL_BROKER");
     // Box<dyn Connect> is not itself a Connect: forward through a closure.
     let connect = connect(&broker, &url);
-    let worker = JobWorker::new(jobs, move |q: &str| connect.open(q), &var("POOL_QUEUE"))
-        .poll_interval(Duration::from_millis(50));
-    let report = prefork_master::Master::builder()
+    let connect = move |q: &str| connect.open(q);
+    let master = prefork_master::Master::builder()
         .name("e2e-brokers")
         .workers(var("POOL_WORKERS").parse().unwrap())
         .timeout(Duration::from_secs(10))
@@ -73,15 +98,31 @@ fn pool() {
         .backoff_initial(Duration::from_millis(5))
         .crash_limit(10_000)
         .build()
-        .unwrap()
-        .run(worker)
         .unwrap();
+    let report = match var("POOL_MODE").as_str() {
+        "pull" => master
+            .run(
+                JobWorker::new(registry(out), connect, &var("POOL_QUEUE"))
+                    .poll_interval(Duration::from_millis(50)),
+            )
+            .unwrap(),
+        "dispatch" => master
+            .run_dispatch(
+                // Claims renewed well within the Redis lease.
+                DispatchFeeder::new(registry(out.clone()), connect, &var("POOL_QUEUE"))
+                    .touch_every(REDIS_LEASE / 4),
+                DispatchWorker::new(registry(out)),
+            )
+            .unwrap(),
+        other => panic!("unknown mode {other}"),
+    };
     assert!(report.success(), "{report:?}");
 }
 
-fn start_pool(broker: &str, url: &str, queue: &str, out: &Path) -> Child {
+fn start_pool(mode: &str, broker: &str, url: &str, queue: &str, out: &Path) -> Child {
     Command::new(std::env::current_exe().unwrap())
         .env("PREFORK_TEST_CASE", "pool")
+        .env("POOL_MODE", mode)
         .env("POOL_BROKER", broker)
         .env("POOL_URL", url)
         .env("POOL_QUEUE", queue)
@@ -91,31 +132,42 @@ fn start_pool(broker: &str, url: &str, queue: &str, out: &Path) -> Child {
         .unwrap()
 }
 
-/// Enqueues `0..JOBS` as `append` jobs on a fresh queue, runs pools with
-/// kills until every id is in the out file, and checks the counts.
-fn kills_lose_no_job(broker: &str, env: &str) {
-    let Some(url) = e2e::broker_url(env) else {
-        return;
-    };
-    let queue = e2e::unique_name(&format!("e2e-{broker}"));
+/// Enqueues `0..JOBS` as `append` jobs on a fresh queue, runs pools in
+/// `mode` with kills until every id is in the out file, and checks the
+/// counts. `url` is `None` for the spool (a fresh directory).
+fn kills_lose_no_job(mode: &str, broker: &str, url: Option<String>) {
+    let queue = e2e::unique_name(&format!("e2e-{broker}-{mode}"));
     let dir = std::env::temp_dir().join(&queue);
     std::fs::create_dir_all(&dir).unwrap();
+    let url = url.unwrap_or_else(|| dir.join("spool").display().to_string());
     let out = dir.join("runs.log");
     let mut enq = Enqueuer::new(connect(broker, &url).open(&queue).unwrap());
     for n in 0..JOBS {
         enq.enqueue("append", &n).unwrap();
     }
+    let mut plan = KillPlan::new(JOBS, WORKERS);
+    if mode == "dispatch" {
+        // The feeder's process title (prefork-master sets it).
+        plan.feeder_title = Some("feeder".into());
+        plan.feeder_kills = FEEDER_KILLS;
+    }
     let report = e2e::run_with_kills(
-        &KillPlan::new(JOBS, WORKERS),
-        || start_pool(broker, &url, &queue, &out),
+        &plan,
+        || start_pool(mode, broker, &url, &queue, &out),
         || e2e::counts(&out).len() as u64,
         || e2e::counts(&out).len() as u64 == JOBS,
     );
     let seen = e2e::counts(&out);
     let duplicates = report.check(&seen, JOBS);
+    if mode == "dispatch" {
+        assert!(
+            report.feeder_kills >= 1,
+            "no feeder kill landed: {report:?}"
+        );
+    }
     // What is still claimable now is a job whose holder was killed after
-    // its handler ran but before the ack: it must be one that ran, and it
-    // counts against the same bound as the duplicates.
+    // its handler ran but before the ack (or settle): it must be one that
+    // ran, and it counts against the same bound as the duplicates.
     let mut leftovers = 0;
     while let Some(d) = enq.broker().fetch_one(Duration::ZERO).unwrap() {
         let n = Envelope::from_bytes(d.payload())
@@ -131,23 +183,46 @@ fn kills_lose_no_job(broker: &str, env: &str) {
         leftovers += 1;
     }
     assert!(
-        duplicates + leftovers <= report.worker_kills + WORKERS as u64,
-        "{duplicates} duplicates + {leftovers} left for {report:?}"
+        duplicates + leftovers <= report.bound(),
+        "{duplicates} duplicates + {leftovers} left for {report:?} (bound {})",
+        report.bound()
     );
     assert!(enq.broker().dead_letters(10).unwrap().is_empty());
     eprintln!(
-        "{broker}: {JOBS} jobs, {} worker kills + 1 master kill, {duplicates} duplicates, {leftovers} left claimable",
-        report.worker_kills
+        "{broker}, {mode} mode: {JOBS} jobs, {} worker kills + {} feeder kills + 1 master kill, {duplicates} duplicates, {leftovers} left claimable (bound {})",
+        report.worker_kills,
+        report.feeder_kills,
+        report.bound()
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn redis_kills_lose_no_job() {
-    kills_lose_no_job("redis", "PREFORK_REDIS_URL");
+    if let Some(url) = e2e::broker_url("PREFORK_REDIS_URL") {
+        kills_lose_no_job("pull", "redis", Some(url));
+    }
 }
 
 fn beanstalkd_kills_lose_no_job() {
-    kills_lose_no_job("beanstalkd", "PREFORK_BEANSTALKD_URL");
+    if let Some(url) = e2e::broker_url("PREFORK_BEANSTALKD_URL") {
+        kills_lose_no_job("pull", "beanstalkd", Some(url));
+    }
+}
+
+fn redis_dispatch_kills_lose_no_job() {
+    if let Some(url) = e2e::broker_url("PREFORK_REDIS_URL") {
+        kills_lose_no_job("dispatch", "redis", Some(url));
+    }
+}
+
+fn beanstalkd_dispatch_kills_lose_no_job() {
+    if let Some(url) = e2e::broker_url("PREFORK_BEANSTALKD_URL") {
+        kills_lose_no_job("dispatch", "beanstalkd", Some(url));
+    }
+}
+
+fn spool_dispatch_kills_lose_no_job() {
+    kills_lose_no_job("dispatch", "spool", None);
 }
 
 fn main() {
@@ -156,6 +231,21 @@ fn main() {
             .limit(Duration::from_secs(150)),
         Case::new("beanstalkd_kills_lose_no_job", beanstalkd_kills_lose_no_job)
             .limit(Duration::from_secs(150)),
+        Case::new(
+            "redis_dispatch_kills_lose_no_job",
+            redis_dispatch_kills_lose_no_job,
+        )
+        .limit(Duration::from_secs(150)),
+        Case::new(
+            "beanstalkd_dispatch_kills_lose_no_job",
+            beanstalkd_dispatch_kills_lose_no_job,
+        )
+        .limit(Duration::from_secs(150)),
+        Case::new(
+            "spool_dispatch_kills_lose_no_job",
+            spool_dispatch_kills_lose_no_job,
+        )
+        .limit(Duration::from_secs(150)),
         Case::new("pool", pool)
             .limit(Duration::from_secs(150))
             .hidden(),
