@@ -213,7 +213,8 @@ fn no_unsafe(ctx: &Ctx, bad: &mut Vec<String>) -> Result<()> {
 
 /// Tidy: ARCHITECTURE.md exists and names every crate of `crates/`; each of
 /// those has a README.md; every Rust file of the workspace and of the fuzz
-/// targets starts with a `//!` line; no test is `#[ignore]`d; every fuzz
+/// targets starts with a `//!` line (or a crate root with its README as
+/// `#![doc = include_str!(..)]`); no test is `#[ignore]`d; every fuzz
 /// target has seeds.
 fn tidy(ctx: &Ctx, bad: &mut Vec<String>) -> Result<()> {
     let crates_dir = ctx.root.join("crates");
@@ -252,7 +253,7 @@ fn tidy(ctx: &Ctx, bad: &mut Vec<String>) -> Result<()> {
     files.dedup();
     for file in &files {
         let text = read(file)?;
-        if !text.starts_with("//!") {
+        if !starts_with_doc(&text) {
             bad.push(format!(
                 "{} does not start with a `//!` line saying what it is",
                 ctx_rel(ctx, file)
@@ -285,6 +286,12 @@ fn tidy(ctx: &Ctx, bad: &mut Vec<String>) -> Result<()> {
         files.len()
     );
     Ok(())
+}
+
+/// Whether a file opens with its doc: a `//!` line, or (for a crate root)
+/// `#![doc = include_str!(...)]`, which makes the README the crate doc.
+fn starts_with_doc(text: &str) -> bool {
+    text.starts_with("//!") || text.starts_with("#![doc")
 }
 
 /// Whether `text` names `name` as a whole word (so `prefork` is not found
@@ -341,6 +348,17 @@ mod tests {
         assert!(!mentions(text, "prefork"));
         assert!(!mentions(text, "prefork-pro"));
         assert!(mentions("see prefork.", "prefork"));
+    }
+
+    #[test]
+    fn files_open_with_a_doc_line_or_the_readme() {
+        assert!(starts_with_doc("//! What this is.\nuse std::io;\n"));
+        assert!(starts_with_doc(
+            "#![doc = include_str!(\"../README.md\")]\n//!\n"
+        ));
+        assert!(!starts_with_doc("use std::io;\n//! late\n"));
+        assert!(!starts_with_doc("\n//! after a blank line\n"));
+        assert!(!starts_with_doc("// a plain comment\n"));
     }
 
     #[test]
