@@ -8,6 +8,9 @@
 //! handler installed, a child left behind) can leak into the next.
 //!
 //! In the case's process the runner also:
+//! - resets every signal disposition to its default (SIGPIPE ignored, as
+//!   Rust programs start) and empties the signal mask, since ignored
+//!   signals and the mask survive `exec` (think `nohup`);
 //! - arms `alarm(2)` with the case's time limit, so a hung case is killed by
 //!   SIGALRM instead of hanging CI;
 //! - checks, after the case returns, that it left no child process behind
@@ -137,6 +140,13 @@ fn run_one(cases: &[Case], name: &str) -> i32 {
         eprintln!("no test case named {name:?}");
         return 2;
     };
+    // Dispositions set to "ignore" survive exec: a runner started under
+    // `nohup` would hand every case an ignored SIGHUP. Start each case from
+    // the state of a fresh Rust program instead, whatever launched us.
+    if let Err(e) = prefork_proc::child::reset_signals() {
+        eprintln!("cannot reset the signal state for case {name}: {e}");
+        return 2;
+    }
     let secs = case.limit.as_secs().clamp(1, u64::from(u32::MAX));
     nix::unistd::alarm::set(u32::try_from(secs).unwrap_or(u32::MAX));
     (case.body)();
