@@ -3,7 +3,9 @@
 //! broker's raw operations done in a loop by one process without prefork,
 //! in the same run (interleaved rounds, medians: quote the ratios).
 //!
-//! Per broker URL and mode it measures:
+//! Per broker URL and mode (pull: each worker fetches for itself with
+//! `JobWorker`; dispatch: one feeder process fetches for idle workers and
+//! the master routes, `DispatchFeeder` + `DispatchWorker`) it measures:
 //! - **throughput**: no-op jobs/s of a pool draining a published backlog
 //!   (fork and start included, a few ms), for each worker count; the
 //!   baseline is one process doing publish + fetch + ack per job with the
@@ -19,7 +21,7 @@
 //! binary again in a child role (`E2E_CHILD`) and times it from here.
 //!
 //! ```text
-//! cargo bench -p prefork-benches --bench e2e -- [--broker URL]... [--mode pull|dispatch]
+//! cargo bench -p prefork-benches --bench e2e -- [--broker URL]... [--mode pull,dispatch]
 //!     [--workers 2,8] [--jobs 4000] [--rounds 3] [--rate 400] [--latency-jobs 400] [--prefetch 1]
 //! ```
 //! or the same through `E2E_BROKER` (comma-separated), `E2E_MODE`,
@@ -28,6 +30,10 @@
 //! `Durability::Buffered`), `redis://...`, `beanstalk://...`. Without
 //! `--broker`: the spool, plus `PREFORK_REDIS_URL` and
 //! `PREFORK_BEANSTALKD_URL` when set (a line says which are skipped).
+//! `--mode` takes one mode or both (comma-separated; default pull); the
+//! raw baseline is measured once per round beside every mode. Options of
+//! criterion and libtest (`--bench`, `--save-baseline NAME`, ...), which
+//! `cargo bench` passes to every bench, are ignored with a note.
 //!
 //! A no-op job here appends one byte to a per-worker `O_APPEND` file (how
 //! the harness sees the backlog drained on every broker alike: about a µs
@@ -42,7 +48,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prefork_benches::{raw_beanstalkd, raw_redis};
 use prefork_broker::{Broker, Connect};
-use prefork_jobs::{Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry};
+use prefork_jobs::{
+    DispatchFeeder, DispatchWorker, Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry,
+};
 use prefork_spool::{Durability, Options, Spool};
 
 /// How long an idle worker or the raw consumer blocks in one fetch. Long,
@@ -56,12 +64,67 @@ const POLL: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Pull,
+    Dispatch,
 }
+
+impl Mode {
+    fn parse(v: &str) -> Result<Mode, String> {
+        match v {
+            "pull" => Ok(Mode::Pull),
+            "dispatch" => Ok(Mode::Dispatch),
+            _ => Err(format!("--mode: pull or dispatch, not {v:?}")),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Pull => "pull",
+            Mode::Dispatch => "dispatch",
+        }
+    }
+}
+
+/// Options of criterion and libtest that take a value: `cargo bench --
+/// ARGS` passes ARGS to every bench, this one included; they are skipped
+/// with their value.
+const FOREIGN_WITH_VALUE: &[&str] = &[
+    "--save-baseline",
+    "--baseline",
+    "--baseline-lenient",
+    "--load-baseline",
+    "--sample-size",
+    "--warm-up-time",
+    "--measurement-time",
+    "--nresamples",
+    "--noise-threshold",
+    "--confidence-level",
+    "--significance-level",
+    "--profile-time",
+    "--plotting-backend",
+    "--output-format",
+    "--color",
+    "--format",
+    "--logfile",
+    "--skip",
+    "--test-threads",
+];
+
+/// This harness's own options (all take a value).
+const OWN: &[&str] = &[
+    "broker",
+    "mode",
+    "workers",
+    "jobs",
+    "rounds",
+    "rate",
+    "latency-jobs",
+    "prefetch",
+];
 
 #[derive(Debug, Clone)]
 struct Args {
     brokers: Vec<String>,
-    mode: Mode,
+    modes: Vec<Mode>,
     workers: Vec<usize>,
     jobs: u64,
     rounds: usize,
@@ -93,19 +156,35 @@ fn parse_args() -> Result<Args, String> {
     }
     let mut argv = std::env::args().skip(1);
     while let Some(a) = argv.next() {
-        match a.as_str() {
-            "--bench" | "--nocapture" => {}
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (a.clone(), None),
+        };
+        match flag.as_str() {
             "--list" => std::process::exit(0),
-            flag if flag.starts_with("--") => {
-                let v = argv.next().ok_or(format!("{flag} needs a value"))?;
-                kv.push((flag[2..].to_owned(), v));
+            f if f.starts_with("--") && OWN.contains(&&f[2..]) => {
+                let v = match inline {
+                    Some(v) => v,
+                    None => argv.next().ok_or(format!("{f} needs a value"))?,
+                };
+                kv.push((f[2..].to_owned(), v));
+            }
+            f if FOREIGN_WITH_VALUE.contains(&f) => {
+                if inline.is_none() {
+                    argv.next();
+                }
+                println!("e2e: ignoring {f} (a criterion/libtest option)");
+            }
+            "--bench" => {} // what `cargo bench` always passes
+            f if f.starts_with('-') => {
+                println!("e2e: ignoring {f} (not an option of this harness)")
             }
             _ => {} // a filter from `cargo bench NAME`: not used here
         }
     }
     let mut args = Args {
         brokers: Vec::new(),
-        mode: Mode::Pull,
+        modes: vec![Mode::Pull],
         workers: vec![2, 8],
         jobs: 4000,
         rounds: 3,
@@ -123,15 +202,7 @@ fn parse_args() -> Result<Args, String> {
         match k.as_str() {
             "broker" => args.brokers.push(v),
             "mode" => {
-                args.mode = match v.as_str() {
-                    "pull" => Mode::Pull,
-                    "dispatch" => {
-                        return Err("--mode dispatch is not built yet: prefork-master has no \
-                                    dispatch mode to measure (pull is the only mode)"
-                            .into());
-                    }
-                    _ => return Err(format!("--mode: pull or dispatch, not {v:?}")),
-                }
+                args.modes = v.split(',').map(Mode::parse).collect::<Result<_, _>>()?;
             }
             "workers" => {
                 args.workers = v
@@ -279,12 +350,9 @@ fn env(k: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"))
 }
 
-/// Child role `pool`: a master with `E2E_WORKERS` workers on `E2E_URL`,
-/// queue `E2E_QUEUE`, running `noop` (one byte to `E2E_OUT/done`) and
-/// `stamp` (its enqueue-to-start latency to `E2E_OUT/latency`), until QUIT.
-fn pool_main() {
-    let target = Target::parse(&env("E2E_URL")).unwrap();
-    let out = PathBuf::from(env("E2E_OUT"));
+/// The pool's handlers: `noop` (one byte to `out/done`) and `stamp` (its
+/// enqueue-to-start latency to `out/latency`).
+fn registry(out: &Path) -> Registry {
     let mut r = Registry::new();
     let done = out.join("done");
     // Opened in each worker on its first job (after the fork): one write
@@ -306,17 +374,34 @@ fn pool_main() {
         append(&lat, &format!("{}\n", now_us().saturating_sub(t)));
         Ok::<(), JobError>(())
     });
+    r
+}
+
+/// Child role `pool`: a master with `E2E_WORKERS` workers on `E2E_URL`,
+/// queue `E2E_QUEUE`, in mode `E2E_MODE`, running [`registry`]'s
+/// handlers, until stopped.
+fn pool_main() {
+    let target = Target::parse(&env("E2E_URL")).unwrap();
+    let out = PathBuf::from(env("E2E_OUT"));
     let connect = target.connect();
-    let worker = JobWorker::new(r, move |q: &str| connect.open(q), &env("E2E_QUEUE"))
-        .prefetch(env("E2E_PREFETCH").parse().unwrap())
-        .poll_interval(POLL);
-    let report = prefork_master::Master::builder()
+    let connect = move |q: &str| connect.open(q);
+    let master = prefork_master::Master::builder()
         .name("e2e-bench")
         .workers(env("E2E_WORKERS").parse().unwrap())
         .build()
-        .unwrap()
-        .run(worker)
         .unwrap();
+    let report = match Mode::parse(&env("E2E_MODE")).unwrap() {
+        Mode::Pull => master.run(
+            JobWorker::new(registry(&out), connect, &env("E2E_QUEUE"))
+                .prefetch(env("E2E_PREFETCH").parse().unwrap())
+                .poll_interval(POLL),
+        ),
+        Mode::Dispatch => master.run_dispatch(
+            DispatchFeeder::new(registry(&out), connect, &env("E2E_QUEUE")),
+            DispatchWorker::new(registry(&out)),
+        ),
+    }
+    .unwrap();
     std::process::exit(if report.success() { 0 } else { 1 });
 }
 
@@ -366,9 +451,10 @@ impl Run {
         Enqueuer::new(self.target.connect().open(&self.queue).unwrap())
     }
 
-    fn spawn(&self, role: &str, workers: usize, prefetch: usize, count: u64) -> Child {
+    fn spawn(&self, role: &str, mode: Mode, workers: usize, prefetch: usize, count: u64) -> Child {
         Command::new(std::env::current_exe().unwrap())
             .env("E2E_CHILD", role)
+            .env("E2E_MODE", mode.name())
             .env("E2E_URL", self.target.url())
             .env("E2E_QUEUE", &self.queue)
             .env("E2E_OUT", &self.out)
@@ -406,8 +492,9 @@ fn stop(mut c: Child) {
     let _ = c.wait();
 }
 
-/// A pool of `workers` drains a backlog of `jobs` no-op jobs. Jobs/s.
-fn pool_drain(target: &Target, workers: usize, a: &Args) -> f64 {
+/// A pool of `workers` in `mode` drains a backlog of `jobs` no-op jobs.
+/// Jobs/s.
+fn pool_drain(target: &Target, mode: Mode, workers: usize, a: &Args) -> f64 {
     let run = Run::new(target, "drain");
     let mut enq = run.enqueuer();
     for _ in 0..a.jobs {
@@ -415,7 +502,7 @@ fn pool_drain(target: &Target, workers: usize, a: &Args) -> f64 {
     }
     drop(enq);
     let t = Instant::now();
-    let pool = run.spawn("pool", workers, a.prefetch, 0);
+    let pool = run.spawn("pool", mode, workers, a.prefetch, 0);
     let limit = t + Duration::from_secs(120);
     while run.done() < a.jobs {
         assert!(Instant::now() < limit, "the pool did not drain in 120 s");
@@ -426,15 +513,15 @@ fn pool_drain(target: &Target, workers: usize, a: &Args) -> f64 {
     rate
 }
 
-/// Publishes `stamp` jobs at `a.rate` per second to a pool of `workers`
-/// (or to one raw consumer when `workers` is 0); (p50, p99) in µs.
-fn latency(target: &Target, workers: usize, a: &Args) -> (f64, f64) {
+/// Publishes `stamp` jobs at `a.rate` per second to a pool of `workers` in
+/// `mode` (or to one raw consumer when `workers` is 0); (p50, p99) in µs.
+fn latency(target: &Target, mode: Mode, workers: usize, a: &Args) -> (f64, f64) {
     let run = Run::new(target, "lat");
     let mut enq = run.enqueuer();
     let consumer = if workers == 0 {
-        run.spawn("consumer", 1, 1, a.latency_jobs)
+        run.spawn("consumer", mode, 1, 1, a.latency_jobs)
     } else {
-        run.spawn("pool", workers, 1, 0)
+        run.spawn("pool", mode, workers, 1, 0)
     };
     std::thread::sleep(Duration::from_millis(300)); // started and blocked in fetch
     let every = Duration::from_secs_f64(1.0 / a.rate as f64);
@@ -468,20 +555,27 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// One broker's figures: printed as they come, and as table rows.
+/// One broker's figures, for every mode: printed as they come, and as
+/// table rows. Each round measures the raw loop, then every mode and
+/// worker count, so the baseline sits beside every figure.
 fn bench(target: &Target, a: &Args) -> Vec<String> {
+    let cells: Vec<(Mode, usize)> = a
+        .modes
+        .iter()
+        .flat_map(|m| a.workers.iter().map(move |w| (*m, *w)))
+        .collect();
     let mut raw = Vec::new();
-    let mut pools = vec![Vec::new(); a.workers.len()];
+    let mut pools = vec![Vec::new(); cells.len()];
     for _ in 0..a.rounds {
         let run = Run::new(target, "raw");
         raw.push(target.raw_loop(&run.queue, a.jobs));
-        for (i, w) in a.workers.iter().enumerate() {
-            pools[i].push(pool_drain(target, *w, a));
+        for (i, (m, w)) in cells.iter().enumerate() {
+            pools[i].push(pool_drain(target, *m, *w, a));
         }
     }
     let raw = median(raw);
     println!(
-        "\n{} ({}), pull mode, prefetch {}: {} no-op jobs per round, {} rounds, medians",
+        "\n{} ({}), prefetch {} (pull mode): {} no-op jobs per round, {} rounds, medians",
         target.name(),
         target.url(),
         a.prefetch,
@@ -492,23 +586,22 @@ fn bench(target: &Target, a: &Args) -> Vec<String> {
         "  {:<40} {raw:>8.0} jobs/s",
         format!("{}, 1 process", target.raw_name())
     );
-    let mut rows = Vec::new();
     let mut rates = Vec::new();
-    for (i, w) in a.workers.iter().enumerate() {
+    for (i, (m, w)) in cells.iter().enumerate() {
         let r = median(pools[i].clone());
         rates.push(r);
         println!(
             "  {:<40} {r:>8.0} jobs/s  = {:.2}x raw",
-            format!("pool, {w} workers"),
+            format!("{} pool, {w} workers", m.name()),
             r / raw
         );
     }
     let mut lat_raw = Vec::new();
-    let mut lat_pool = vec![Vec::new(); a.workers.len()];
+    let mut lat_pool = vec![Vec::new(); cells.len()];
     for _ in 0..a.rounds {
-        lat_raw.push(latency(target, 0, a));
-        for (i, w) in a.workers.iter().enumerate() {
-            lat_pool[i].push(latency(target, *w, a));
+        lat_raw.push(latency(target, Mode::Pull, 0, a));
+        for (i, (m, w)) in cells.iter().enumerate() {
+            lat_pool[i].push(latency(target, *m, *w, a));
         }
     }
     let med = |v: &[(f64, f64)]| {
@@ -526,17 +619,19 @@ fn bench(target: &Target, a: &Args) -> Vec<String> {
         "  {:<40} p50 {:>8.0} us  p99 {:>8.0} us",
         "1 process blocked in fetch", r50, r99
     );
-    for (i, w) in a.workers.iter().enumerate() {
+    let mut rows = Vec::new();
+    for (i, (m, w)) in cells.iter().enumerate() {
         let (p50, p99) = med(&lat_pool[i]);
         println!(
             "  {:<40} p50 {p50:>8.0} us  p99 {p99:>8.0} us  = {:.2}x / {:.2}x",
-            format!("pool, {w} workers"),
+            format!("{} pool, {w} workers", m.name()),
             p50 / r50,
             p99 / r99
         );
         rows.push(format!(
-            "| {} | {w} | {:.0} | {raw:.0} | **{:.2}x** | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
+            "| {} | {} | {w} | {:.0} | {raw:.0} | **{:.2}x** | {:.2} / {:.2} ms | {:.2} / {:.2} ms |",
             target.name(),
+            m.name(),
             rates[i],
             rates[i] / raw,
             p50 / 1e3,
@@ -571,15 +666,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    assert_eq!(args.mode, Mode::Pull);
     let mut rows = Vec::new();
     for t in &targets {
         rows.extend(bench(t, &args));
     }
     println!(
-        "\n| broker | workers | pool jobs/s | raw loop jobs/s | ratio | pool p50 / p99 | 1-process p50 / p99 |"
+        "\n| broker | mode | workers | pool jobs/s | raw loop jobs/s | ratio | pool p50 / p99 | 1-process p50 / p99 |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!("{r}");
     }
