@@ -317,18 +317,29 @@ impl Daemon {
     }
 
     /// Workers that are running (not zombies) and reported ready.
+    ///
+    /// The children, their liveness and the ready files are read at
+    /// different instants. Liveness is read first and the ready files after
+    /// (a ready file is never removed), and a sample is kept only when the
+    /// set of children did not change meanwhile, so the count is never
+    /// lower than the true count at the moment liveness was read: a
+    /// replacement becoming ready and an old worker leaving between two
+    /// reads cannot fake a moment with fewer ready workers.
     pub fn ready_workers(&self) -> BTreeSet<i32> {
-        let ready: BTreeSet<i32> = fs::read_dir(self.dir.join("ready"))
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        self.workers()
-            .into_iter()
-            .filter(|p| ready.contains(p) && !is_zombie(*p))
-            .collect()
+        loop {
+            let before = self.workers();
+            let alive: BTreeSet<i32> = before.iter().copied().filter(|p| !is_zombie(*p)).collect();
+            let ready: BTreeSet<i32> = fs::read_dir(self.dir.join("ready"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if self.workers() == before {
+                return alive.intersection(&ready).copied().collect();
+            }
+        }
     }
 
     /// Waits (up to 30 s) until exactly `n` workers are ready and no other
