@@ -139,8 +139,42 @@ fn pool_main() {
     std::process::exit(if report.success() { 0 } else { 1 });
 }
 
-/// µs per job through a dispatch pool of `workers` workers of `kind`.
-fn handoff(kind: &str, workers: usize, jobs: u64) -> f64 {
+/// CPU time (user + system) `pid` has used, in µs (from `/proc`, clock
+/// ticks: 10 ms resolution), 0 when it is gone.
+fn cpu_us(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (in parentheses): state is field 3,
+    // utime 14 and stime 15.
+    let after = &stat[stat.rfind(')').map_or(0, |i| i + 2)..];
+    let f: Vec<&str> = after.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ticks as f64 * 1e6 / hz
+}
+
+fn children(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// What one pool measurement gave: wall µs per job (the feeder's clock
+/// over the timed jobs), and CPU µs per job of the master and of the whole
+/// pool (master, feeder, workers; start-up and warm-up jobs included).
+#[derive(Debug, Clone, Copy)]
+struct Handoff {
+    wall: f64,
+    master_cpu: f64,
+    pool_cpu: f64,
+}
+
+/// One measurement through a dispatch pool of `workers` workers of `kind`.
+fn handoff(kind: &str, workers: usize, jobs: u64) -> Handoff {
     static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let out =
@@ -155,12 +189,18 @@ fn handoff(kind: &str, workers: usize, jobs: u64) -> f64 {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let ns = wait_for(&out, pool);
-    ns / 1e3
+    let (ns, master_cpu, pool_cpu) = wait_for(&out, pool);
+    let all = (WARMUP + jobs) as f64;
+    Handoff {
+        wall: ns / 1e3,
+        master_cpu: master_cpu / all,
+        pool_cpu: pool_cpu / all,
+    }
 }
 
-/// Waits for the pool's feeder to write its figure, stops the pool (TERM).
-fn wait_for(out: &Path, mut pool: Child) -> f64 {
+/// Waits for the pool's feeder to write its figure, reads the CPU time of
+/// the master and of the whole pool, stops the pool (TERM).
+fn wait_for(out: &Path, mut pool: Child) -> (f64, f64, f64) {
     let limit = Instant::now() + Duration::from_secs(120);
     let ns = loop {
         if let Ok(s) = std::fs::read_to_string(out)
@@ -175,15 +215,18 @@ fn wait_for(out: &Path, mut pool: Child) -> f64 {
         assert!(Instant::now() < limit, "no figure in 120 s");
         std::thread::sleep(Duration::from_millis(5));
     };
+    let master = pool.id() as i32;
+    let master_cpu = cpu_us(master);
+    let pool_cpu = master_cpu + children(master).into_iter().map(cpu_us).sum::<f64>();
     let _ = prefork_proc::Child::from_pid(pool.id() as libc::pid_t).signal(libc::SIGTERM);
     let _ = pool.wait();
     let _ = std::fs::remove_file(out);
-    ns
+    (ns, master_cpu, pool_cpu)
 }
 
-/// µs per 1-byte round trip over a socketpair between this process and a
-/// forked echo process.
-fn pingpong(trips: u64) -> f64 {
+/// Wall µs per 1-byte round trip over a socketpair between this process
+/// and a forked echo process, and CPU µs per round trip of both.
+fn pingpong(trips: u64) -> (f64, f64) {
     let (mut here, peer) = UnixStream::pair().expect("socketpair");
     // SAFETY: this process has one thread (the harness starts none; pools
     // are separate processes), so the child may run any code.
@@ -210,17 +253,19 @@ fn pingpong(trips: u64) -> f64 {
     for _ in 0..WARMUP {
         trip();
     }
+    let cpu0 = cpu_us(std::process::id() as i32) + cpu_us(pid);
     let t = Instant::now();
     for _ in 0..trips {
         trip();
     }
     let us = t.elapsed().as_secs_f64() * 1e6 / trips as f64;
+    let cpu = (cpu_us(std::process::id() as i32) + cpu_us(pid) - cpu0) / trips as f64;
     drop(here);
     let mut status = 0;
     // SAFETY: waits for our own child; `status` is a valid out-pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(r, pid, "waitpid: {}", std::io::Error::last_os_error());
-    us
+    (us, cpu)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -276,29 +321,47 @@ fn main() {
         ("hand-off, 2 workers (bare)", "bare", 2),
     ];
     let mut base = Vec::new();
-    let mut figures = vec![Vec::new(); rows.len()];
+    let mut base_cpu = Vec::new();
+    let mut figures: Vec<Vec<Handoff>> = vec![Vec::new(); rows.len()];
     for _ in 0..rounds {
-        base.push(pingpong(jobs));
+        let (wall, cpu) = pingpong(jobs);
+        base.push(wall);
+        base_cpu.push(cpu);
         for (i, (_, kind, workers)) in rows.iter().enumerate() {
             figures[i].push(handoff(kind, *workers, jobs));
         }
     }
     let base = median(base);
+    let base_cpu = median(base_cpu);
     println!(
         "\ndispatch hand-off: {jobs} no-op jobs per measurement after {WARMUP} warm-up jobs, {rounds} interleaved rounds, medians"
     );
+    println!("  wall time (what a job waits; on a loaded machine mostly waiting for a core):");
     println!(
         "  {:<52} {base:>7.2} us/trip  {:>8.0} trips/s",
         "socketpair 1-byte ping-pong, 2 processes",
         1e6 / base
     );
     for (i, (name, _, _)) in rows.iter().enumerate() {
-        let us = median(figures[i].clone());
+        let us = median(figures[i].iter().map(|h| h.wall).collect());
         println!(
             "  {name:<52} {us:>7.2} us/job   {:>8.0} jobs/s  = {:.2}x the ping-pong, +{:.2} us a job",
             1e6 / us,
             us / base,
             us - base
+        );
+    }
+    println!("  CPU time (user + system, 10 ms ticks; the pools' include start-up and warm-up):");
+    println!(
+        "  {:<52} {base_cpu:>7.2} us/trip (both processes)",
+        "socketpair 1-byte ping-pong, 2 processes"
+    );
+    for (i, (name, _, _)) in rows.iter().enumerate() {
+        let master = median(figures[i].iter().map(|h| h.master_cpu).collect());
+        let pool = median(figures[i].iter().map(|h| h.pool_cpu).collect());
+        println!(
+            "  {name:<52} master {master:>6.2} us/job, whole pool {pool:>6.2} us/job = {:.2}x the ping-pong",
+            pool / base_cpu
         );
     }
 }
