@@ -415,14 +415,17 @@ mod tests {
                     }
                 }
             }
-            // Every worker finishes or dies; a feeder comes up to hear it.
+            // Shutdown: fetching stops (queued jobs go back), every worker
+            // finishes, and a feeder comes up to hear it. Stopping first
+            // matters: a worker that finishes while jobs are queued is
+            // handed the next one, as it should be.
+            r.stop_fetching();
             let serials: Vec<Serial> = holding.keys().copied().collect();
             for s in serials {
                 let id = holding.remove(&s).unwrap();
                 r.worker_finished(s, Route::Done(id));
             }
             if !feeder { r.feeder_ready(); }
-            r.stop_fetching();
             for route in r.take_routes() {
                 match route {
                     Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => { prop_assert!(ended.insert(id)); }
