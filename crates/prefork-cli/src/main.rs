@@ -1,6 +1,8 @@
 //! `prefork`: run a job worker pool, enqueue jobs, list and re-drive dead
 //! letters, show queue counts, and `prefork demo`, the quick start.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
