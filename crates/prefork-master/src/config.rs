@@ -101,6 +101,9 @@ pub(crate) struct Settings {
     pub(crate) close_fds: CloseFds,
     /// Dispatch mode: supervise a feeder process too.
     pub(crate) feeder: bool,
+    /// Dispatch mode: jobs asked for beyond the idle workers (None: the
+    /// worker count).
+    pub(crate) dispatch_lookahead: Option<usize>,
 }
 
 impl Default for Settings {
@@ -125,6 +128,7 @@ impl Default for Settings {
             crash_limit: 8,
             close_fds: CloseFds::MasterOnly,
             feeder: false,
+            dispatch_lookahead: None,
         }
     }
 }
@@ -211,6 +215,24 @@ impl Builder {
     /// TTOU change the number at run time.
     pub fn workers(mut self, n: usize) -> Builder {
         self.settings.workers = n;
+        self
+    }
+
+    /// Dispatch mode ([`Master::run_dispatch`]): how many jobs the master
+    /// asks the feeder for beyond one per idle worker (0 to
+    /// [`MAX_WORKERS`]). Default: the worker count given to
+    /// [`workers`](Builder::workers).
+    ///
+    /// The master asks for up to `idle workers + lookahead - queued - asked`
+    /// jobs, so when a worker finishes, its next job is already waiting in
+    /// the master and the feeder's round trip to the broker is off the
+    /// critical path. Jobs waiting in the master are unstarted: on a graceful
+    /// stop they go back to the broker (`Release`), and if the feeder dies
+    /// they are dropped (the broker gives its claims back). 0 asks only for
+    /// jobs an idle worker can start at once: no job is held while every
+    /// worker is busy, at the cost of a feeder round trip between jobs.
+    pub fn dispatch_lookahead(mut self, n: usize) -> Builder {
+        self.settings.dispatch_lookahead = Some(n);
         self
     }
 
@@ -509,6 +531,14 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.crash_limit == 0 {
         return Err(err("crash_limit", "must be at least 1"));
     }
+    if let Some(n) = s.dispatch_lookahead
+        && n > MAX_WORKERS
+    {
+        return Err(err(
+            "dispatch_lookahead",
+            format!("must be at most {MAX_WORKERS} (got {n})"),
+        ));
+    }
     if let CloseFds::AllExcept(keep) = &s.close_fds
         && let Some(bad) = keep.iter().find(|fd| **fd < 0)
     {
@@ -541,6 +571,10 @@ mod tests {
         let cases: Vec<(Builder, &str)> = vec![
             (Builder::new().workers(0), "workers"),
             (Builder::new().workers(MAX_WORKERS + 1), "workers"),
+            (
+                Builder::new().dispatch_lookahead(MAX_WORKERS + 1),
+                "dispatch_lookahead",
+            ),
             (Builder::new().timeout(Duration::ZERO), "timeout"),
             (
                 Builder::new().timeout(s(10)).heartbeat_interval(s(6)),

@@ -196,6 +196,10 @@ impl Master {
             .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
         let rng = XorShift::from_entropy();
         let sup = Supervisor::new(self.settings.clone(), rng);
+        let lookahead = self
+            .settings
+            .dispatch_lookahead
+            .unwrap_or(self.settings.workers);
         let mut m = Loop {
             settings: self.settings,
             hooks: self.hooks,
@@ -210,7 +214,7 @@ impl Master {
             master_pid: std::process::id(),
             feeder,
             feeder_serial: None,
-            router: Router::new(),
+            router: Router::new(lookahead),
             routes: Vec::new(),
         };
         let report = m.run();

@@ -7,8 +7,14 @@
 //! - *wait for a client* (every worker busy): no idle worker, so no credit
 //!   is given and jobs from the feeder wait in the queue;
 //! - *wait for a message* (workers idle, queue empty): the feeder holds
-//!   `idle - queued` credits and the loop sleeps on the sockets;
+//!   `idle + lookahead - queued` credits and the loop sleeps on the sockets;
 //! - *running*: a job and an idle worker meet, the job goes out at once.
+//!
+//! Lookahead: the feeder is asked for up to `lookahead` jobs beyond one per
+//! idle worker, so while every worker is busy up to `lookahead` jobs wait
+//! in the queue, and a worker that finishes is handed the next one in the
+//! same loop turn, before its report goes to the feeder: the feeder's
+//! round trip to the broker is off the critical path.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -59,6 +65,8 @@ pub(crate) struct Router {
     queue: VecDeque<Job>,
     /// Credits given to the feeder and not yet used.
     asked: usize,
+    /// Jobs asked for beyond one per idle worker.
+    lookahead: usize,
     feeder_ready: bool,
     stopped: bool,
     /// Messages for the feeder while there is none (it died): delivered to
@@ -68,8 +76,13 @@ pub(crate) struct Router {
 }
 
 impl Router {
-    pub(crate) fn new() -> Router {
-        Router::default()
+    /// A router that asks the feeder for up to `lookahead` jobs beyond one
+    /// per idle worker.
+    pub(crate) fn new(lookahead: usize) -> Router {
+        Router {
+            lookahead,
+            ..Router::default()
+        }
     }
 
     /// The routes decided since the last call, in order.
@@ -147,8 +160,11 @@ impl Router {
             }
             _ => false,
         };
+        // The worker's next job first, then the report: the worker starts
+        // while the feeder settles.
+        self.hand_out();
         self.emit(report);
-        self.pump();
+        self.top_up();
         held
     }
 
@@ -202,9 +218,14 @@ impl Router {
         }
     }
 
-    /// Hands queued jobs to idle workers, then tops the feeder's credits up
-    /// to the number of idle workers.
+    /// Hands queued jobs to idle workers, then tops the feeder's credits up.
     fn pump(&mut self) {
+        self.hand_out();
+        self.top_up();
+    }
+
+    /// Hands queued jobs to idle workers, oldest job first.
+    fn hand_out(&mut self) {
         while !self.queue.is_empty() {
             let Some(serial) = self.idle.pop_first() else {
                 break;
@@ -217,11 +238,14 @@ impl Router {
             slot.job = Some(job.id.clone());
             self.out.push(Route::ToWorker(serial, job));
         }
+    }
+
+    /// Tops the feeder's credits up so that credits + queued jobs reach
+    /// idle workers + lookahead.
+    fn top_up(&mut self) {
         if self.feeder_ready && !self.stopped {
-            let want = self
-                .idle
-                .len()
-                .saturating_sub(self.queue.len() + self.asked);
+            let want =
+                (self.idle.len() + self.lookahead).saturating_sub(self.queue.len() + self.asked);
             if want > 0 {
                 self.asked += want;
                 self.out
@@ -249,7 +273,7 @@ mod tests {
 
     #[test]
     fn asks_for_one_job_per_idle_worker_and_hands_it_out() {
-        let mut r = Router::new();
+        let mut r = Router::new(0);
         r.feeder_ready();
         r.worker_ready(1);
         r.worker_ready(2);
@@ -266,8 +290,50 @@ mod tests {
     }
 
     #[test]
+    fn lookahead_keeps_the_next_job_waiting_and_hands_it_out_before_the_report() {
+        let mut r = Router::new(1);
+        r.feeder_ready();
+        r.worker_ready(1);
+        assert_eq!(r.take_routes(), [Route::Want(1), Route::Want(1)]);
+        r.job_from_feeder(job(1));
+        r.job_from_feeder(job(2));
+        assert_eq!(r.take_routes(), [Route::ToWorker(1, job(1))]);
+        assert_eq!(r.queued(), 1, "the second job waits for worker 1");
+        assert!(r.worker_finished(1, Route::Done("j1".into())));
+        assert_eq!(
+            r.take_routes(),
+            [
+                Route::ToWorker(1, job(2)),
+                Route::Done("j1".into()),
+                Route::Want(1)
+            ],
+            "the next job goes out before the report, then the queue is refilled"
+        );
+    }
+
+    #[test]
+    fn queued_jobs_beyond_the_idle_workers_are_released_on_stop_and_dropped_with_the_feeder() {
+        let mut r = Router::new(2);
+        r.feeder_ready();
+        r.worker_ready(1);
+        assert_eq!(r.take_routes(), [Route::Want(2), Route::Want(1)]);
+        for n in 1..=3 {
+            r.job_from_feeder(job(n));
+        }
+        r.take_routes();
+        assert_eq!(r.queued(), 2);
+        assert_eq!(r.feeder_gone(), 2, "unstarted: the broker gives them back");
+        r.feeder_ready();
+        assert_eq!(r.take_routes(), [Route::Want(2)]);
+        r.job_from_feeder(job(4));
+        r.stop_fetching();
+        assert_eq!(r.take_routes(), [Route::Release("j4".into())]);
+        assert_eq!(r.job_of(1), Some("j1"));
+    }
+
+    #[test]
     fn a_dead_worker_s_job_is_lost_at_once_and_a_dead_feeder_s_queue_dropped() {
-        let mut r = Router::new();
+        let mut r = Router::new(0);
         r.worker_ready(1);
         r.feeder_ready();
         r.job_from_feeder(job(1));
@@ -289,7 +355,7 @@ mod tests {
 
     #[test]
     fn reports_wait_for_the_next_feeder() {
-        let mut r = Router::new();
+        let mut r = Router::new(0);
         r.feeder_ready();
         r.worker_ready(1);
         r.job_from_feeder(job(1));
@@ -303,7 +369,7 @@ mod tests {
 
     #[test]
     fn stopping_releases_unstarted_jobs_and_asks_no_more() {
-        let mut r = Router::new();
+        let mut r = Router::new(0);
         r.feeder_ready();
         r.worker_ready(1);
         r.job_from_feeder(job(1));
@@ -345,13 +411,21 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever happens: no job is held by two workers at once, credits
-        /// never exceed idle workers when given, and every job handed out
-        /// ends (done, failed, lost or released) once its worker finishes or
-        /// dies.
+        /// Whatever happens: no job is held by two workers at once; a job
+        /// never waits while a worker is idle; the router's count of credits
+        /// is the feeder's; whenever the router gives credits, credits out
+        /// + queued jobs <= idle workers + lookahead (equal, in fact, right
+        /// after it gives them); while a feeder is up and fetching has not
+        /// stopped, credits out + queued >= idle + lookahead (the feeder is
+        /// always topped up); and every job handed out ends (done, failed,
+        /// lost or released) once its worker finishes or dies.
         #[test]
-        fn routing_invariants(events in proptest::collection::vec(ev(), 1..200)) {
-            let mut r = Router::new();
+        fn routing_invariants(
+            lookahead in 0_usize..4,
+            events in proptest::collection::vec(ev(), 1..200),
+        ) {
+            let mut r = Router::new(lookahead);
+            let mut stopped = false;
             let mut next = 0_u64;
             // Worker processes: the serial of each simulated slot (a slot's
             // worker that dies is replaced by a new serial).
@@ -389,7 +463,7 @@ mod tests {
                     },
                     Ev::FeederReady => if !feeder { feeder = true; credits = 0; r.feeder_ready() },
                     Ev::FeederGone => if feeder { feeder = false; credits = 0; r.feeder_gone(); },
-                    Ev::Stop => r.stop_fetching(),
+                    Ev::Stop => { stopped = true; r.stop_fetching() }
                 }
                 for route in r.take_routes() {
                     match route {
@@ -402,7 +476,7 @@ mod tests {
                             prop_assert!(feeder);
                             credits += n as usize;
                             let (asked, queued, idle) = r.counts();
-                            prop_assert!(asked + queued <= idle, "credits {} + queued {} > idle {}", asked, queued, idle);
+                            prop_assert!(asked + queued <= idle + lookahead, "credits {} + queued {} > idle {} + lookahead {}", asked, queued, idle, lookahead);
                         }
                         Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => {
                             prop_assert!(handed.contains(&id));
@@ -412,6 +486,14 @@ mod tests {
                             prop_assert!(!handed.contains(&id), "{} released after it started", id);
                             prop_assert!(released.insert(id));
                         }
+                    }
+                }
+                let (asked, queued, idle) = r.counts();
+                prop_assert!(queued == 0 || idle == 0, "{} jobs wait while {} workers are idle", queued, idle);
+                if feeder {
+                    prop_assert_eq!(asked, credits, "the router's credits are the feeder's");
+                    if !stopped {
+                        prop_assert!(asked + queued >= idle + lookahead, "feeder not topped up: credits {} + queued {} < idle {} + lookahead {}", asked, queued, idle, lookahead);
                     }
                 }
             }
