@@ -111,6 +111,7 @@ pub const CASES: &[&str] = &[
     "fetch_times_out_empty",
     "batch_fetch_respects_max",
     "ack_removes",
+    "ack_batch_removes_all",
     "redelivered_after_holder_killed",
     "retry_delay_hides_the_job",
     "delayed_publish_hides_the_job",
@@ -148,6 +149,7 @@ macro_rules! conformance_cases {
                 $kit.batch_fetch_respects_max()
             }),
             $case("ack_removes", || $kit.ack_removes()),
+            $case("ack_batch_removes_all", || $kit.ack_batch_removes_all()),
             $case("redelivered_after_holder_killed", || {
                 $kit.redelivered_after_holder_killed()
             }),
@@ -337,6 +339,27 @@ impl Kit {
         b.publish(b"ack me", Duration::ZERO).expect("publish");
         let d = self.collect(&mut b, 1).pop().expect("one job");
         b.ack(d).expect("ack");
+        assert_empty(&mut b, self.lease * 2 + Duration::from_millis(500));
+        let mut fresh = self.open(&q);
+        assert_empty(&mut fresh, Duration::from_millis(300));
+    }
+
+    /// [`Broker::ack_batch`] acks every delivery it is given (none handed
+    /// back), and an empty batch is a no-op.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn ack_batch_removes_all(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        assert!(b.ack_batch(Vec::new()).is_empty(), "an empty batch failed");
+        for i in 0..5_u8 {
+            b.publish(&[b'j', i], Duration::ZERO).expect("publish");
+        }
+        let ds = self.collect(&mut b, 5);
+        let failed = b.ack_batch(ds);
+        assert!(failed.is_empty(), "not acked: {failed:?}");
         assert_empty(&mut b, self.lease * 2 + Duration::from_millis(500));
         let mut fresh = self.open(&q);
         assert_empty(&mut fresh, Duration::from_millis(300));

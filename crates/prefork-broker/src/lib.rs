@@ -217,6 +217,34 @@ pub trait Broker {
     /// the claim expire and the job run again).
     fn ack(&mut self, delivery: Delivery) -> Result<(), SettleError>;
 
+    /// Acks many deliveries, in one round trip where the adapter can (the
+    /// provided method calls [`ack`](Broker::ack) for each); returns those
+    /// that could not be acked, each with its reason, or an empty `Vec`.
+    /// Each delivery is settled as by [`ack`](Broker::ack).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use prefork_broker::Broker;
+    ///
+    /// fn run_and_ack(b: &mut dyn Broker) -> Result<(), prefork_broker::BrokerError> {
+    ///     let batch = b.fetch(64, Duration::from_secs(1))?;
+    ///     // ... run them ...
+    ///     for failed in b.ack_batch(batch) {
+    ///         eprintln!("not acked: {failed}");
+    ///     }
+    ///     Ok(())
+    /// }
+    /// ```
+    #[must_use = "the deliveries that were not acked are handed back"]
+    fn ack_batch(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+        deliveries
+            .into_iter()
+            .filter_map(|d| self.ack(d).err())
+            .collect()
+    }
+
     /// Gives the job back to be delivered again after `delay`, counting one
     /// more attempt ([`Delivery::attempt`] of the next delivery is one more).
     ///
@@ -289,6 +317,9 @@ macro_rules! forward_broker {
             }
             fn ack(&mut self, delivery: Delivery) -> Result<(), SettleError> {
                 (**self).ack(delivery)
+            }
+            fn ack_batch(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+                (**self).ack_batch(deliveries)
             }
             fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
                 (**self).retry(delivery, delay)

@@ -105,6 +105,25 @@ impl DispatchFeeder {
     }
 }
 
+/// Logs a settlement that failed in a way the broker recovers from (the
+/// claim was lost, or comes back when it expires); returns the others.
+fn settled(result: Result<(), SettleError>) -> Result<(), BoxError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
+            let id = e.delivery().id();
+            tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
+            Ok(())
+        }
+        Err(e) if e.error().is_retryable() => {
+            let id = e.delivery().id();
+            tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
+            Ok(())
+        }
+        Err(e) => Err(e.into_error().into()),
+    }
+}
+
 impl Feeder for DispatchFeeder {
     fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
         self.broker = Some(self.connect.open(&self.queue)?);
@@ -193,15 +212,35 @@ impl Feeder for DispatchFeeder {
                 broker.release(delivery)
             }
         };
-        match result {
-            Ok(()) => {}
-            Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
-                tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
+        settled(result)
+    }
+
+    /// Acks the `Done` reports of one inbox drain with one
+    /// [`Broker::ack_batch`] call (one round trip on Redis); settles the
+    /// others one by one.
+    fn settle_batch(&mut self, settles: Vec<Settle>, ctx: &mut Context) -> Result<(), BoxError> {
+        if self.broker.is_none() {
+            return Err("DispatchFeeder used before start".into());
+        }
+        let mut acks = Vec::new();
+        let mut rest = Vec::new();
+        for settle in settles {
+            match settle {
+                Settle::Done { id } if self.held.contains_key(&id) => {
+                    acks.extend(self.held.remove(&id));
+                }
+                other => rest.push(other),
             }
-            Err(e) if e.error().is_retryable() => {
-                tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
+        }
+        if !acks.is_empty()
+            && let Some(broker) = self.broker.as_mut()
+        {
+            for e in broker.ack_batch(acks) {
+                settled(Err(e))?;
             }
-            Err(e) => return Err(e.into_error().into()),
+        }
+        for settle in rest {
+            self.settle(settle, ctx)?;
         }
         Ok(())
     }

@@ -198,6 +198,23 @@ pub trait Feeder {
     /// An error ends the feeder process.
     fn settle(&mut self, settle: Settle, ctx: &mut Context) -> Result<(), BoxError>;
 
+    /// Settles every report the master sent since the last call, in the
+    /// order they came (one call per drain of the feeder's inbox), so a
+    /// feeder can settle many jobs in one broker round trip (e.g. ack all
+    /// the `Done` ones with one call). The provided method calls
+    /// [`settle`](Feeder::settle) for each, stopping at the first error.
+    ///
+    /// # Errors
+    ///
+    /// As [`settle`](Feeder::settle): the feeder process exits with status
+    /// 1 and is restarted.
+    fn settle_batch(&mut self, settles: Vec<Settle>, ctx: &mut Context) -> Result<(), BoxError> {
+        for settle in settles {
+            self.settle(settle, ctx)?;
+        }
+        Ok(())
+    }
+
     /// Called when the master stops the feeder (last, after the workers):
     /// give back what is still held and close connections.
     fn stop(&mut self, ctx: &mut Context) {
@@ -233,15 +250,15 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), BoxError> {
         loop {
             ctx.poll_master();
+            let mut settles = Vec::new();
             for msg in ctx.take_inbox() {
                 match msg {
                     Message::Want { n } => credits = credits.saturating_add(n as usize),
-                    other => {
-                        if let Some(s) = Settle::from_message(other) {
-                            feeder.settle(s, ctx)?;
-                        }
-                    }
+                    other => settles.extend(Settle::from_message(other)),
                 }
+            }
+            if !settles.is_empty() {
+                feeder.settle_batch(settles, ctx)?;
             }
             if ctx.is_stopping() {
                 return Ok(());

@@ -887,10 +887,16 @@ impl Broker for RedisQueue {
     }
 
     fn ack(&mut self, delivery: Delivery) -> Result<(), SettleError> {
-        match self.ack_batch(vec![delivery]).pop() {
+        match RedisQueue::ack_batch(self, vec![delivery]).pop() {
             None => Ok(()),
             Some(e) => Err(e),
         }
+    }
+
+    /// One script call for the whole batch (the inherent
+    /// [`RedisQueue::ack_batch`]).
+    fn ack_batch(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+        RedisQueue::ack_batch(self, deliveries)
     }
 
     fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
