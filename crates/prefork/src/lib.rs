@@ -53,3 +53,9 @@ pub mod proc {
 pub mod selfpipe {
     pub use prefork_selfpipe::*;
 }
+
+/// The repository's README, whose examples are compiled as doctests of
+/// this crate so they cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct RepositoryReadme;
