@@ -12,6 +12,10 @@
 //! - the same with `prefork-jobs`' `DispatchWorker` running a `noop`
 //!   handler from a JSON envelope (what the job layer adds on the worker);
 //! - the same hand-off with 2 workers (jobs/s when the loop is pipelined);
+//! - the 1- and 2-worker hand-offs again with `dispatch_lookahead` = the
+//!   worker count (the default 0 asks the feeder for a job only once a
+//!   worker is idle; with it the next job waits in the master), for a
+//!   before/after in the same run;
 //! - **baseline**: a 1-byte round trip over a `socketpair` between two
 //!   processes (`UnixStream`), the least any process-to-process hand-off
 //!   costs.
@@ -100,7 +104,12 @@ fn env(k: &str) -> String {
 /// `DISPATCH_JOBS` jobs by [`Memory`]; worker kind `DISPATCH_WORKER`
 /// (`bare` or `jobs`). Runs until stopped.
 fn pool_main() {
-    let kind = env("DISPATCH_WORKER");
+    // `KIND` or `KIND:LOOKAHEAD` (the master's default lookahead otherwise).
+    let spec = env("DISPATCH_WORKER");
+    let (kind, lookahead) = match spec.split_once(':') {
+        Some((k, n)) => (k.to_owned(), Some(n.parse::<usize>().unwrap())),
+        None => (spec, None),
+    };
     let payload = match kind.as_str() {
         "jobs" => Envelope::new("bench", "noop", serde_json::Value::Null).to_bytes(),
         _ => Vec::new(),
@@ -113,11 +122,13 @@ fn pool_main() {
         started: None,
         out: PathBuf::from(env("DISPATCH_OUT")),
     };
-    let master = Master::builder()
+    let mut builder = Master::builder()
         .name("dispatch-bench")
-        .workers(env("DISPATCH_WORKERS").parse().unwrap())
-        .build()
-        .unwrap();
+        .workers(env("DISPATCH_WORKERS").parse().unwrap());
+    if let Some(n) = lookahead {
+        builder = builder.dispatch_lookahead(n);
+    }
+    let master = builder.build().unwrap();
     let report = if kind == "jobs" {
         let mut r = Registry::new();
         r.register("noop", |_: &mut JobContext<'_>, _: serde_json::Value| {
@@ -311,14 +322,16 @@ fn main() {
         return pool_main();
     }
     let (jobs, rounds) = parse_args();
-    let rows: [(&str, &str, usize); 3] = [
+    let rows: [(&str, &str, usize); 5] = [
         ("hand-off, 1 worker (bare next_job + job_done)", "bare", 1),
+        ("same, dispatch_lookahead(1)", "bare:1", 1),
         (
             "hand-off, 1 worker (DispatchWorker, noop handler)",
             "jobs",
             1,
         ),
         ("hand-off, 2 workers (bare)", "bare", 2),
+        ("hand-off, 2 workers, dispatch_lookahead(2)", "bare:2", 2),
     ];
     let mut base = Vec::new();
     let mut base_cpu = Vec::new();

@@ -30,7 +30,9 @@
 //! `Durability::Buffered`), `redis://...`, `beanstalk://...`. Without
 //! `--broker`: the spool, plus `PREFORK_REDIS_URL` and
 //! `PREFORK_BEANSTALKD_URL` when set (a line says which are skipped).
-//! `--mode` takes one mode or both (comma-separated; default pull); the
+//! `--mode` takes one mode or more (comma-separated; default pull;
+//! `dispatch-ahead` is dispatch with `dispatch_lookahead` = the worker
+//! count, where `dispatch` keeps the default 0); the
 //! raw baseline is measured once per round beside every mode. Options of
 //! criterion and libtest (`--bench`, `--save-baseline NAME`, ...), which
 //! `cargo bench` passes to every bench, are ignored with a note.
@@ -65,6 +67,8 @@ const POLL: Duration = Duration::from_secs(30);
 enum Mode {
     Pull,
     Dispatch,
+    /// Dispatch with `dispatch_lookahead` = the worker count.
+    DispatchAhead,
 }
 
 impl Mode {
@@ -72,7 +76,10 @@ impl Mode {
         match v {
             "pull" => Ok(Mode::Pull),
             "dispatch" => Ok(Mode::Dispatch),
-            _ => Err(format!("--mode: pull or dispatch, not {v:?}")),
+            "dispatch-ahead" => Ok(Mode::DispatchAhead),
+            _ => Err(format!(
+                "--mode: pull, dispatch or dispatch-ahead, not {v:?}"
+            )),
         }
     }
 
@@ -80,6 +87,7 @@ impl Mode {
         match self {
             Mode::Pull => "pull",
             Mode::Dispatch => "dispatch",
+            Mode::DispatchAhead => "dispatch-ahead",
         }
     }
 }
@@ -385,18 +393,26 @@ fn pool_main() {
     let out = PathBuf::from(env("E2E_OUT"));
     let connect = target.connect();
     let connect = move |q: &str| connect.open(q);
+    let workers: usize = env("E2E_WORKERS").parse().unwrap();
+    let mode = Mode::parse(&env("E2E_MODE")).unwrap();
+    let lookahead = if mode == Mode::DispatchAhead {
+        workers
+    } else {
+        0
+    };
     let master = prefork_master::Master::builder()
         .name("e2e-bench")
-        .workers(env("E2E_WORKERS").parse().unwrap())
+        .workers(workers)
+        .dispatch_lookahead(lookahead)
         .build()
         .unwrap();
-    let report = match Mode::parse(&env("E2E_MODE")).unwrap() {
+    let report = match mode {
         Mode::Pull => master.run(
             JobWorker::new(registry(&out), connect, &env("E2E_QUEUE"))
                 .prefetch(env("E2E_PREFETCH").parse().unwrap())
                 .poll_interval(POLL),
         ),
-        Mode::Dispatch => master.run_dispatch(
+        Mode::Dispatch | Mode::DispatchAhead => master.run_dispatch(
             DispatchFeeder::new(registry(&out), connect, &env("E2E_QUEUE")),
             DispatchWorker::new(registry(&out)),
         ),

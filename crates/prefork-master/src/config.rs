@@ -101,9 +101,8 @@ pub(crate) struct Settings {
     pub(crate) close_fds: CloseFds,
     /// Dispatch mode: supervise a feeder process too.
     pub(crate) feeder: bool,
-    /// Dispatch mode: jobs asked for beyond the idle workers (None: the
-    /// worker count).
-    pub(crate) dispatch_lookahead: Option<usize>,
+    /// Dispatch mode: jobs asked for beyond the idle workers.
+    pub(crate) dispatch_lookahead: usize,
 }
 
 impl Default for Settings {
@@ -128,7 +127,7 @@ impl Default for Settings {
             crash_limit: 8,
             close_fds: CloseFds::MasterOnly,
             feeder: false,
-            dispatch_lookahead: None,
+            dispatch_lookahead: 0,
         }
     }
 }
@@ -220,19 +219,23 @@ impl Builder {
 
     /// Dispatch mode ([`Master::run_dispatch`]): how many jobs the master
     /// asks the feeder for beyond one per idle worker (0 to
-    /// [`MAX_WORKERS`]). Default: the worker count given to
-    /// [`workers`](Builder::workers).
+    /// [`MAX_WORKERS`]). Default 0.
     ///
     /// The master asks for up to `idle workers + lookahead - queued - asked`
     /// jobs, so when a worker finishes, its next job is already waiting in
-    /// the master and the feeder's round trip to the broker is off the
-    /// critical path. Jobs waiting in the master are unstarted: on a graceful
-    /// stop they go back to the broker (`Release`), and if the feeder dies
-    /// they are dropped (the broker gives its claims back). 0 asks only for
-    /// jobs an idle worker can start at once: no job is held while every
-    /// worker is busy, at the cost of a feeder round trip between jobs.
+    /// the master: it is handed out before the worker's report goes to the
+    /// feeder, and the feeder's round trip to the broker is off the
+    /// critical path (the worker count is a good value when jobs are short
+    /// against that round trip). Jobs waiting in the master are unstarted:
+    /// on a graceful stop they go back to the broker (`Release`), and if the
+    /// feeder dies they are dropped (the broker gives its claims back).
+    ///
+    /// The cost is at-least-once's window: a feeder killed holds the
+    /// broker's claims of up to `workers + lookahead` unsettled jobs (a
+    /// worker's next job can start while its last report is still on its
+    /// way), each of which may run twice; with 0, at most one per worker.
     pub fn dispatch_lookahead(mut self, n: usize) -> Builder {
-        self.settings.dispatch_lookahead = Some(n);
+        self.settings.dispatch_lookahead = n;
         self
     }
 
@@ -531,12 +534,13 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.crash_limit == 0 {
         return Err(err("crash_limit", "must be at least 1"));
     }
-    if let Some(n) = s.dispatch_lookahead
-        && n > MAX_WORKERS
-    {
+    if s.dispatch_lookahead > MAX_WORKERS {
         return Err(err(
             "dispatch_lookahead",
-            format!("must be at most {MAX_WORKERS} (got {n})"),
+            format!(
+                "must be at most {MAX_WORKERS} (got {})",
+                s.dispatch_lookahead
+            ),
         ));
     }
     if let CloseFds::AllExcept(keep) = &s.close_fds

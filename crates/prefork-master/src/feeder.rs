@@ -247,9 +247,15 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
     let _ = ctx.set_state("feeder");
     let mut credits: usize = 0;
     let mut status = 0;
+    // Whether the last turn's wait took a message: the inbox then holds
+    // what woke it, and what follows is read next turn (no empty `recv`).
+    let mut woken = false;
     let result = catch_unwind(AssertUnwindSafe(|| -> Result<(), BoxError> {
         loop {
-            ctx.poll_master();
+            if !woken {
+                ctx.poll_master();
+            }
+            woken = false;
             let mut settles = Vec::new();
             for msg in ctx.take_inbox() {
                 match msg {
@@ -276,7 +282,7 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
                 }
                 ctx.flush();
             } else {
-                ctx.wait_master(FEEDER_WAIT);
+                woken = ctx.wait_master(FEEDER_WAIT);
             }
             ctx.after_iteration();
         }

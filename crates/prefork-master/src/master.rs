@@ -196,10 +196,7 @@ impl Master {
             .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
         let rng = XorShift::from_entropy();
         let sup = Supervisor::new(self.settings.clone(), rng);
-        let lookahead = self
-            .settings
-            .dispatch_lookahead
-            .unwrap_or(self.settings.workers);
+        let lookahead = self.settings.dispatch_lookahead;
         let mut m = Loop {
             settings: self.settings,
             hooks: self.hooks,

@@ -383,20 +383,24 @@ impl Context {
         }
     }
 
-    /// Waits up to `timeout` for a message from the master, then reads
-    /// every pending one.
-    pub(crate) fn wait_master(&mut self, timeout: Duration) {
+    /// Waits up to `timeout` for a message from the master and takes it.
+    /// Returns whether one came. Messages after it are left for the next
+    /// call or [`poll_master`](Context::poll_master): draining at once would
+    /// cost a `recv` that finds nothing, once a job (the socket is polled
+    /// level-triggered, so nothing is missed).
+    pub(crate) fn wait_master(&mut self, timeout: Duration) -> bool {
         if self.master_gone {
-            return;
+            return false;
         }
         match self.channel.recv_timeout(timeout) {
             Ok(Some(msg)) => {
                 self.take_message(msg);
-                self.poll_master();
+                return true;
             }
             Ok(None) => {}
             Err(e) => self.channel_failed(e),
         }
+        false
     }
 
     fn take_message(&mut self, msg: Message) {
