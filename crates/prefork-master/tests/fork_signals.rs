@@ -239,10 +239,17 @@ fn a_worker_holds_none_of_the_masters_descriptors() {
     );
     assert!(master.iter().any(|t| t.contains("eventpoll")), "{master:?}");
     for w in d.workers() {
-        let fds: Vec<String> = fd_targets(w)
-            .into_iter()
-            .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
-            .collect();
+        // The test daemon's ready hook writes `ready/PID` and closes it;
+        // the ready file can be seen while that file is still open, so
+        // look again until it is closed.
+        let mut fds: Vec<String> = Vec::new();
+        wait_until(WAIT, || {
+            fds = fd_targets(w)
+                .into_iter()
+                .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
+                .collect();
+            !fds.iter().any(|t| t.contains("/ready/"))
+        });
         // stdout and stderr (the log), its marks file, its own channel: no
         // epoll, no signal pipe, no sibling's channel.
         let own = fds
