@@ -36,6 +36,9 @@ const WORKERS: usize = 4;
 /// reclaimed on a loaded machine.
 const REDIS_LEASE: Duration = Duration::from_secs(2);
 
+/// The beanstalkd time-to-run of the test's jobs (its lease).
+const BEANSTALKD_TTR: Duration = Duration::from_secs(5);
+
 /// Feeder kills in each dispatch-mode run.
 const FEEDER_KILLS: u64 = 3;
 
@@ -57,7 +60,14 @@ fn connect(broker: &str, url: &str) -> Box<dyn Connect> {
             )
             .unwrap(),
         ),
-        "beanstalkd" => Box::new(prefork_beanstalkd::Config::from_url(url).unwrap()),
+        // A short TTR, like the Redis lease above: a reservation nobody
+        // settles (its settle failed) comes back within seconds instead of
+        // a minute. The feeder touches its jobs every REDIS_LEASE / 4.
+        "beanstalkd" => Box::new(
+            prefork_beanstalkd::Config::from_url(url)
+                .unwrap()
+                .ttr(BEANSTALKD_TTR),
+        ),
         other => panic!("unknown broker {other}"),
     }
 }
