@@ -395,6 +395,18 @@ impl Daemon {
     }
 }
 
+/// A case that fails (panics) before `quit` or `cleanup` must not leave
+/// its daemon running past the test: the master is SIGKILLed, and its
+/// workers follow it (their parent-death signal).
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Children of `pid`, from `/proc/PID/task/PID/children`.
 pub fn children(pid: i32) -> BTreeSet<i32> {
     fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
