@@ -14,10 +14,11 @@
 //! round, so a change of load hits all alike) and prints medians and ratios.
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::Criterion;
 use prefork_benches::PAYLOAD;
+use prefork_benches::interleaved;
 use prefork_benches::raw_redis::Raw;
 use prefork_broker::Broker;
 use prefork_redis::{Options, Redis, RedisQueue};
@@ -120,32 +121,4 @@ fn main() {
     raw1.cleanup();
     raw16.cleanup();
     c.final_summary();
-}
-
-/// Runs the arms one after another, `rounds` times, and prints each one's
-/// median time per job and its ratio to the first arm.
-fn interleaved(title: &str, arms: &mut [(&str, u32, &mut dyn FnMut())], rounds: usize) {
-    let mut times = vec![Vec::with_capacity(rounds); arms.len()];
-    for _ in 0..rounds {
-        for ((_, jobs, arm), samples) in arms.iter_mut().zip(&mut times) {
-            let start = Instant::now();
-            arm();
-            samples.push(start.elapsed() / *jobs);
-        }
-    }
-    let medians: Vec<Duration> = times
-        .iter_mut()
-        .map(|s| {
-            s.sort_unstable();
-            s[s.len() / 2]
-        })
-        .collect();
-    println!("\ninterleaved, {rounds} rounds, {title} (median):");
-    for ((name, _, _), m) in arms.iter().zip(&medians) {
-        println!(
-            "  {name:<36} {:>8.1} us  ({:.2}x baseline)",
-            m.as_secs_f64() * 1e6,
-            m.as_secs_f64() / medians[0].as_secs_f64()
-        );
-    }
 }

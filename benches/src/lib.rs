@@ -9,6 +9,7 @@
 //! ```
 
 use std::hint::black_box;
+use std::time::{Duration, Instant};
 
 /// Payload of every baseline job: small, so the figures are about the
 /// mechanism.
@@ -208,5 +209,34 @@ pub mod raw_beanstalkd {
             self.send(format!("delete {id}").as_bytes());
             assert!(self.reply().starts_with("DELETED"));
         }
+    }
+}
+
+/// Runs the arms `rounds` times, interleaved, and prints the median time
+/// per job of each (an arm doing `jobs` jobs per call is divided by it) and
+/// the ratio to the first arm.
+pub fn interleaved(title: &str, arms: &mut [(&str, u32, &mut dyn FnMut())], rounds: usize) {
+    let mut times = vec![Vec::with_capacity(rounds); arms.len()];
+    for _ in 0..rounds {
+        for ((_, jobs, arm), samples) in arms.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            arm();
+            samples.push(start.elapsed() / *jobs);
+        }
+    }
+    let medians: Vec<Duration> = times
+        .iter_mut()
+        .map(|s| {
+            s.sort_unstable();
+            s[s.len() / 2]
+        })
+        .collect();
+    println!("\ninterleaved, {rounds} rounds, {title} (median):");
+    for ((name, _, _), m) in arms.iter().zip(&medians) {
+        println!(
+            "  {name:<36} {:>8.1} us  ({:.2}x baseline)",
+            m.as_secs_f64() * 1e6,
+            m.as_secs_f64() / medians[0].as_secs_f64()
+        );
     }
 }

@@ -33,7 +33,9 @@
 //! use std::time::Duration;
 //! use prefork_broker::conformance::Kit;
 //! # struct MyBroker;
-//! # fn open_my_broker(_queue: &str) -> Result<Box<dyn prefork_broker::Broker>, prefork_broker::BrokerError> { unimplemented!() }
+//! # fn open_my_broker(_queue: &str) -> Result<Box<dyn prefork_broker::Broker>, prefork_broker::BrokerError> {
+//! #     Err(prefork_broker::BrokerError::new(prefork_broker::ErrorKind::Unsupported, "your adapter here"))
+//! # }
 //! # mod prefork_tests { pub mod harness {
 //! #   #[derive(Clone, Copy)] pub struct Case;
 //! #   impl Case { pub fn new(_: &'static str, _: fn()) -> Case { Case } }
@@ -133,7 +135,10 @@ pub const CASES: &[&str] = &[
 ///
 /// ```no_run
 /// # use prefork_broker::conformance::Kit;
-/// # fn kit() -> Kit { unimplemented!() }
+/// # fn open(_queue: &str) -> Result<Box<dyn prefork_broker::Broker>, prefork_broker::BrokerError> {
+/// #     Err(prefork_broker::BrokerError::new(prefork_broker::ErrorKind::Unsupported, "your adapter here"))
+/// # }
+/// # fn kit() -> Kit { Kit::new(open) }
 /// # #[derive(Clone, Copy)] struct Case;
 /// # impl Case { fn new(_: &'static str, _: fn()) -> Case { Case } }
 /// let cases = prefork_broker::conformance_cases!(Case::new, kit());
