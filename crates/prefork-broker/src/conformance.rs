@@ -19,6 +19,10 @@
 //! | `touch_keeps_the_claim` | renewing a claim keeps it past several claim timeouts |
 //! | `concurrent_consumers_ack_once` | three consumer processes: every job acked exactly once |
 //! | `restart_loses_nothing` | a consumer that stops mid-batch (acked some, released some, held some) loses nothing |
+//! | `taken_over_at_once` | the jobs of a SIGKILLed holder are handed to [`Broker::take_over`] at once, claimed, before their claim timeout |
+//! | `publish_batch_round_trip` | [`Broker::publish_batch`] adds every payload, immediate and delayed |
+//! | `large_payload_round_trip` | a 16 MiB job goes through publish, fetch, retry and dead letter intact |
+//! | `deferred_acks_hold` | [`Broker::ack_deferred`] then [`Broker::flush`]: those jobs never come back |
 //!
 //! # Using it
 //!
@@ -123,6 +127,10 @@ pub const CASES: &[&str] = &[
     "touch_keeps_the_claim",
     "concurrent_consumers_ack_once",
     "restart_loses_nothing",
+    "taken_over_at_once",
+    "publish_batch_round_trip",
+    "large_payload_round_trip",
+    "deferred_acks_hold",
 ];
 
 /// Expands to an array with one test case per conformance case: each element
@@ -176,6 +184,14 @@ macro_rules! conformance_cases {
                 $kit.concurrent_consumers_ack_once()
             }),
             $case("restart_loses_nothing", || $kit.restart_loses_nothing()),
+            $case("taken_over_at_once", || $kit.taken_over_at_once()),
+            $case("publish_batch_round_trip", || {
+                $kit.publish_batch_round_trip()
+            }),
+            $case("large_payload_round_trip", || {
+                $kit.large_payload_round_trip()
+            }),
+            $case("deferred_acks_hold", || $kit.deferred_acks_hold()),
         ]
     };
 }
@@ -237,6 +253,7 @@ impl Kit {
             "hold" => self.role_hold(&mut b),
             "consume" => self.role_consume(&mut b),
             "partial" => self.role_partial(&mut b),
+            "hold3" => self.role_hold3(&mut b),
             other => panic!("unknown kit role {other:?}"),
         }
         std::process::exit(0);
@@ -704,7 +721,166 @@ impl Kit {
         assert_empty(&mut b, Duration::from_millis(200));
     }
 
+    /// Three jobs held by a process that is then SIGKILLed are handed to
+    /// [`Broker::take_over`] (given the dead process's pid and the ids it
+    /// held) at once, claimed by the taker: another handle is not handed
+    /// them, and they are not delivered a second time when the dead
+    /// holder's claim timeout passes. Redeliveries count an attempt.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn taken_over_at_once(&self) {
+        let q = unique_queue();
+        let mut b = self.open(&q);
+        let sent: BTreeSet<Vec<u8>> = (0..3).map(|i| format!("orphan-{i}").into_bytes()).collect();
+        for p in &sent {
+            b.publish(p, Duration::ZERO).expect("publish");
+        }
+        let mut holder = Helper::spawn("hold3", &q);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let line = holder.next_line().expect("the holder said nothing");
+            let (_, id) = line.split_once(' ').expect("held ID");
+            ids.push(DeliveryId::new(id.to_owned()));
+        }
+        let pid = holder.child.id();
+        holder.kill();
+        let mut taker = self.open(&q);
+        let mut got = taker.take_over(pid, &ids).expect("take over");
+        let taken: BTreeSet<Vec<u8>> = got.iter().map(|d| d.payload().to_vec()).collect();
+        assert_eq!(
+            taken, sent,
+            "take_over must hand over every job the dead holder held"
+        );
+        if self.redeliveries_counted {
+            for d in &got {
+                assert!(
+                    d.attempt() >= 2,
+                    "a taken-over job counts an attempt: {d:?}"
+                );
+            }
+        }
+        let mut other = self.open(&q);
+        assert_empty(&mut other, self.lease + self.lease / 2);
+        for d in got.drain(..) {
+            taker.ack(d).expect("ack a taken-over job");
+        }
+        assert_empty(&mut other, Duration::from_millis(200));
+    }
+
+    /// [`Broker::publish_batch`] adds every payload: 50 at once, 3 after a
+    /// delay that hides them until it passed.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn publish_batch_round_trip(&self) {
+        let mut b = self.open(&unique_queue());
+        let now: Vec<Vec<u8>> = (0..50)
+            .map(|i| format!("batch-{i:02}").into_bytes())
+            .collect();
+        let refs: Vec<&[u8]> = now.iter().map(Vec::as_slice).collect();
+        b.publish_batch(&refs, Duration::ZERO)
+            .expect("publish_batch");
+        let later: [&[u8]; 3] = [b"late-1", b"late-2", b"late-3"];
+        let delay = Duration::from_secs(2);
+        let published = Instant::now();
+        b.publish_batch(&later, delay)
+            .expect("publish_batch delayed");
+        let got = self.collect(&mut b, now.len());
+        let mut payloads: Vec<Vec<u8>> = got.iter().map(|d| d.payload().to_vec()).collect();
+        payloads.sort();
+        assert_eq!(payloads, now);
+        self.ack_all(&mut b, got);
+        let early = b.fetch(10, Duration::from_millis(100)).expect("fetch");
+        if !early.is_empty() {
+            assert!(
+                published.elapsed() >= delay,
+                "delayed batch visible after {:?}",
+                published.elapsed()
+            );
+        }
+        let mut rest = early;
+        rest.extend(self.collect(&mut b, later.len() - rest.len()));
+        let mut late: Vec<&[u8]> = rest.iter().map(|d| d.payload()).collect();
+        late.sort();
+        assert_eq!(late, later);
+        self.ack_all(&mut b, rest);
+        assert_empty(&mut b, Duration::from_millis(200));
+    }
+
+    /// A 16 MiB job is published, fetched, retried and dead-lettered with
+    /// its bytes intact: a job's size is bounded by the broker, not by
+    /// prefork.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn large_payload_round_trip(&self) {
+        let mut b = self.open(&unique_queue());
+        let big = pseudo_random(16 << 20, 0xb16);
+        b.publish(&big, Duration::ZERO).expect("publish 16 MiB");
+        let d = self.collect(&mut b, 1).pop().expect("the big job");
+        assert!(d.payload() == big.as_slice(), "16 MiB payload changed");
+        b.retry(d, Duration::ZERO).expect("retry 16 MiB");
+        let d = self.collect(&mut b, 1).pop().expect("the big job again");
+        assert!(
+            d.payload() == big.as_slice(),
+            "16 MiB payload changed on retry"
+        );
+        b.dead_letter(d, "too big to live")
+            .expect("dead letter 16 MiB");
+        let dead = b.dead_letters(10).expect("dead letters");
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0].payload() == big.as_slice(),
+            "16 MiB dead letter changed"
+        );
+    }
+
+    /// Jobs acked with [`Broker::ack_deferred`] (then [`Broker::flush`]) are
+    /// gone: they never come back, even after the claim timeout, and the
+    /// handle keeps working between deferred acks.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn deferred_acks_hold(&self) {
+        let mut b = self.open(&unique_queue());
+        for i in 0..20 {
+            b.publish(format!("d-{i}").as_bytes(), Duration::ZERO)
+                .expect("publish");
+        }
+        let mut acked = 0;
+        while acked < 20 {
+            let batch = self.collect(&mut b, 5.min(20 - acked));
+            for d in batch {
+                b.ack_deferred(d).expect("deferred ack");
+                acked += 1;
+            }
+        }
+        b.flush().expect("flush");
+        assert_empty(&mut b, self.lease + self.lease / 2);
+        let mut fresh = self.open(&b.queue().to_owned());
+        assert_empty(&mut fresh, Duration::from_millis(200));
+    }
+
     // ----- helper roles ----------------------------------------------------
+
+    /// Fetches three jobs, says `held ID` for each, and waits to be killed.
+    fn role_hold3(&self, b: &mut Box<dyn Broker>) {
+        for d in self.collect(b, 3) {
+            say(&format!("held {}", d.id()));
+            std::mem::forget(d);
+        }
+        let parent = std::os::unix::process::parent_id();
+        let until = Instant::now() + self.patience * 3;
+        while Instant::now() < until && std::os::unix::process::parent_id() == parent {
+            sleep(Duration::from_millis(20));
+        }
+        std::process::exit(3);
+    }
 
     /// Fetches one job, says so, and waits to be killed.
     fn role_hold(&self, b: &mut Box<dyn Broker>) {

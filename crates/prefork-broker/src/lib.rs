@@ -217,6 +217,96 @@ pub trait Broker {
     /// the claim expire and the job run again).
     fn ack(&mut self, delivery: Delivery) -> Result<(), SettleError>;
 
+    /// Publishes every payload, to become visible after `delay`, in as few
+    /// round trips as the adapter can (Redis: one pipeline; the provided
+    /// method calls [`publish`](Broker::publish) for each, in order).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use prefork_broker::Broker;
+    ///
+    /// fn put_all(b: &mut dyn Broker, jobs: &[Vec<u8>]) -> Result<(), prefork_broker::BrokerError> {
+    ///     let payloads: Vec<&[u8]> = jobs.iter().map(Vec::as_slice).collect();
+    ///     b.publish_batch(&payloads, Duration::ZERO)
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`publish`](Broker::publish); on an error some of the payloads
+    /// may have been added (those before it, for the provided method).
+    fn publish_batch(&mut self, payloads: &[&[u8]], delay: Duration) -> Result<(), BrokerError> {
+        for p in payloads {
+            self.publish(p, delay)?;
+        }
+        Ok(())
+    }
+
+    /// Acks a delivery without waiting for the broker's answer where the
+    /// adapter can: the ack is sent at once (so a crash a moment later
+    /// does not undo it) and its reply is read by a later call on this
+    /// handle (Redis: ahead of the next command's reply). This is what
+    /// keeps a pool at one broker round trip per batch instead of one per
+    /// job.
+    ///
+    /// A deferred ack's failure is the adapter's to handle: a connection
+    /// lost before the reply came makes it send the ack again after the
+    /// reconnect; a claim found lost is logged (the job runs again, as
+    /// with [`ack`](Broker::ack)). [`flush`](Broker::flush) waits for
+    /// every reply. The provided method is [`ack`](Broker::ack).
+    ///
+    /// # Errors
+    ///
+    /// As [`ack`](Broker::ack), for the errors known at once.
+    fn ack_deferred(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+        self.ack(delivery)
+    }
+
+    /// Waits for the replies of every [deferred ack](Broker::ack_deferred)
+    /// sent so far (call it before a process exits). The provided method
+    /// has nothing to wait for.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Transient`] when the broker could not be reached; the
+    /// acks not confirmed are sent again by the next call that connects.
+    fn flush(&mut self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    /// Claims for this handle, at once, the jobs still claimed by a process
+    /// the caller knows is dead (`holder_pid`, on this host), so that they
+    /// run again now instead of after the claim timeout; returns them as
+    /// deliveries this handle holds (each a redelivery: its attempt counts
+    /// one more where the broker counts redeliveries).
+    ///
+    /// `ids` are deliveries the caller knows that process held (a
+    /// supervisor knows what it handed out); an adapter returns at least
+    /// every one of them that is still claimed by the dead process or,
+    /// where the broker gave them back on its own when the process's
+    /// connection closed, still ready (Beanstalkd: `reserve-job`). Adapters
+    /// that can find a process's claims by its pid (Redis: consumer names
+    /// carry the pid; the spool: claims record it) take all of them, `ids`
+    /// or not. The provided method takes nothing: the claims come back
+    /// when they expire.
+    ///
+    /// Only call it for a process known to be dead (reaped): taking over a
+    /// live holder's claims runs its jobs twice.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Transient`] for connection problems.
+    fn take_over(
+        &mut self,
+        holder_pid: u32,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let _ = (holder_pid, ids);
+        Ok(Vec::new())
+    }
+
     /// Acks many deliveries, in one round trip where the adapter can (the
     /// provided method calls [`ack`](Broker::ack) for each); returns those
     /// that could not be acked, each with its reason, or an empty `Vec`.
@@ -320,6 +410,18 @@ macro_rules! forward_broker {
             }
             fn ack_batch(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
                 (**self).ack_batch(deliveries)
+            }
+            fn publish_batch(&mut self, payloads: &[&[u8]], delay: Duration) -> Result<(), BrokerError> {
+                (**self).publish_batch(payloads, delay)
+            }
+            fn ack_deferred(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+                (**self).ack_deferred(delivery)
+            }
+            fn flush(&mut self) -> Result<(), BrokerError> {
+                (**self).flush()
+            }
+            fn take_over(&mut self, holder_pid: u32, ids: &[DeliveryId]) -> Result<Vec<Delivery>, BrokerError> {
+                (**self).take_over(holder_pid, ids)
             }
             fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
                 (**self).retry(delivery, delay)

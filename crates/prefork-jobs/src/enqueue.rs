@@ -99,6 +99,50 @@ impl<B: Broker> Enqueuer<B> {
         Ok(envelope.id)
     }
 
+    /// Enqueues one job `job` per element of `args`, to run at once, in as
+    /// few broker round trips as the adapter can ([`Broker::publish_batch`]:
+    /// one pipeline on Redis); returns the jobs' ids in order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let dir = std::env::temp_dir().join(format!("jobs-batch-{}", std::process::id()));
+    /// let q = prefork_spool::Spool::open(&dir)?.queue("thumbs")?;
+    /// let mut jobs = prefork_jobs::Enqueuer::new(q);
+    /// let ids = jobs.enqueue_batch("resize", &[(1, 64), (2, 64), (3, 128)])?;
+    /// assert_eq!(ids.len(), 3);
+    /// assert_eq!(jobs.broker().stats()?.ready, 3);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), prefork_broker::BrokerError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`enqueue`], checked for every element before anything is
+    /// published; on a broker error some of the jobs may have been added.
+    pub fn enqueue_batch<A: Serialize>(
+        &mut self,
+        job: &str,
+        args: &[A],
+    ) -> Result<Vec<String>, BrokerError> {
+        let mut ids = Vec::with_capacity(args.len());
+        let mut bodies = Vec::with_capacity(args.len());
+        for (i, a) in args.iter().enumerate() {
+            let value = serde_json::to_value(a).map_err(|e| {
+                BrokerError::new(
+                    ErrorKind::Invalid,
+                    format!("arguments {i} of job {job:?}: {e}"),
+                )
+            })?;
+            let envelope = Envelope::new(self.broker.queue(), job, value);
+            bodies.push(envelope.to_bytes());
+            ids.push(envelope.id);
+        }
+        let refs: Vec<&[u8]> = bodies.iter().map(Vec::as_slice).collect();
+        self.broker.publish_batch(&refs, Duration::ZERO)?;
+        Ok(ids)
+    }
+
     /// Publishes a ready-made envelope after `delay`.
     ///
     /// # Errors
