@@ -862,7 +862,7 @@ impl Kit {
         }
         b.flush().expect("flush");
         assert_empty(&mut b, self.lease + self.lease / 2);
-        let mut fresh = self.open(&b.queue().to_owned());
+        let mut fresh = self.open(b.queue());
         assert_empty(&mut fresh, Duration::from_millis(200));
     }
 
