@@ -82,8 +82,13 @@ fn registry(out: PathBuf) -> Registry {
             .base(Duration::from_millis(5))
             .max_delay(Duration::from_millis(50)),
     );
+    let o = out.clone();
     jobs.register("append", move |_: &mut JobContext<'_>, n: u64| {
-        e2e::append_line(&out, &n.to_string()).map_err(JobError::from)
+        e2e::append_line(&o, &n.to_string()).map_err(JobError::from)
+    });
+    // A job whose argument is a big string: appends `big LEN`.
+    jobs.register("big", move |_: &mut JobContext<'_>, s: String| {
+        e2e::append_line(&out, &format!("big {}", s.len())).map_err(JobError::from)
     });
     jobs
 }
@@ -207,6 +212,77 @@ fn kills_lose_no_job(mode: &str, broker: &str, url: Option<String>) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Jobs of 100 KiB and 16 MiB among small ones go through a pool in
+/// `mode` on Redis, each once, and the pool stays up (one over 64 KiB used
+/// to kill the dispatch feeder over and over). In dispatch mode a job over
+/// what the channels carry ([`prefork_master::MAX_JOB_BYTES`]) is
+/// dead-lettered with the reason, and nothing else is disturbed.
+fn big_jobs_on_redis(mode: &str) {
+    let Some(url) = e2e::broker_url("PREFORK_REDIS_URL") else {
+        return;
+    };
+    let queue = e2e::unique_name(&format!("e2e-big-{mode}"));
+    let dir = std::env::temp_dir().join(&queue);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("runs.log");
+    let mut enq = Enqueuer::new(connect("redis", &url).open(&queue).unwrap());
+    let sizes = [100 << 10, 16 << 20, 70 << 10];
+    for (i, size) in sizes.iter().enumerate() {
+        enq.enqueue("big", &"x".repeat(*size)).unwrap();
+        for n in 0..10 {
+            enq.enqueue("append", &(i as u64 * 10 + n)).unwrap();
+        }
+    }
+    let too_big = prefork_master::MAX_JOB_BYTES + 1;
+    if mode == "dispatch" {
+        enq.enqueue("big", &"y".repeat(too_big)).unwrap();
+    }
+    let pool = start_pool(mode, "redis", &url, &queue, &out);
+    let wanted = sizes.len() * 11;
+    e2e::wait_until("every job to run", Duration::from_secs(60), || {
+        e2e::counts(&out).values().sum::<usize>() >= wanted
+    });
+    if mode == "dispatch" {
+        e2e::wait_until(
+            "the oversized job's dead letter",
+            Duration::from_secs(30),
+            || !enq.broker().dead_letters(10).unwrap().is_empty(),
+        );
+    }
+    e2e::quit(pool);
+    let seen = e2e::counts(&out);
+    for size in sizes {
+        assert_eq!(seen.get(&format!("big {size}")), Some(&1), "{seen:?}");
+    }
+    for n in 0..30u64 {
+        assert_eq!(seen.get(&n.to_string()), Some(&1), "job {n}: {seen:?}");
+    }
+    assert_eq!(seen.values().sum::<usize>(), wanted, "{seen:?}");
+    let dead = enq.broker().dead_letters(10).unwrap();
+    if mode == "dispatch" {
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0]
+                .reason()
+                .contains("larger than dispatch mode carries"),
+            "{}",
+            dead[0].reason()
+        );
+        assert!(dead[0].payload().len() > too_big);
+    } else {
+        assert!(dead.is_empty(), "{dead:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn big_jobs_on_redis_pull() {
+    big_jobs_on_redis("pull");
+}
+
+fn big_jobs_on_redis_dispatch() {
+    big_jobs_on_redis("dispatch");
+}
+
 fn redis_kills_lose_no_job() {
     if let Some(url) = e2e::broker_url("PREFORK_REDIS_URL") {
         kills_lose_no_job("pull", "redis", Some(url));
@@ -256,6 +332,8 @@ fn main() {
             spool_dispatch_kills_lose_no_job,
         )
         .limit(Duration::from_secs(150)),
+        Case::new("big_jobs_on_redis_pull", big_jobs_on_redis_pull),
+        Case::new("big_jobs_on_redis_dispatch", big_jobs_on_redis_dispatch),
         Case::new("pool", pool)
             .limit(Duration::from_secs(150))
             .hidden(),

@@ -148,7 +148,8 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Summary> {
         std::env::temp_dir().join(format!("prefork-demo-{}", std::process::id()))
     });
     let result = run_in(opts, &dir);
-    if fresh {
+    // A failed run keeps its directory: the error names the pool's log in it.
+    if fresh && result.is_ok() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     result
@@ -210,7 +211,9 @@ fn run_in(opts: &DemoOptions, dir: &Path) -> anyhow::Result<Summary> {
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let outcome = loop {
         tail.poll();
-        if tail.tally.finished() >= opts.jobs {
+        // QUIT only once the master said it runs: before, its handlers may
+        // not be installed yet, and QUIT would kill it.
+        if tail.tally.running && tail.tally.finished() >= opts.jobs {
             break Ok(());
         }
         if let Some(status) = child.try_wait()? {

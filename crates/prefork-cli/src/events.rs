@@ -8,6 +8,10 @@
 //! started (ms since the epoch; `0` when unknown), `ran_us` how long the
 //! handler ran, `finished_us` when the worker had reported the outcome (µs
 //! since the epoch).
+//!
+//! The master appends one more line, `P {unix_us}`, when the pool is
+//! running (every worker slot had a ready worker, and its signal handlers
+//! are installed): the demo waits for it before it may stop the pool.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -55,6 +59,20 @@ pub fn writer(path: PathBuf) -> impl FnMut(&JobEvent) + 'static {
     }
 }
 
+/// Appends the pool-running line (`P {unix_us}`) to `path`; called by the
+/// master's [`on_phase`](prefork_master::Builder::on_phase) hook.
+///
+/// # Errors
+///
+/// When the file cannot be opened or written.
+pub fn write_running(path: &Path) -> std::io::Result<()> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?
+        .write_all(format!("P {}\n", unix_us()).as_bytes())
+}
+
 /// Counts read so far from an events file.
 #[derive(Debug, Default, Clone)]
 pub struct Tally {
@@ -72,6 +90,8 @@ pub struct Tally {
     pub runs_us: Vec<u64>,
     /// When the last attempt was reported (µs since the epoch).
     pub last_finish_us: u64,
+    /// Whether the master said the pool is running (its `P` line).
+    pub running: bool,
 }
 
 impl Tally {
@@ -93,6 +113,10 @@ impl Tally {
     }
 
     fn add_line(&mut self, line: &str) {
+        if line.starts_with("P ") {
+            self.running = true;
+            return;
+        }
         let fields: Vec<&str> = line.split(' ').collect();
         let [kind, enqueued, started, ran, finished] = fields[..] else {
             return;

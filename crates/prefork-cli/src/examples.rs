@@ -27,6 +27,9 @@ pub struct Append {
     pub path: String,
     /// The line to append.
     pub line: String,
+    /// Milliseconds to sleep before appending (default 0).
+    #[serde(default)]
+    pub sleep_ms: u64,
 }
 
 /// The example handlers, with retries starting at `retry_base`:
@@ -38,7 +41,7 @@ pub struct Append {
 /// | `flaky` | `{"failures": 1}` | fails its first `failures` attempts |
 /// | `fail` | a string | always fails (retried, then dead) |
 /// | `panic` | a string | panics with it (retried, then dead) |
-/// | `append` | `{"path": "...", "line": "..."}` | appends the line to the file with `O_APPEND` |
+/// | `append` | `{"path": "...", "line": "...", "sleep_ms": 0}` | sleeps `sleep_ms` (optional), then appends the line to the file with `O_APPEND` |
 pub fn registry(retry_base: Duration) -> Registry {
     let mut r = Registry::new();
     r.default_retry(
@@ -81,6 +84,7 @@ pub fn registry(retry_base: Duration) -> Registry {
         |_: &mut JobContext<'_>, msg: String| -> Result<(), JobError> { panic!("{msg}") },
     );
     r.register("append", |_: &mut JobContext<'_>, a: Append| {
+        std::thread::sleep(Duration::from_millis(a.sleep_ms));
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)

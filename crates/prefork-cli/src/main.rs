@@ -152,6 +152,8 @@ fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colours on a terminal only: not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -217,11 +219,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // worker; the workers (or the feeder) open their own handles
             // after the fork.
             url.check(&cli.queue)?;
-            let master = prefork_master::Master::builder()
+            let mut master = prefork_master::Master::builder()
                 .name("prefork")
                 .workers(workers)
-                .timeout(Duration::from_secs(timeout))
-                .build()?;
+                .timeout(Duration::from_secs(timeout));
+            if let Some(path) = events.clone() {
+                master = master.on_phase(move |phase| {
+                    if phase == prefork_master::Phase::Running
+                        && let Err(e) = events::write_running(&path)
+                    {
+                        tracing::warn!(error = %e, path = %path.display(), "cannot write the events file");
+                    }
+                });
+            }
+            let master = master.build()?;
             let report = match mode {
                 Mode::Pull => {
                     let mut worker =
@@ -253,9 +264,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let args: serde_json::Value =
                 serde_json::from_str(&args).context("the arguments are not JSON")?;
             let mut enq = Enqueuer::new(url.open_queue(&cli.queue)?);
-            for _ in 0..count {
-                let id = enq.enqueue_in(&job, &args, Duration::from_millis(delay_ms))?;
-                println!("{id}");
+            if delay_ms == 0 {
+                // One broker round trip per batch where the broker can.
+                let mut left = count;
+                while left > 0 {
+                    let n = left.min(1000);
+                    let chunk = vec![args.clone(); n as usize];
+                    for id in enq.enqueue_batch(&job, &chunk)? {
+                        println!("{id}");
+                    }
+                    left -= n;
+                }
+            } else {
+                for _ in 0..count {
+                    let id = enq.enqueue_in(&job, &args, Duration::from_millis(delay_ms))?;
+                    println!("{id}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -120,6 +120,8 @@ pub struct Channel {
     out: Vec<u8>,
     written: usize,
     decoder: Decoder,
+    /// The largest body [`send`](Channel::send) writes.
+    max_send: usize,
     eof: bool,
 }
 
@@ -167,6 +169,7 @@ impl Channel {
             out: Vec::new(),
             written: 0,
             decoder: Decoder::new(),
+            max_send: crate::DEFAULT_MAX_FRAME,
             eof: false,
         }
     }
@@ -177,16 +180,31 @@ impl Channel {
         self.fd
     }
 
-    /// The largest message body this end sends or accepts, in bytes
+    /// The largest message body this end accepts, in bytes
     /// ([`DEFAULT_MAX_FRAME`](crate::DEFAULT_MAX_FRAME) unless changed).
     pub fn max_frame(&self) -> usize {
         self.decoder.max_frame()
     }
 
-    /// Changes the largest message body this end sends or accepts. Both ends
-    /// should agree.
+    /// The largest message body this end sends, in bytes (as
+    /// [`max_frame`](Channel::max_frame) unless changed with
+    /// [`set_max_send_frame`](Channel::set_max_send_frame)).
+    pub fn max_send_frame(&self) -> usize {
+        self.max_send
+    }
+
+    /// Changes the largest message body this end sends and accepts. The
+    /// peer's limits should match.
     pub fn set_max_frame(&mut self, max: usize) {
         self.decoder.set_max_frame(max);
+        self.max_send = max;
+    }
+
+    /// Changes only the largest body this end sends, for a channel whose
+    /// two directions carry different messages (a supervisor sends jobs of
+    /// many megabytes and reads small reports back).
+    pub fn set_max_send_frame(&mut self, max: usize) {
+        self.max_send = max;
     }
 
     /// Queues the frame and tries to write it now; never blocks. What the
@@ -195,17 +213,17 @@ impl Channel {
     /// # Errors
     ///
     /// [`ChannelError::TooLarge`] (nothing queued) if the body exceeds
-    /// [`max_frame`](Channel::max_frame); otherwise as [`flush`](Channel::flush)
+    /// [`max_send_frame`](Channel::max_send_frame); otherwise as [`flush`](Channel::flush)
     /// (the frame stays queued).
     pub fn send(&mut self, msg: &Message) -> Result<(), ChannelError> {
         let start = self.out.len();
         encode(msg, &mut self.out);
         let len = self.out.len() - start - HEADER_LEN;
-        if len > self.max_frame() {
+        if len > self.max_send {
             self.out.truncate(start);
             return Err(ChannelError::TooLarge {
                 len,
-                max: self.max_frame(),
+                max: self.max_send,
             });
         }
         self.flush().map(drop)

@@ -216,7 +216,7 @@ pub struct Stats {
     /// Proportional set size, in bytes (0 when unknown).
     pub pss_bytes: u64,
     /// Jobs this worker has finished since it started.
-    pub jobs_done: u64,
+    pub jobs_finished: u64,
     /// Iterations of the worker's loop since it started.
     pub iterations: u64,
 }
@@ -328,7 +328,7 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             out.extend_from_slice(&in_ms.to_le_bytes());
         }
         Message::Stats(s) => {
-            for v in [s.rss_bytes, s.pss_bytes, s.jobs_done, s.iterations] {
+            for v in [s.rss_bytes, s.pss_bytes, s.jobs_finished, s.iterations] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -454,7 +454,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
         KIND_STATS => Message::Stats(Stats {
             rss_bytes: b.u64("stats: truncated")?,
             pss_bytes: b.u64("stats: truncated")?,
-            jobs_done: b.u64("stats: truncated")?,
+            jobs_finished: b.u64("stats: truncated")?,
             iterations: b.u64("stats: truncated")?,
         }),
         KIND_CONTROL => match b.u8("control: missing request")? {

@@ -34,7 +34,7 @@ fn sample() -> Vec<Message> {
         },
         Message::Stats(Stats {
             rss_bytes: 50 << 20,
-            jobs_done: 17,
+            jobs_finished: 17,
             ..Stats::default()
         }),
         Message::Control(Control::ReopenLogs),

@@ -15,10 +15,10 @@ fn progress() -> impl Strategy<Value = Progress> {
 }
 
 fn stats() -> impl Strategy<Value = Stats> {
-    any::<[u64; 4]>().prop_map(|[rss_bytes, pss_bytes, jobs_done, iterations]| Stats {
+    any::<[u64; 4]>().prop_map(|[rss_bytes, pss_bytes, jobs_finished, iterations]| Stats {
         rss_bytes,
         pss_bytes,
-        jobs_done,
+        jobs_finished,
         iterations,
     })
 }

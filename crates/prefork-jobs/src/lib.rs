@@ -28,4 +28,4 @@ pub use enqueue::{Enqueuer, enqueue};
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, new_id};
 pub use registry::{JobContext, JobError, Outcome, Prepared, Registration, Registry, TimeLimits};
 pub use retry::RetryPolicy;
-pub use worker::{JobEvent, JobWorker};
+pub use worker::{BATCH_WINDOW, JobEvent, JobWorker, MAX_AUTO_BATCH};

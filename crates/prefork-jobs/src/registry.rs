@@ -480,10 +480,17 @@ impl Registry {
             .saturating_add(delivery_attempt.max(1));
         let max = entry.retry.unwrap_or(self.retry).get_max_attempts();
         if attempt > max {
+            let how = match entry.limits.unwrap_or(self.limits).hard {
+                Some(hard) => format!(
+                    "a crash, a kill, or the hard time limit of {} ms",
+                    hard.as_millis()
+                ),
+                None => "a crash or a kill; the job has no hard time limit".to_owned(),
+            };
             return Err(Outcome::Dead {
                 reason: format!(
                     "job {:?} delivered for attempt {attempt} of at most {max}: earlier attempts \
-                     never finished (their worker died: crash, kill or hard time limit)",
+                     never finished (their worker died: {how})",
                     envelope.job
                 ),
             });

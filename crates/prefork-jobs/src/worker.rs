@@ -1,10 +1,9 @@
 //! Pull mode: [`JobWorker`], a `prefork_master::Worker` that owns a broker
-//! connection (opened after the fork), fetches, runs and settles jobs, and
-//! enforces hard time limits.
+//! connection (opened after the fork), fetches, runs and settles jobs in
+//! adaptive batches, and hands hard time limits to the master.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use prefork_broker::{Broker, Connect, Delivery, ErrorKind, SettleError};
@@ -44,23 +43,31 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 
 /// A pull-mode job worker: each worker process opens its own broker handle
 /// in [`Worker::start`] (after the fork), then each
-/// [`execute`](Worker::execute) runs one job: fetch (a batch of up to
-/// [`prefetch`](JobWorker::prefetch) when none is buffered, waiting at most
-/// the [`poll_interval`](JobWorker::poll_interval) so stop requests are
-/// seen), run its handler, and settle it (ack, retry with backoff, or dead
-/// letter with the reason).
+/// [`execute`](Worker::execute) runs one job: fetch a batch when none is
+/// buffered (waiting at most the [`poll_interval`](JobWorker::poll_interval)
+/// so stop requests are seen), run its handler, and settle it (ack, retry
+/// with backoff, or dead letter with the reason).
 ///
+/// - **Batching**: by default a worker fetches as many jobs as it runs in
+///   about [`BATCH_WINDOW`] (measured as it goes: one at a time for slow
+///   jobs, up to [`MAX_AUTO_BATCH`] for quick ones), so quick jobs cost one
+///   broker round trip per batch while no worker sits on jobs an idle
+///   sibling could run. Acks are [deferred](prefork_broker::Broker::ack_deferred):
+///   sent at once, their replies read with the next command.
+///   [`prefetch`](JobWorker::prefetch) fixes the batch size instead.
 /// - **Graceful stop** (QUIT, TTOU, HUP, recycling): the job in hand
 ///   finishes; jobs fetched but not started are
 ///   [released](prefork_broker::Broker::release) in [`Worker::stop`].
 /// - **Quick stop or death** (TERM, SIGKILL, OOM): nothing is settled; the
 ///   broker hands the claimed jobs out again (the spool at once, as their
 ///   holder's pid is gone), counting an attempt.
-/// - **Hard time limit**: a watchdog thread, started in the worker on its
-///   first job with a hard limit, kills the worker with SIGKILL when a job
-///   overruns; the log line names the job. The job comes back as a new
-///   attempt; one that keeps killing its worker goes to the dead letters
-///   once its attempts exceed the maximum (see [`Registry::prepare`]).
+/// - **Hard time limit**: the worker gives the job's deadline to the master
+///   ([`Context::set_deadline`]), which SIGKILLs the worker when the job
+///   overruns, logs the job, and replaces the worker at once (a time-limit
+///   kill is the job's failure, not a crash of the slot). The job comes
+///   back as a new attempt; one that keeps being killed goes to the dead
+///   letters once its attempts exceed the maximum (see
+///   [`Registry::prepare`]), with its hard time limit in the reason.
 /// - **Long jobs** call [`JobContext::alive`](crate::JobContext::alive),
 ///   which sends the heartbeat and renews the broker's claim (at most once
 ///   a second).
@@ -77,7 +84,7 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 ///     Ok::<(), JobError>(())
 /// });
 /// let spool = prefork_spool::Spool::open("/var/lib/myapp/spool")?;
-/// let worker = JobWorker::new(jobs, spool, "default").prefetch(4);
+/// let worker = JobWorker::new(jobs, spool, "default");
 /// let report = Master::builder().workers(4).build()?.run(worker)?;
 /// # drop(report);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -86,14 +93,25 @@ pub struct JobWorker {
     registry: Registry,
     connect: Box<dyn Connect>,
     queue: String,
-    prefetch: usize,
+    /// A fixed batch size, or `None` for the adaptive one.
+    prefetch: Option<usize>,
     poll: Duration,
     observer: Option<Observer>,
     broker: Option<Box<dyn Broker + Send>>,
     buffered: VecDeque<Delivery>,
     jitter: Jitter,
-    watchdog: Option<Watchdog>,
+    /// Mean time per job (handler plus settle), smoothed, in µs: what the
+    /// adaptive batch size is worked out from.
+    mean_job_us: f64,
 }
+
+/// The adaptive batch holds about this much work: short enough that a
+/// sibling going idle finds the queue non-empty, long enough that quick jobs
+/// share one round trip.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+/// The largest adaptive batch.
+pub const MAX_AUTO_BATCH: usize = 64;
 
 impl fmt::Debug for JobWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -109,28 +127,30 @@ impl fmt::Debug for JobWorker {
 
 impl JobWorker {
     /// A worker running `registry`'s handlers on jobs from `queue`, opened
-    /// through `connect` in each worker process. Prefetch 1, poll interval
-    /// 200 ms.
+    /// through `connect` in each worker process. Adaptive batches, poll
+    /// interval 200 ms.
     pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> JobWorker {
         JobWorker {
             registry,
             connect: Box::new(connect),
             queue: queue.to_owned(),
-            prefetch: 1,
+            prefetch: None,
             poll: Duration::from_millis(200),
             observer: None,
             broker: None,
             buffered: VecDeque::new(),
             jitter: Jitter::seeded(),
-            watchdog: None,
+            // Unknown: the first fetch takes one job.
+            mean_job_us: BATCH_WINDOW.as_micros() as f64,
         }
     }
 
-    /// How many jobs to claim per fetch (at least 1). More saves broker
-    /// round trips; each claimed job waits for the ones before it, and a
-    /// worker killed mid-batch delays the rest of its batch.
+    /// A fixed number of jobs to claim per fetch (at least 1) instead of
+    /// the adaptive batch. More saves broker round trips; each claimed job
+    /// waits for the ones before it, and a worker killed mid-batch delays
+    /// the rest of its batch.
     pub fn prefetch(mut self, n: usize) -> JobWorker {
-        self.prefetch = n.max(1);
+        self.prefetch = Some(n.max(1));
         self
     }
 
@@ -146,6 +166,14 @@ impl JobWorker {
     pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> JobWorker {
         self.observer = Some(Box::new(f));
         self
+    }
+
+    /// How many jobs the next fetch asks for.
+    fn batch_size(&self) -> usize {
+        self.prefetch.unwrap_or_else(|| {
+            let fit = BATCH_WINDOW.as_micros() as f64 / self.mean_job_us.max(1.0);
+            (fit as usize).clamp(1, MAX_AUTO_BATCH)
+        })
     }
 
     fn release_buffered(&mut self) {
@@ -169,12 +197,13 @@ impl Worker for JobWorker {
     }
 
     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        let batch = self.batch_size();
         let Some(broker) = self.broker.as_mut() else {
             return Err("JobWorker::execute before start".into());
         };
         if self.buffered.is_empty() {
-            match broker.fetch(self.prefetch, self.poll) {
-                Ok(batch) => self.buffered.extend(batch),
+            match broker.fetch(batch, self.poll) {
+                Ok(got) => self.buffered.extend(got),
                 Err(e) if e.is_retryable() => {
                     tracing::warn!(queue = %self.queue, error = %e, "fetch failed; trying again");
                     std::thread::sleep(self.poll.min(Duration::from_millis(100)));
@@ -182,9 +211,12 @@ impl Worker for JobWorker {
                 }
                 Err(e) => return Err(e.into()),
             }
-        }
-        if ctx.shutting_down() {
-            return Ok(()); // `stop` releases what is buffered
+            // The master may have asked to stop while the fetch waited.
+            if ctx.shutting_down() {
+                return Ok(()); // `stop` releases what is buffered
+            }
+        } else if ctx.stop_requested() {
+            return Ok(());
         }
         let Some(mut delivery) = self.buffered.pop_front() else {
             return Ok(());
@@ -200,16 +232,19 @@ impl Worker for JobWorker {
             Ok(prepared) => {
                 let e = prepared.envelope();
                 let (job, id, enq) = (e.job.clone(), e.id.clone(), e.enqueued_at);
-                ctx.set_activity(format!("{job} {id}"));
                 let hard = prepared.time_limits().hard;
                 if let Some(limit) = hard {
-                    self.watchdog.get_or_insert_with(Watchdog::start).arm(
-                        t0 + limit,
-                        format!("job {job} id {id} (delivery {})", delivery.id()),
+                    // The master kills this worker if the job overruns; the
+                    // label is what its log line names.
+                    ctx.set_activity(format!("{job} {id}"));
+                    ctx.set_deadline(
+                        &format!("job {job} id {id} (delivery {})", delivery.id()),
+                        Some(limit),
                     );
                 }
-                let mut last_touch = Instant::now();
+                let mut last_touch = t0;
                 let mut keepalive = || {
+                    ctx.set_activity(format!("{job} {id}"));
                     ctx.alive();
                     if last_touch.elapsed() >= Duration::from_secs(1) {
                         last_touch = Instant::now();
@@ -219,10 +254,8 @@ impl Worker for JobWorker {
                     }
                 };
                 let outcome = prepared.run(Some(&mut keepalive), self.jitter.next());
-                if hard.is_some()
-                    && let Some(w) = &self.watchdog
-                {
-                    w.disarm();
+                if hard.is_some() {
+                    ctx.set_deadline("", None);
                 }
                 (outcome, Some(job), Some(id), enq)
             }
@@ -230,6 +263,9 @@ impl Worker for JobWorker {
         let ran = t0.elapsed();
         let settled = settle(broker.as_mut(), delivery, &outcome);
         ctx.clear_activity();
+        ctx.job_finished();
+        let took = t0.elapsed().as_micros() as f64;
+        self.mean_job_us = 0.8 * self.mean_job_us + 0.2 * took;
         if let Some(observer) = self.observer.as_mut() {
             observer(&JobEvent {
                 job,
@@ -247,6 +283,11 @@ impl Worker for JobWorker {
 
     fn stop(&mut self, _ctx: &mut Context) {
         self.release_buffered();
+        if let Some(b) = self.broker.as_mut()
+            && let Err(e) = b.flush()
+        {
+            tracing::warn!(error = %e, "could not confirm the last acks; those jobs may run again");
+        }
         self.broker = None;
     }
 }
@@ -255,7 +296,7 @@ impl Worker for JobWorker {
 fn settle(broker: &mut (dyn Broker + Send), delivery: Delivery, outcome: &Outcome) -> bool {
     let id = delivery.id().clone();
     let result: Result<(), SettleError> = match outcome {
-        Outcome::Done => broker.ack(delivery),
+        Outcome::Done => broker.ack_deferred(delivery),
         Outcome::Retry { delay, reason } => {
             tracing::info!(delivery = %id, ?delay, %reason, "job failed; retrying");
             broker.retry(delivery, *delay)
@@ -275,72 +316,5 @@ fn settle(broker: &mut (dyn Broker + Send), delivery: Delivery, outcome: &Outcom
             tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
             false
         }
-    }
-}
-
-/// The armed deadline (and what it is for), and the condvar that wakes the
-/// watchdog thread when it changes.
-type Armed = (Mutex<Option<(Instant, String)>>, Condvar);
-
-/// Kills this process when an armed deadline passes.
-struct Watchdog {
-    shared: Arc<Armed>,
-}
-
-impl Watchdog {
-    fn start() -> Watchdog {
-        let shared: Arc<Armed> = Arc::new((Mutex::new(None), Condvar::new()));
-        let s = shared.clone();
-        std::thread::Builder::new()
-            .name("prefork-jobs-watchdog".into())
-            .spawn(move || watch(&s))
-            .expect("cannot start the time-limit watchdog thread");
-        Watchdog { shared }
-    }
-
-    fn arm(&self, deadline: Instant, what: String) {
-        let (lock, cv) = &*self.shared;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = Some((deadline, what));
-        cv.notify_one();
-    }
-
-    fn disarm(&self) {
-        let (lock, cv) = &*self.shared;
-        *lock.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        cv.notify_one();
-    }
-}
-
-fn watch(shared: &Armed) {
-    let (lock, cv) = shared;
-    let mut armed = lock.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let deadline = armed.as_ref().map(|(d, _)| *d);
-        armed = match deadline {
-            None => cv.wait(armed).unwrap_or_else(|p| p.into_inner()),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    let what = armed.as_ref().map(|(_, w)| w.as_str()).unwrap_or("");
-                    tracing::error!(
-                        job = what,
-                        pid = std::process::id(),
-                        "hard time limit exceeded: killing the worker"
-                    );
-                    eprintln!(
-                        "prefork-jobs: {what} exceeded its hard time limit: killing worker pid {}",
-                        std::process::id()
-                    );
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::getpid(),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                    return;
-                }
-                cv.wait_timeout(armed, d - now)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
-            }
-        };
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use prefork_heartbeat::Message;
 
+use crate::master::MAX_JOB_BYTES;
 use crate::worker::{BoxError, Context};
 
 /// A job as the master routes it: the broker's delivery id, the payload
@@ -274,6 +275,24 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
                 let jobs = feeder.fetch(credits, FEEDER_WAIT, ctx)?;
                 credits = credits.saturating_sub(jobs.len());
                 for job in jobs {
+                    let size = job.id.len() + job.payload.len();
+                    if size > MAX_JOB_BYTES {
+                        tracing::error!(delivery = %job.id, size, "job too large to dispatch: dead-lettered");
+                        let reason = format!(
+                            "job of {size} bytes is larger than dispatch mode carries \
+                             ({MAX_JOB_BYTES} bytes); run it in pull mode or make it smaller"
+                        );
+                        feeder.settle(
+                            Settle::Failed {
+                                id: job.id,
+                                reason,
+                                retry: false,
+                                delay: Duration::ZERO,
+                            },
+                            ctx,
+                        )?;
+                        continue;
+                    }
                     ctx.send(&Message::Job {
                         id: job.id,
                         payload: job.payload,

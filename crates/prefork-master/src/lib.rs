@@ -30,6 +30,6 @@ mod worker;
 
 pub use config::{Builder, ConfigError, MAX_WORKERS, MIN_MEMORY, MIN_TIMEOUT};
 pub use feeder::{Feeder, Job, Settle};
-pub use master::Master;
+pub use master::{MAX_JOB_BYTES, Master};
 pub use report::{Cause, ExitStatus, Phase, Report, Shutdown, WorkerExit, WorkerInfo};
 pub use worker::{BoxError, Context, FnWorker, Worker, from_fn};

@@ -41,6 +41,16 @@ pub(crate) const SIGNALS: &[c_int] = &[
 /// buffers much for a flooding worker).
 const MAX_FRAME_FROM_WORKER: usize = 64 * 1024;
 
+/// The largest job (its delivery id plus its payload) dispatch mode carries
+/// from the feeder through the master to a worker. A bigger one is refused by
+/// the feeder (settled as a failure that is not retried, with the reason)
+/// instead of being sent; nothing a payload holds can break a channel.
+pub const MAX_JOB_BYTES: usize = 64 * 1024 * 1024;
+
+/// The largest frame on a channel that carries jobs: a job of
+/// [`MAX_JOB_BYTES`] plus the frame's own fields.
+pub(crate) const MAX_JOB_FRAME: usize = MAX_JOB_BYTES + 1024;
+
 /// At most this many messages are read from one worker per loop turn, so a
 /// flooding worker cannot starve the others.
 const MESSAGES_PER_TURN: usize = 256;
@@ -348,6 +358,11 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         match prefork_proc::reap() {
             Ok(reaped) => {
                 for r in reaped {
+                    if let Some(&serial) = self.pids.get(&r.pid) {
+                        // What it wrote before it died comes first: its
+                        // last report, its last stats.
+                        self.drain_worker(serial);
+                    }
                     let now = Instant::now();
                     if let Some(serial) = self.pids.remove(&r.pid) {
                         let mut index = None;
@@ -362,14 +377,21 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         if self.feeder_serial == Some(serial) {
                             self.feeder_serial = None;
                             let dropped = self.router.feeder_gone();
-                            tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the broker gives its unstarted jobs back");
+                            if dropped == 0 && r.status == prefork_proc::ExitStatus::Exited(0) {
+                                tracing::debug!(pid = r.pid, "the feeder stopped");
+                            } else {
+                                tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the broker gives its unstarted jobs back");
+                            }
                         } else {
                             let index = index.unwrap_or(usize::MAX);
-                            let cause = self
-                                .sup
-                                .kill_cause(serial)
-                                .map(|c| format!(" ({c})"))
-                                .unwrap_or_default();
+                            let cause = match self.sup.time_limit_ms(serial) {
+                                Some(ms) => format!(" (hard time limit of {ms} ms)"),
+                                None => self
+                                    .sup
+                                    .kill_cause(serial)
+                                    .map(|c| format!(" ({c})"))
+                                    .unwrap_or_default(),
+                            };
                             let reason = format!(
                                 "worker {index} (pid {}) {}{cause} while running the job",
                                 r.pid, r.status
@@ -397,6 +419,38 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         }
     }
 
+    /// Reads and handles everything a reaped worker left in its channel,
+    /// before its death is handled: a report written just before it exited
+    /// must settle its job (not release it as a failed attempt).
+    fn drain_worker(&mut self, serial: Serial) {
+        let now = Instant::now();
+        loop {
+            let Some(p) = self.procs.get_mut(&serial) else {
+                return;
+            };
+            if !p.open {
+                return;
+            }
+            let mut messages = Vec::new();
+            let mut end = false;
+            for _ in 0..MESSAGES_PER_TURN {
+                match p.channel.recv() {
+                    Ok(Some(msg)) => messages.push(msg),
+                    // Nothing more (the peer is dead: EOF comes next) or
+                    // garbage: the reap handles the rest.
+                    Ok(None) | Err(_) => {
+                        end = true;
+                        break;
+                    }
+                }
+            }
+            self.handle_messages(now, serial, messages);
+            if end {
+                return;
+            }
+        }
+    }
+
     fn read_worker(&mut self, serial: Serial) {
         let now = Instant::now();
         let Some(p) = self.procs.get_mut(&serial) else {
@@ -420,6 +474,33 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         if messages.len() == MESSAGES_PER_TURN && failure.is_none() {
             self.backlog.insert(serial);
         }
+        self.handle_messages(now, serial, messages);
+        self.route();
+        if let Some(err) = failure {
+            let protocol = !matches!(err, ChannelError::Closed);
+            if protocol {
+                tracing::error!(error = %err, serial, "bad data from a worker");
+            }
+            if let Some(p) = self.procs.get_mut(&serial) {
+                p.open = false;
+                let _ = self
+                    .poll
+                    .as_ref()
+                    .expect("poll")
+                    .registry()
+                    .deregister(&mut p.channel);
+            }
+            self.backlog.remove(&serial);
+            self.sup.channel_failed(now, serial, protocol);
+            self.carry_out();
+            // The worker is probably exiting: reap it now rather than wait
+            // for SIGCHLD to come round.
+            self.reap();
+        }
+    }
+
+    /// Handles messages read from a worker (or the feeder).
+    fn handle_messages(&mut self, now: Instant, serial: Serial, messages: Vec<Message>) {
         for msg in messages {
             match msg {
                 Message::Ready { .. } => {
@@ -439,7 +520,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 }
                 Message::Stats(s) => {
                     self.sup
-                        .stats(now, serial, s.pss_bytes, s.iterations, s.jobs_done)
+                        .stats(now, serial, s.pss_bytes, s.iterations, s.jobs_finished)
                 }
                 Message::Job {
                     id,
@@ -476,28 +557,6 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     self.sup.alive(now, serial)
                 }
             }
-        }
-        self.route();
-        if let Some(err) = failure {
-            let protocol = !matches!(err, ChannelError::Closed);
-            if protocol {
-                tracing::error!(error = %err, serial, "bad data from a worker");
-            }
-            if let Some(p) = self.procs.get_mut(&serial) {
-                p.open = false;
-                let _ = self
-                    .poll
-                    .as_ref()
-                    .expect("poll")
-                    .registry()
-                    .deregister(&mut p.channel);
-            }
-            self.backlog.remove(&serial);
-            self.sup.channel_failed(now, serial, protocol);
-            self.carry_out();
-            // The worker is probably exiting: reap it now rather than wait
-            // for SIGCHLD to come round.
-            self.reap();
         }
     }
 
@@ -674,14 +733,24 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             let info = WorkerInfo { index, serial };
             guard("before_fork", || hook(&info));
         }
-        let (mut ours, theirs) = match Channel::pair() {
+        let (mut ours, mut theirs) = match Channel::pair() {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::error!(error = %e, worker = index, "cannot create a worker channel");
                 return None;
             }
         };
-        ours.set_max_frame(MAX_FRAME_FROM_WORKER);
+        // Jobs flow feeder -> master -> worker; a worker sends small
+        // reports back, so a big frame from it is garbage.
+        if index == FEEDER {
+            ours.set_max_frame(MAX_JOB_FRAME);
+            theirs.set_max_frame(MAX_JOB_FRAME);
+        } else {
+            ours.set_max_frame(MAX_FRAME_FROM_WORKER);
+            ours.set_max_send_frame(MAX_JOB_FRAME);
+            theirs.set_max_frame(MAX_JOB_FRAME);
+            theirs.set_max_send_frame(MAX_FRAME_FROM_WORKER);
+        }
         // Buffered output would be written twice, once by each process.
         let _ = io::stdout().flush();
         let _ = io::stderr().flush();
@@ -903,6 +972,7 @@ fn run_worker<W: Worker>(
         tracing::error!("worker stop panicked");
         return PANIC_STATUS;
     }
+    ctx.report_final();
     tracing::debug!(iterations = ctx.iterations(), "worker exits");
     status
 }

@@ -100,8 +100,9 @@ struct Proc {
     iteration_limit: Option<u64>,
     replaces: Option<Serial>,
     /// A job's hard time limit: kill the worker at this time.
-    job_deadline: Option<(Instant, String)>,
-    jobs_done: u64,
+    /// The running job's hard deadline, its label and its limit in ms.
+    job_deadline: Option<(Instant, String, u64)>,
+    jobs_finished: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -201,7 +202,7 @@ impl Supervisor {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for p in self.procs.values() {
-            if let Some((t, _)) = &p.job_deadline
+            if let Some((t, _, _)) = &p.job_deadline
                 && !matches!(p.state, State::Killed(_))
             {
                 at(*t);
@@ -248,7 +249,7 @@ impl Supervisor {
         let mut healthy = Vec::new();
         for (&serial, p) in self.procs.iter_mut() {
             if !matches!(p.state, State::Killed(_))
-                && let Some((t, job)) = &p.job_deadline
+                && let Some((t, job, _)) = &p.job_deadline
                 && *t <= now
             {
                 tracing::error!(
@@ -567,13 +568,13 @@ impl Supervisor {
         serial: Serial,
         pss: u64,
         iterations: u64,
-        jobs_done: u64,
+        jobs_finished: u64,
     ) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
         p.last_beat = now;
-        p.jobs_done = jobs_done;
+        p.jobs_finished = jobs_finished;
         if p.state != State::Live || p.recycle.is_some() {
             return;
         }
@@ -632,7 +633,7 @@ impl Supervisor {
     pub(crate) fn job_deadline(&mut self, now: Instant, serial: Serial, job: String, in_ms: u64) {
         if let Some(p) = self.procs.get_mut(&serial) {
             p.last_beat = now;
-            p.job_deadline = (in_ms > 0).then(|| (now + Duration::from_millis(in_ms), job));
+            p.job_deadline = (in_ms > 0).then(|| (now + Duration::from_millis(in_ms), job, in_ms));
         }
     }
 
@@ -640,6 +641,16 @@ impl Supervisor {
     pub(crate) fn kill_cause(&self, serial: Serial) -> Option<Cause> {
         match self.procs.get(&serial)?.state {
             State::Killed(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// The hard time limit (ms) of the job `serial` was killed for, when
+    /// the master killed it for that.
+    pub(crate) fn time_limit_ms(&self, serial: Serial) -> Option<u64> {
+        let p = self.procs.get(&serial)?;
+        match (&p.state, &p.job_deadline) {
+            (State::Killed(Cause::TimeLimit), Some((_, _, ms))) => Some(*ms),
             _ => None,
         }
     }
@@ -677,9 +688,9 @@ impl Supervisor {
             "worker"
         };
         if cause == Cause::Requested {
-            tracing::info!(worker = p.index, pid, %status, jobs_done = p.jobs_done, "{role} exited");
+            tracing::info!(worker = p.index, pid, %status, jobs_finished = p.jobs_finished, "{role} exited");
         } else {
-            tracing::warn!(worker = p.index, pid, %status, %cause, uptime = ?uptime, jobs_done = p.jobs_done, "{role} died");
+            tracing::warn!(worker = p.index, pid, %status, %cause, uptime = ?uptime, jobs_finished = p.jobs_finished, "{role} died");
         }
         self.actions.push(Action::Exited(exit));
         if let Some((old, new)) = self.recycling
@@ -690,7 +701,10 @@ impl Supervisor {
         if cause != Cause::Requested {
             self.failures += 1;
             if !self.is_stopping() {
-                let early = !p.ready || uptime < self.s.healthy_after;
+                // A job past its hard time limit failed, not the slot: it
+                // is restarted at once and never counts towards giving up.
+                let early =
+                    cause != Cause::TimeLimit && (!p.ready || uptime < self.s.healthy_after);
                 self.note_failure(now, p.index, early);
             }
         }
@@ -795,7 +809,7 @@ impl Supervisor {
                 iteration_limit,
                 replaces,
                 job_deadline: None,
-                jobs_done: 0,
+                jobs_finished: 0,
             },
         );
         self.actions.push(Action::Spawn {

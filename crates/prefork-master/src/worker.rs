@@ -157,8 +157,8 @@ pub struct Context {
     limit_reported: bool,
     /// Messages for the dispatch layer (jobs, credits, reports), in order.
     inbox: VecDeque<Message>,
-    jobs_done: u64,
-    jobs_reported: u64,
+    jobs_finished: u64,
+    jobs_finished_reported: u64,
 }
 
 impl fmt::Debug for Context {
@@ -204,8 +204,8 @@ impl Context {
             iteration_limit: s.iteration_limit,
             limit_reported: false,
             inbox: VecDeque::new(),
-            jobs_done: 0,
-            jobs_reported: 0,
+            jobs_finished: 0,
+            jobs_finished_reported: 0,
         }
     }
 
@@ -240,6 +240,14 @@ impl Context {
         self.stopping
     }
 
+    /// Whether the master had asked this worker to stop as of the last look
+    /// at its channel (which the runtime takes before every iteration):
+    /// [`shutting_down`](Context::shutting_down) without the `recv`, for
+    /// loops that run many quick steps per iteration.
+    pub fn stop_requested(&self) -> bool {
+        self.stopping
+    }
+
     /// Tells the master this worker is alive, from inside a long iteration
     /// (or a long [`Worker::start`]). Cheap to call often: it sends at most
     /// one heartbeat per quarter of the heartbeat interval.
@@ -253,7 +261,9 @@ impl Context {
     /// the heartbeats, and the master logs it if the worker hangs. Cleared
     /// with [`clear_activity`](Context::clear_activity).
     pub fn set_activity(&mut self, what: impl Into<String>) {
-        self.activity = Some(what.into());
+        let mut what = what.into();
+        what.truncate(truncated(&what, MAX_ACTIVITY).len());
+        self.activity = Some(what);
     }
 
     /// Forgets the activity set with [`set_activity`](Context::set_activity).
@@ -327,7 +337,7 @@ impl Context {
         self.job_finished();
         self.send(&Message::Failed {
             id: id.to_owned(),
-            reason: reason.to_owned(),
+            reason: truncated(reason, MAX_REASON).to_owned(),
             retry,
             delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
         });
@@ -335,17 +345,17 @@ impl Context {
     }
 
     /// Counts one job finished (any outcome); the count goes to the master
-    /// with the next heartbeat (as `Stats::jobs_done`) and is logged when
+    /// with the next heartbeat (as `Stats::jobs_finished`) and is logged when
     /// the worker exits. [`job_done`](Context::job_done) and
     /// [`job_failed`](Context::job_failed) count for themselves; pull-mode
     /// workers call this.
     pub fn job_finished(&mut self) {
-        self.jobs_done += 1;
+        self.jobs_finished += 1;
     }
 
     /// Jobs this worker finished (see [`job_finished`](Context::job_finished)).
-    pub fn jobs_done(&self) -> u64 {
-        self.jobs_done
+    pub fn jobs_finished(&self) -> u64 {
+        self.jobs_finished
     }
 
     /// Sets a hard time limit on the job `what` (any label; the delivery id
@@ -360,7 +370,7 @@ impl Context {
             u64::try_from(l.as_millis()).unwrap_or(u64::MAX).max(1)
         });
         self.send(&Message::Deadline {
-            id: what.to_owned(),
+            id: truncated(what, MAX_ACTIVITY).to_owned(),
             in_ms,
         });
         self.flush();
@@ -445,6 +455,15 @@ impl Context {
         }
     }
 
+    /// Before the process exits: the jobs finished since the last report
+    /// go to the master, which logs them on the exit line.
+    pub(crate) fn report_final(&mut self) {
+        if self.jobs_finished != self.jobs_finished_reported {
+            self.report_stats();
+        }
+        self.flush();
+    }
+
     fn lose_master(&mut self) {
         if !self.master_gone {
             tracing::warn!(worker = self.index, "the master is gone: stopping");
@@ -512,7 +531,7 @@ impl Context {
         self.iteration_started = SystemTime::now();
         if now.duration_since(self.last_beat) >= self.beat_every {
             self.beat();
-            if self.jobs_done != self.jobs_reported {
+            if self.jobs_finished != self.jobs_finished_reported {
                 self.report_stats();
             }
         }
@@ -541,11 +560,30 @@ impl Context {
         self.send(&Message::Stats(Stats {
             rss_bytes,
             pss_bytes,
-            jobs_done: self.jobs_done,
+            jobs_finished: self.jobs_finished,
             iterations: self.iterations,
         }));
-        self.jobs_reported = self.jobs_done;
+        self.jobs_finished_reported = self.jobs_finished;
     }
+}
+
+/// The longest failure reason a worker sends (the frames a worker sends
+/// are small: see `MAX_FRAME_FROM_WORKER`); longer ones are cut.
+const MAX_REASON: usize = 16 * 1024;
+
+/// The longest activity label a heartbeat carries.
+const MAX_ACTIVITY: usize = 1024;
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
