@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod holder;
 mod name;
 mod record;
 mod wait;
@@ -21,18 +22,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
 use prefork_broker::{
     Broker, BrokerError, Connect, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
 };
 
+use crate::holder::{Holder, Judged, Liveness};
 use crate::name::{Claimed, Dead, JobId, Ready};
 use crate::wait::Waiter;
 
 /// Payloads up to this size are written with the header in one `write(2)`.
 const ONE_WRITE: usize = 64 * 1024;
+/// Most temp files a batch publish holds open at once.
+const BATCH_FILES: usize = 256;
 /// Longest time between looks for newly delayed jobs written by others.
 const DELAYED_SCAN_MAX: Duration = Duration::from_secs(1);
 
@@ -134,9 +135,12 @@ impl Options {
     /// Whether a job claimed by a process that no longer exists is handed
     /// out again at once rather than when its lease expires (default: yes).
     ///
-    /// The check is `kill(pid, 0)` on the pid recorded in the claim. Turn it
-    /// off when processes in different pid namespaces (containers) share
-    /// the spool, where a pid names another process.
+    /// A claim records its holder's pid, start time and host (UTS host name
+    /// and pid namespace); the holder is dead when it is on this host and
+    /// `kill(pid, 0)` fails with `ESRCH`, the pid is a zombie, or the pid
+    /// now names a process that started at another time (pid reuse).
+    /// Claims of other hosts (containers sharing the directory) are left to
+    /// their lease.
     pub fn reclaim_dead_owners(mut self, yes: bool) -> Options {
         self.reclaim_dead_owners = yes;
         self
@@ -254,7 +258,7 @@ pub struct Stats {
 /// |---|---|
 /// | ready | `ready/{due}.{id}.{attempt}` |
 /// | delayed | `delayed/{due}.{id}.{attempt}` |
-/// | claimed | `claimed/{id}.{attempt}.{lease expiry}.{pid}` |
+/// | claimed | `claimed/{id}.{attempt}.{lease expiry}.{pid}.{start}.{host}` |
 /// | dead | `dead/{id}.{attempt}` and `dead/{id}.reason` |
 ///
 /// Times are µs since the epoch in 16 hex digits, so names sort by time;
@@ -262,8 +266,9 @@ pub struct Stats {
 /// change of state is one `rename(2)` (or the `unlink(2)` of an ack), which
 /// the kernel does atomically: of two processes claiming the same job,
 /// exactly one rename succeeds; a process killed at any point leaves every
-/// job in exactly one state. Expired leases, and leases of processes that
-/// no longer exist, are taken back by whichever process fetches next.
+/// job in exactly one state. Expired leases, and leases of processes on
+/// this host that no longer run (judged by pid and start time), are taken
+/// back by whichever process fetches next.
 ///
 /// Files whose name or content the spool cannot read are moved to
 /// `quarantine/` with a `.why` note, counted in [`Stats::quarantined`], and
@@ -286,6 +291,8 @@ pub struct Queue {
     next_reclaim_us: u64,
     next_promote_us: u64,
     waiter: Option<Waiter>,
+    /// This process, as its claims record it (refreshed after a fork).
+    me: Holder,
 }
 
 /// Per-process sequence for job ids.
@@ -310,6 +317,7 @@ impl Queue {
             next_reclaim_us: 0,
             next_promote_us: 0,
             waiter: None,
+            me: Holder::current(),
         };
         for d in [
             &q.ready,
@@ -351,6 +359,13 @@ impl Queue {
         })
     }
 
+    /// Makes `me` this process again when the handle crossed a fork.
+    fn refresh_me(&mut self) {
+        if self.me.pid != std::process::id() {
+            self.me = Holder::current();
+        }
+    }
+
     // ----- time --------------------------------------------------------
 
     fn now_us(&self) -> u64 {
@@ -370,6 +385,7 @@ impl Queue {
 
     /// Claims up to `max` ready jobs, doing housekeeping first when due.
     fn claim_some(&mut self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
+        self.refresh_me();
         let now = self.now_us();
         if now >= self.next_reclaim_us {
             self.reclaim(now)?;
@@ -425,24 +441,29 @@ impl Queue {
             id: r.id,
             attempt: r.attempt,
             expiry_us: now.saturating_add(self.lease_us()),
-            pid: std::process::id(),
+            holder: self.me,
         };
-        let receipt = c.to_string();
-        let to = self.claimed.join(&receipt);
-        match fs::rename(self.ready.join(name), &to) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BrokerError::io("claim", e)),
+        match fs::rename(self.ready.join(name), self.claimed.join(c.to_string())) {
+            Ok(()) => self.deliver(&c),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(BrokerError::io("claim", e)),
         }
-        let bytes = match fs::read(&to) {
+    }
+
+    /// Reads the job this handle just claimed as `c`; `None` when the file
+    /// was quarantined (or taken back meanwhile).
+    fn deliver(&self, c: &Claimed) -> Result<Option<Delivery>, BrokerError> {
+        let receipt = c.to_string();
+        let path = self.claimed.join(&receipt);
+        let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(BrokerError::io(format_args!("read {}", to.display()), e)),
+            Err(e) => return Err(BrokerError::io(format_args!("read {}", path.display()), e)),
         };
         match record::decode(bytes) {
             Ok(payload) => Ok(Some(
-                Delivery::new(DeliveryId::new(r.id.to_string()), payload)
-                    .with_attempt(r.attempt)
+                Delivery::new(DeliveryId::new(c.id.to_string()), payload)
+                    .with_attempt(c.attempt)
                     .with_receipt(receipt),
             )),
             Err(why) => {
@@ -454,14 +475,15 @@ impl Queue {
 
     /// Hands out again jobs whose lease expired or whose holder is gone.
     fn reclaim(&mut self, now: u64) -> Result<(), BrokerError> {
-        let me = std::process::id();
         let mut next = now.saturating_add(self.reclaim_interval_us());
+        let mut judged = Judged::default();
         for name in list(&self.claimed)? {
             let Some(c) = Claimed::parse(&name) else {
                 self.quarantine(&self.claimed, &name, "not a claimed-job name");
                 continue;
             };
-            let orphan = self.options.reclaim_dead_owners && c.pid != me && !alive(c.pid);
+            let orphan = self.options.reclaim_dead_owners
+                && judged.liveness(c.holder, &self.me) == Liveness::Dead;
             if c.expiry_us > now && !orphan {
                 next = next.min(c.expiry_us);
                 continue;
@@ -513,18 +535,25 @@ impl Queue {
         }
     }
 
-    /// Removes files in `tmp/` left by publishers that no longer exist.
+    /// Removes files in `tmp/` left by publishers on this host that no
+    /// longer run. Temp names are `{id}[.reason].{host}`; the publisher's
+    /// pid is in the id.
     fn sweep_tmp(&self) -> Result<(), BrokerError> {
         if !self.options.reclaim_dead_owners {
             return Ok(());
         }
-        let me = std::process::id();
+        let mut judged = Judged::default();
         for name in list(&self.tmp)? {
-            let id = name.split('.').next().and_then(JobId::parse);
-            if let Some(id) = id
-                && id.pid != me
-                && !alive(id.pid)
-            {
+            let (Some(id), Some(host)) = (name.split('.').next(), name.rsplit('.').next()) else {
+                continue;
+            };
+            let Some(id) = JobId::parse(id) else { continue };
+            let publisher = Holder {
+                pid: id.pid,
+                start: 0,
+                host: u64::from_str_radix(host, 16).unwrap_or(0),
+            };
+            if judged.liveness(publisher, &self.me) == Liveness::Dead {
                 let _ = fs::remove_file(self.tmp.join(&name));
             }
         }
@@ -538,9 +567,10 @@ impl Queue {
 
     // ----- writing -----------------------------------------------------
 
-    /// Writes `parts` to a new file `tmp/name`, synced if so configured.
-    fn write_tmp(&self, name: &str, parts: &[&[u8]]) -> Result<PathBuf, BrokerError> {
-        let path = self.tmp.join(name);
+    /// Writes `parts` to a new file `tmp/{name}.{host}`, not synced; the
+    /// file is removed again on failure.
+    fn create_tmp(&self, name: &str, parts: &[&[u8]]) -> Result<(PathBuf, File), BrokerError> {
+        let path = self.tmp.join(format!("{name}.{:016x}", self.me.host));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)
@@ -549,18 +579,95 @@ impl Queue {
             for part in parts {
                 f.write_all(part)?;
             }
-            if self.options.durability == Durability::Fsync {
-                f.sync_data()?;
-            }
-            Ok(())
+            Ok(f)
         })();
         match result {
-            Ok(()) => Ok(path),
+            Ok(f) => Ok((path, f)),
             Err(e) => {
                 let _ = fs::remove_file(&path);
                 Err(BrokerError::io(format_args!("write {}", path.display()), e))
             }
         }
+    }
+
+    /// `fdatasync`s a file written by [`create_tmp`](Queue::create_tmp)
+    /// when durability asks for it.
+    fn sync_tmp(&self, path: &Path, f: &File) -> Result<(), BrokerError> {
+        if self.options.durability == Durability::Fsync {
+            f.sync_data()
+                .map_err(|e| BrokerError::io(format_args!("fsync {}", path.display()), e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes `parts` to a new temp file, synced if so configured.
+    fn write_tmp(&self, name: &str, parts: &[&[u8]]) -> Result<PathBuf, BrokerError> {
+        let (path, f) = self.create_tmp(name, parts)?;
+        if let Err(e) = self.sync_tmp(&path, &f) {
+            let _ = fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(path)
+    }
+
+    /// Writes one job's temp file (not synced).
+    fn create_job(&self, id: JobId, payload: &[u8]) -> Result<(PathBuf, File), BrokerError> {
+        if payload.len() <= ONE_WRITE {
+            self.create_tmp(&id.to_string(), &[&record::encode(payload)])
+        } else {
+            self.create_tmp(&id.to_string(), &[&record::header(payload), payload])
+        }
+    }
+
+    /// Publishes up to [`BATCH_FILES`] jobs into `dir`: writes every file,
+    /// syncs each, then renames each into place (the caller syncs `dir`).
+    /// On failure nothing of this chunk after the failure point is left.
+    fn publish_chunk(
+        &self,
+        payloads: &[&[u8]],
+        dir: &Path,
+        due_us: u64,
+        now: u64,
+    ) -> Result<(), BrokerError> {
+        let mut files: Vec<(JobId, PathBuf, File)> = Vec::with_capacity(payloads.len());
+        let written = payloads.iter().try_for_each(|p| {
+            let id = JobId {
+                published_us: now,
+                pid: std::process::id(),
+                seq: SEQ.fetch_add(1, Ordering::Relaxed),
+            };
+            let (path, f) = self.create_job(id, p)?;
+            files.push((id, path, f));
+            Ok(())
+        });
+        let synced = written.and_then(|()| {
+            files
+                .iter()
+                .try_for_each(|(_, path, f)| self.sync_tmp(path, f))
+        });
+        if let Err(e) = synced {
+            for (_, path, _) in files {
+                let _ = fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        let mut files = files.into_iter();
+        while let Some((id, tmp, f)) = files.next() {
+            drop(f);
+            let r = Ready {
+                due_us,
+                id,
+                attempt: 1,
+            };
+            if let Err(e) = fs::rename(&tmp, dir.join(r.to_string())) {
+                let _ = fs::remove_file(&tmp);
+                for (_, path, _) in files {
+                    let _ = fs::remove_file(path);
+                }
+                return Err(BrokerError::io("publish", e));
+            }
+        }
+        Ok(())
     }
 
     /// `fsync`s a directory when durability asks for it.
@@ -593,35 +700,35 @@ impl Broker for Queue {
     }
 
     fn publish(&mut self, payload: &[u8], delay: Duration) -> Result<(), BrokerError> {
+        self.publish_batch(&[payload], delay)
+    }
+
+    /// Writes every job file and `fdatasync`s each (with
+    /// [`Durability::Fsync`]), renames them into place, then `fsync`s the
+    /// directory once for the whole batch instead of once per job; files
+    /// are handled in chunks of 256 so a large batch stays within the fd
+    /// limit. On an error, the jobs of the chunks before it are published.
+    fn publish_batch(&mut self, payloads: &[&[u8]], delay: Duration) -> Result<(), BrokerError> {
+        if payloads.is_empty() {
+            return Ok(());
+        }
         let now = self.now_us();
-        let id = JobId {
-            published_us: now,
-            pid: std::process::id(),
-            seq: SEQ.fetch_add(1, Ordering::Relaxed),
-        };
-        let tmp = if payload.len() <= ONE_WRITE {
-            self.write_tmp(&id.to_string(), &[&record::encode(payload)])?
-        } else {
-            self.write_tmp(&id.to_string(), &[&record::header(payload), payload])?
-        };
         let delay_us = duration_us(delay);
-        let r = Ready {
-            due_us: now.saturating_add(delay_us),
-            id,
-            attempt: 1,
-        };
+        let due_us = now.saturating_add(delay_us);
         let dir = if delay_us == 0 {
             &self.ready
         } else {
             &self.delayed
         };
-        if let Err(e) = fs::rename(&tmp, dir.join(r.to_string())) {
-            let _ = fs::remove_file(&tmp);
-            return Err(BrokerError::io("publish", e));
+        for chunk in payloads.chunks(BATCH_FILES) {
+            if let Err(e) = self.publish_chunk(chunk, dir, due_us, now) {
+                let _ = self.sync_dir(dir); // the chunks before: best effort
+                return Err(e);
+            }
         }
         self.sync_dir(dir)?;
         if delay_us > 0 {
-            self.next_promote_us = self.next_promote_us.min(r.due_us);
+            self.next_promote_us = self.next_promote_us.min(due_us);
         }
         Ok(())
     }
@@ -661,6 +768,81 @@ impl Broker for Queue {
             Err(e) => return Err(SettleError::new(delivery, e)),
         };
         fs::remove_file(path).map_err(|e| SettleError::new(delivery, lost_or("ack", e)))
+    }
+
+    /// Renames every claim of `holder_pid` on this host (and every claim of
+    /// that pid in `ids` written before claims recorded a host) to a claim
+    /// of this handle, one atomic rename each, counting one more attempt.
+    /// A claim whose pid now names a live process that started when the
+    /// claim says (the holder is alive after all) is left alone. Jobs in
+    /// `ids` that a fetch already gave back (it found the holder dead) are
+    /// claimed from `ready/` if no one was first.
+    fn take_over(
+        &mut self,
+        holder_pid: u32,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        self.refresh_me();
+        let now = self.now_us();
+        let mut missed: Vec<JobId> = ids
+            .iter()
+            .filter_map(|i| JobId::parse(i.as_str()))
+            .collect();
+        let mut out = Vec::new();
+        let mut judged = Judged::default();
+        for name in list(&self.claimed)? {
+            let Some(c) = Claimed::parse(&name) else {
+                continue; // quarantined by the next reclaim
+            };
+            let recorded = c.holder.host != 0;
+            if c.holder.pid != holder_pid
+                || (recorded && c.holder.host != self.me.host)
+                || (!recorded && !missed.contains(&c.id))
+                || judged.liveness(c.holder, &self.me) == Liveness::Alive
+            {
+                continue;
+            }
+            let taken = Claimed {
+                attempt: c.attempt.saturating_add(1),
+                expiry_us: now.saturating_add(self.lease_us()),
+                holder: self.me,
+                ..c
+            };
+            match fs::rename(
+                self.claimed.join(&name),
+                self.claimed.join(taken.to_string()),
+            ) {
+                Ok(()) => {}
+                // Given back meanwhile: looked for in ready/ below.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    missed.push(c.id);
+                    continue;
+                }
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(BrokerError::io("take over a claim", e)),
+            }
+            missed.retain(|id| *id != c.id);
+            match self.deliver(&taken) {
+                Ok(Some(d)) => out.push(d),
+                Ok(None) => {}
+                Err(_) if !out.is_empty() => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !missed.is_empty() {
+            for name in list(&self.ready)? {
+                let Some(r) = Ready::parse(&name).filter(|r| missed.contains(&r.id)) else {
+                    continue;
+                };
+                match self.claim(&name, r, now) {
+                    Ok(Some(d)) => out.push(d),
+                    Ok(None) => {}
+                    Err(_) if !out.is_empty() => break,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
@@ -740,9 +922,10 @@ impl Broker for Queue {
 
     fn touch(&mut self, delivery: &mut Delivery) -> Result<(), BrokerError> {
         let c = claimed_name(delivery)?;
+        self.refresh_me();
         let renewed = Claimed {
             expiry_us: self.now_us().saturating_add(self.lease_us()),
-            pid: std::process::id(),
+            holder: self.me,
             ..c
         };
         let receipt = renewed.to_string();
@@ -853,18 +1036,6 @@ fn list(dir: &Path) -> Result<Vec<String>, BrokerError> {
         }
     }
     Ok(names)
-}
-
-/// Whether a process with this pid exists (`kill(pid, 0)`); unknown counts
-/// as alive.
-fn alive(pid: u32) -> bool {
-    let Ok(raw) = i32::try_from(pid) else {
-        return true;
-    };
-    if raw <= 0 {
-        return true;
-    }
-    !matches!(kill(Pid::from_raw(raw), None), Err(Errno::ESRCH))
 }
 
 fn valid_queue_name(name: &str) -> Result<(), BrokerError> {

@@ -4,14 +4,21 @@
 //! |---|---|---|
 //! | `tmp/` | `{id}` | being written; invisible to consumers |
 //! | `ready/` | `{due:016x}.{id}.{attempt}` | visible once the wall clock reaches `due` (µs since the epoch) |
-//! | `claimed/` | `{id}.{attempt}.{expiry:016x}.{pid}` | held by process `pid` until `expiry` |
+//! | `claimed/` | `{id}.{attempt}.{expiry:016x}.{pid}.{start}.{host:016x}` | held by process `pid` (started at tick `start`, on host `host`) until `expiry` |
 //! | `dead/` | `{id}.{attempt}` (+ `{id}.reason`) | dead-lettered |
 //!
 //! A job id is `{published:016x}-{pid:08x}-{seq:08x}`: publish time in µs,
 //! publisher pid, and a per-process counter. Fixed-width lowercase hex
 //! makes names sort by time; `ready/` sorts by due time, then id.
+//!
+//! Claims written before claims recorded their holder's start time and host
+//! read `{id}.{attempt}.{expiry:016x}.{pid}`; they are still parsed (their
+//! holder's `start` and `host` are 0, unknown) and only their lease decides
+//! when they come back.
 
 use std::fmt;
+
+use crate::holder::Holder;
 
 /// A job's id: unique across processes, sorts by publish time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -83,16 +90,21 @@ pub(crate) struct Claimed {
     pub(crate) id: JobId,
     pub(crate) attempt: u32,
     pub(crate) expiry_us: u64,
-    pub(crate) pid: u32,
+    pub(crate) holder: Holder,
 }
 
 impl fmt::Display for Claimed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Holder { pid, start, host } = self.holder;
         write!(
             f,
-            "{}.{}.{:016x}.{}",
-            self.id, self.attempt, self.expiry_us, self.pid
-        )
+            "{}.{}.{:016x}.{pid}",
+            self.id, self.attempt, self.expiry_us
+        )?;
+        if start != 0 || host != 0 {
+            write!(f, ".{start}.{host:016x}")?;
+        }
+        Ok(())
     }
 }
 
@@ -102,7 +114,17 @@ impl Claimed {
         let id = JobId::parse(parts.next()?)?;
         let attempt = attempt(parts.next()?)?;
         let expiry = parts.next()?;
-        let pid = decimal(parts.next()?)?;
+        let pid = u32::try_from(decimal(parts.next()?)?).ok()?;
+        let (start, host) = match (parts.next(), parts.next()) {
+            (None, _) => (0, 0),
+            (Some(start), Some(host)) if host.len() == 16 => {
+                match (decimal(start)?, hex_u64(host)?) {
+                    (0, 0) => return None, // written in the short form
+                    recorded => recorded,
+                }
+            }
+            _ => return None,
+        };
         if parts.next().is_some() || expiry.len() != 16 {
             return None;
         }
@@ -110,7 +132,7 @@ impl Claimed {
             id,
             attempt,
             expiry_us: hex_u64(expiry)?,
-            pid: u32::try_from(pid).ok()?,
+            holder: Holder { pid, start, host },
         })
     }
 }
@@ -190,8 +212,8 @@ mod tests {
         }
 
         #[test]
-        fn claimed_round_trips(id in job_id(), attempt in 1u32.., expiry_us in any::<u64>(), pid in any::<u32>()) {
-            let c = Claimed { id, attempt, expiry_us, pid };
+        fn claimed_round_trips(id in job_id(), attempt in 1u32.., expiry_us in any::<u64>(), pid in any::<u32>(), start in any::<u64>(), host in any::<u64>()) {
+            let c = Claimed { id, attempt, expiry_us, holder: Holder { pid, start, host } };
             prop_assert_eq!(Claimed::parse(&c.to_string()), Some(c));
         }
 
@@ -252,6 +274,16 @@ mod tests {
         assert_eq!(
             Claimed::parse(&format!("{id}.1.0000000000000000.12.x")),
             None
+        );
+        let legacy = Claimed::parse(&format!("{id}.1.0000000000000000.12")).expect("short form");
+        assert_eq!((legacy.holder.start, legacy.holder.host), (0, 0));
+        assert!(
+            Claimed::parse(&format!("{id}.1.0000000000000000.12.7.000000000000abcd")).is_some()
+        );
+        assert_eq!(
+            Claimed::parse(&format!("{id}.1.0000000000000000.12.0.0000000000000000")),
+            None,
+            "unrecorded holder in the long form"
         );
     }
 }

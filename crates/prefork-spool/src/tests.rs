@@ -236,7 +236,10 @@ fn a_claim_whose_owner_is_gone_comes_back_before_its_lease_ends() {
     // Re-own the claim by a pid above the kernel's pid_max (2^22): no such process.
     let c = Claimed::parse(d.receipt()).unwrap();
     let orphan = Claimed {
-        pid: 2_000_000_000,
+        holder: Holder {
+            pid: 2_000_000_000,
+            ..c.holder
+        },
         ..c
     };
     fs::rename(
@@ -259,7 +262,10 @@ fn a_claim_whose_owner_is_gone_comes_back_before_its_lease_ends() {
         q.claimed.join(back.receipt()),
         q.claimed.join(
             Claimed {
-                pid: 2_000_000_000,
+                holder: Holder {
+                    pid: 2_000_000_000,
+                    ..c.holder
+                },
                 ..c
             }
             .to_string(),
@@ -282,10 +288,19 @@ fn opening_removes_temp_files_of_dead_publishers_only() {
         pid: std::process::id(),
         ..dead
     };
-    fs::write(q.tmp.join(dead.to_string()), b"half").unwrap();
-    fs::write(q.tmp.join(mine.to_string()), b"in progress").unwrap();
+    let here = format!("{:016x}", q.me.host);
+    let elsewhere = format!("{:016x}", q.me.host ^ 1);
+    fs::write(q.tmp.join(format!("{dead}.{here}")), b"half").unwrap();
+    fs::write(q.tmp.join(format!("{dead}.reason.{here}")), b"half").unwrap();
+    fs::write(q.tmp.join(format!("{mine}.{here}")), b"in progress").unwrap();
+    // Another host's publisher: its pid means nothing here.
+    fs::write(q.tmp.join(format!("{dead}.{elsewhere}")), b"in progress").unwrap();
     let _q2 = spool.queue("q").unwrap();
-    assert_eq!(list(&q.tmp).unwrap(), [mine.to_string()]);
+    let mut left = list(&q.tmp).unwrap();
+    left.sort();
+    let mut want = [format!("{mine}.{here}"), format!("{dead}.{elsewhere}")];
+    want.sort();
+    assert_eq!(left, want);
 }
 
 #[test]
