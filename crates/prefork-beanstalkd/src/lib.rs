@@ -18,6 +18,7 @@ mod conn;
 mod dead;
 pub mod proto;
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::thread::sleep;
@@ -27,8 +28,8 @@ use prefork_broker::{
     Broker, BrokerError, Connect, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
 };
 
-use crate::conn::Conn;
-use crate::proto::{Response, ServerError, cmd, valid_tube, yaml_field};
+use crate::conn::{Conn, ConnError};
+use crate::proto::{ProtoError, Response, ServerError, cmd, valid_tube, yaml_field};
 
 /// The environment variable holding the server URL that tests and benches
 /// use (`beanstalk://127.0.0.1:PORT`), set by `cargo xtask`.
@@ -42,6 +43,19 @@ pub const DEAD_SUFFIX: &str = ".dead";
 const MAX_BLOCK_SECS: u64 = 3600;
 /// How many reserves one listing of dead letters pipelines at a time.
 const LIST_CHUNK: usize = 64;
+/// How many commands one pipelined write of a batch holds at most (their
+/// replies must fit the socket buffers: beanstalkd stops reading a
+/// connection whose replies it cannot write).
+const PIPELINE_CHUNK: usize = 512;
+/// How many payload bytes one pipelined write of a batch holds at most (one
+/// job may exceed it).
+const PIPELINE_BYTES: usize = 4 << 20;
+/// How many deferred acks may wait for their replies before the next one
+/// reads them.
+const MAX_UNCONFIRMED: usize = 1024;
+/// How long [`Broker::take_over`] waits for a dead holder's connection to
+/// be closed by the server (its jobs still show as reserved until then).
+const TAKE_OVER_PATIENCE: Duration = Duration::from_millis(500);
 
 /// How to reach a beanstalkd server and how to put jobs there: the
 /// configured, cheap-to-clone form of the adapter. Keep it in the
@@ -260,6 +274,8 @@ impl Config {
             conn: None,
             generation: 0,
             max_job_size: 0,
+            server: None,
+            unconfirmed: VecDeque::new(),
         };
         b.conn()?;
         Ok(b)
@@ -303,6 +319,21 @@ pub struct Beanstalkd {
     /// Counts connections; receipts name the one their claim lives on.
     generation: u64,
     max_job_size: usize,
+    /// The server's `id` (random per server process) and whether it keeps a
+    /// binlog, from the last handshake.
+    server: Option<(String, bool)>,
+    /// Deferred acks: `delete`s sent whose replies are not read yet, oldest
+    /// first (their replies come before any later command's).
+    unconfirmed: VecDeque<Unconfirmed>,
+}
+
+/// A `delete` sent by [`Broker::ack_deferred`] whose reply is not read yet.
+#[derive(Debug, Clone, Copy)]
+struct Unconfirmed {
+    id: u64,
+    /// Sent again on a new connection, the first one having failed before
+    /// its reply came.
+    resent: bool,
 }
 
 impl fmt::Debug for Beanstalkd {
@@ -313,6 +344,7 @@ impl fmt::Debug for Beanstalkd {
             .field("connected", &self.conn.is_some())
             .field("generation", &self.generation)
             .field("max_job_size", &self.max_job_size)
+            .field("unconfirmed_acks", &self.unconfirmed.len())
             .finish()
     }
 }
@@ -389,6 +421,27 @@ impl Beanstalkd {
             // No reply body can be larger than a job the server accepts
             // (stats bodies are a few KiB).
             conn.max_body = max.max(16 * 1024) + 1024;
+            if let Some(Response::Ok(yaml)) = replies.last() {
+                let id = yaml_field(yaml, "id").unwrap_or_default().to_owned();
+                let binlog = yaml_field(yaml, "binlog-current-index").is_some_and(|i| i != "0");
+                let restarted = self.server.as_ref().is_some_and(|(old, _)| *old != id);
+                if restarted && !binlog && !self.unconfirmed.is_empty() {
+                    // A new server without a binlog: the old one's jobs are
+                    // gone, and its ids may now name other jobs.
+                    tracing::warn!(tube = %self.tube, count = self.unconfirmed.len(), "beanstalkd restarted without a binlog; deferred acks not resent");
+                    self.unconfirmed.clear();
+                }
+                self.server = Some((id, binlog));
+            }
+            // Deferred acks whose replies never came: send them again (with
+            // the next command). A job deleted already answers NOT_FOUND.
+            for u in &mut self.unconfirmed {
+                cmd::line(&mut conn.out, format_args!("delete {}", u.id));
+                u.resent = true;
+            }
+            if !self.unconfirmed.is_empty() {
+                tracing::info!(tube = %self.tube, count = self.unconfirmed.len(), "resending deferred acks after a reconnect");
+            }
             self.generation += 1;
             self.conn = Some(conn);
         }
@@ -405,10 +458,13 @@ impl Beanstalkd {
         wait: Duration,
         write: impl FnOnce(&mut Vec<u8>),
     ) -> Result<Vec<Response>, BrokerError> {
-        let conn = self.conn()?;
+        self.conn()?;
+        let conn = self.conn.as_mut().expect("connected");
         write(&mut conn.out);
         let mut replies = Vec::with_capacity(n);
+        let (tube, unconfirmed) = (&self.tube, &mut self.unconfirmed);
         let r = conn.flush().and_then(|()| {
+            read_unconfirmed(conn, unconfirmed, tube)?;
             for _ in 0..n {
                 replies.push(conn.recv(wait)?);
             }
@@ -498,38 +554,127 @@ impl Beanstalkd {
         pri: u32,
         delay: u64,
     ) -> Result<u64, BrokerError> {
-        if payload.len() > self.max_job_size {
+        Ok(self.put_many(what, &[payload], pri, delay)?[0])
+    }
+
+    /// Pipelined `put`s into the tube in use (a few hundred per write),
+    /// kicking the jobs the server stored buried; returns the job ids. A
+    /// payload over `max-job-size` is refused before anything is sent.
+    fn put_many(
+        &mut self,
+        what: &str,
+        payloads: &[&[u8]],
+        pri: u32,
+        delay: u64,
+    ) -> Result<Vec<u64>, BrokerError> {
+        if let Some((i, p)) = payloads
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.len() > self.max_job_size)
+        {
+            let which = if payloads.len() > 1 {
+                format!(" (job {} of {}; none was sent)", i + 1, payloads.len())
+            } else {
+                String::new()
+            };
             return Err(BrokerError::new(
                 ErrorKind::Invalid,
                 format!(
-                    "{what}: a {}-byte job is over the server's max-job-size of {} bytes (beanstalkd -z)",
-                    payload.len(),
+                    "{what}: a {}-byte job is over the server's max-job-size of {} bytes (beanstalkd -z){which}",
+                    p.len(),
                     self.max_job_size
                 ),
             ));
         }
-        let ttr = self.config.ttr;
-        match self.exchange1(what, Duration::ZERO, |w| {
-            cmd::put(w, pri, delay, u64::from(ttr), payload)
-        })? {
-            Response::Inserted(id) => Ok(id),
-            // Out of memory for its queue: the job exists, buried. Make it
-            // ready, keeping its id (beanstalkc loses it here).
-            Response::Buried(Some(id)) => {
-                match self.exchange1(what, Duration::ZERO, |w| {
-                    cmd::line(w, format_args!("kick-job {id}"))
-                })? {
-                    Response::Kicked(None) => Ok(id),
-                    other => Err(BrokerError::new(
-                        ErrorKind::Transient,
-                        format!(
-                            "{what}: the server stored job {id} buried (out of memory) and kicking it failed ({other:?}); `kick-job {id}` makes it ready"
-                        ),
-                    )),
+        let ttr = u64::from(self.config.ttr);
+        let mut ids = Vec::with_capacity(payloads.len());
+        let mut rest = payloads;
+        while !rest.is_empty() {
+            let (mut n, mut bytes) = (0, 0);
+            while n < rest.len()
+                && n < PIPELINE_CHUNK
+                && (n == 0 || bytes + rest[n].len() <= PIPELINE_BYTES)
+            {
+                bytes += rest[n].len();
+                n += 1;
+            }
+            let (chunk, after) = rest.split_at(n);
+            rest = after;
+            let replies = self.exchange(what, chunk.len(), Duration::ZERO, |w| {
+                for p in chunk {
+                    cmd::put(w, pri, delay, ttr, p);
+                }
+            })?;
+            let mut failed = None;
+            let mut buried = Vec::new();
+            for r in replies {
+                match r {
+                    Response::Inserted(id) => ids.push(id),
+                    // Out of memory for its queue: the job exists, buried.
+                    // Make it ready, keeping its id (beanstalkc loses it).
+                    Response::Buried(Some(id)) => {
+                        ids.push(id);
+                        buried.push(id);
+                    }
+                    Response::Error(e) => {
+                        let added = ids.len();
+                        failed.get_or_insert_with(|| {
+                            let e = server_error(what, e);
+                            if payloads.len() > 1 {
+                                BrokerError::new(e.kind(), format!("{} (job {} of {}; the {added} before it were added, later ones may have been)", e.message(), added + 1, payloads.len()))
+                            } else {
+                                e
+                            }
+                        });
+                    }
+                    other => return Err(self.unexpected(what, other)),
                 }
             }
-            other => Err(self.unexpected(what, other)),
+            if !buried.is_empty() {
+                let kicks = self.exchange(what, buried.len(), Duration::ZERO, |w| {
+                    for id in &buried {
+                        cmd::line(w, format_args!("kick-job {id}"));
+                    }
+                })?;
+                for (id, r) in buried.iter().zip(kicks) {
+                    if r != Response::Kicked(None) {
+                        return Err(BrokerError::new(
+                            ErrorKind::Transient,
+                            format!(
+                                "{what}: the server stored job {id} buried (out of memory) and kicking it failed ({r:?}); `kick-job {id}` makes it ready"
+                            ),
+                        ));
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(e);
+            }
         }
+        Ok(ids)
+    }
+
+    /// A delivery for a job this connection reserved, from its `stats-job`
+    /// reply: the attempt is `reserves` less the `kicks` our
+    /// [`release`](Broker::release) used.
+    fn delivery(&self, id: u64, body: Vec<u8>, stats: &Response) -> Delivery {
+        let default_pri = self.config.priority;
+        let (attempt, pri) = match stats {
+            Response::Ok(yaml) => {
+                let n = |k| yaml_field(yaml, k).and_then(|v| v.parse::<u64>().ok());
+                let attempt = n("reserves")
+                    .unwrap_or(1)
+                    .saturating_sub(n("kicks").unwrap_or(0));
+                let pri = yaml_field(yaml, "pri").and_then(|v| v.parse().ok());
+                (attempt, pri.unwrap_or(default_pri))
+            }
+            _ => (1, default_pri),
+        };
+        Delivery::new(DeliveryId::new(id.to_string()), body)
+            .with_attempt(u32::try_from(attempt).unwrap_or(u32::MAX))
+            .with_receipt(format!("{}:{id}:{pri}", self.generation))
+            .with_meta("tube", self.tube.clone())
+            .with_meta("pri", pri.to_string())
     }
 
     /// Reserves the first job, waiting up to `timeout`: whole seconds
@@ -581,6 +726,44 @@ fn wait_plan(left: Duration, poll_only: bool, precise: bool, poll: Duration) -> 
     } else {
         (ceil_secs(left).min(MAX_BLOCK_SECS), Duration::ZERO)
     }
+}
+
+/// Reads the replies to the deferred acks sent so far, which come before
+/// the replies of any later command. `DELETED` and `NOT_FOUND` both settle
+/// one: NOT_FOUND to a first send means the claim was lost (the job runs
+/// again); to a resend, that the first send was done before the connection
+/// failed (or the job is another handle's now).
+fn read_unconfirmed(
+    conn: &mut Conn,
+    unconfirmed: &mut VecDeque<Unconfirmed>,
+    tube: &str,
+) -> Result<(), ConnError> {
+    while let Some(u) = unconfirmed.front().copied() {
+        match conn.recv(Duration::ZERO)? {
+            Response::Deleted => {}
+            Response::NotFound if u.resent => {
+                tracing::debug!(tube, job = u.id, "resent deferred ack: job already gone");
+            }
+            Response::NotFound => {
+                tracing::warn!(
+                    tube,
+                    job = u.id,
+                    "deferred ack: the job was no longer reserved by this connection; it will run again"
+                );
+            }
+            Response::Error(e) => {
+                tracing::warn!(tube, job = u.id, error = %e, "deferred ack refused by the server; the job will run again");
+            }
+            other => {
+                return Err(ConnError::Proto(ProtoError::Unexpected(format!(
+                    "{other:?} in reply to a deferred delete {}",
+                    u.id
+                ))));
+            }
+        }
+        unconfirmed.pop_front();
+    }
+    Ok(())
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -648,29 +831,10 @@ impl Broker for Beanstalkd {
                 cmd::line(w, format_args!("stats-job {id}"));
             }
         })?;
-        let default_pri = self.config.priority;
-        let generation = self.generation;
         Ok(jobs
             .into_iter()
             .zip(stats)
-            .map(|((id, body), stats)| {
-                let (attempt, pri) = match &stats {
-                    Response::Ok(yaml) => {
-                        let n = |k| yaml_field(yaml, k).and_then(|v| v.parse::<u64>().ok());
-                        let attempt = n("reserves")
-                            .unwrap_or(1)
-                            .saturating_sub(n("kicks").unwrap_or(0));
-                        let pri = yaml_field(yaml, "pri").and_then(|v| v.parse().ok());
-                        (attempt, pri.unwrap_or(default_pri))
-                    }
-                    _ => (1, default_pri),
-                };
-                Delivery::new(DeliveryId::new(id.to_string()), body)
-                    .with_attempt(u32::try_from(attempt).unwrap_or(u32::MAX))
-                    .with_receipt(format!("{generation}:{id}:{pri}"))
-                    .with_meta("tube", self.tube.clone())
-                    .with_meta("pri", pri.to_string())
-            })
+            .map(|((id, body), stats)| self.delivery(id, body, &stats))
             .collect())
     }
 
@@ -684,6 +848,140 @@ impl Broker for Beanstalkd {
                 other => Err(b.unexpected("ack (delete)", other)),
             }
         })
+    }
+
+    fn publish_batch(&mut self, payloads: &[&[u8]], delay: Duration) -> Result<(), BrokerError> {
+        let pri = self.config.priority;
+        self.put_many("publish_batch", payloads, pri, ceil_secs(delay))
+            .map(drop)
+    }
+
+    fn ack_deferred(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+        let r = match self.receipt(&delivery) {
+            Ok(r) => r,
+            Err(e) => return Err(SettleError::new(delivery, e)),
+        };
+        if self.unconfirmed.len() >= MAX_UNCONFIRMED {
+            // Read the replies owed before beanstalkd stops reading us.
+            if let Err(e) = self.flush() {
+                return Err(SettleError::new(delivery, e));
+            }
+            if self.conn.is_none() || self.receipt(&delivery).is_err() {
+                let e = BrokerError::new(
+                    ErrorKind::LeaseLost,
+                    format!(
+                        "job {} was reserved on a connection that has since closed",
+                        r.id
+                    ),
+                );
+                return Err(SettleError::new(delivery, e));
+            }
+        }
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("the receipt is of the live connection");
+        cmd::line(&mut conn.out, format_args!("delete {}", r.id));
+        self.unconfirmed.push_back(Unconfirmed {
+            id: r.id,
+            resent: false,
+        });
+        if let Err(e) = conn.flush() {
+            // Sent again after the reconnect (see `conn`).
+            tracing::warn!(tube = %self.tube, job = r.id, error = ?e, "connection lost sending a deferred ack; it is resent on reconnect");
+            self.conn = None;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BrokerError> {
+        if self.unconfirmed.is_empty() {
+            return Ok(());
+        }
+        self.exchange("flush (deferred acks)", 0, Duration::ZERO, |_| {})
+            .map(drop)
+    }
+
+    fn take_over(
+        &mut self,
+        holder_pid: u32,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        // beanstalkd returns a closed connection's reservations to ready by
+        // itself; take those of `ids` at once with `reserve-job`. A job
+        // still reserved is waited for a moment (the server may not have
+        // seen the connection close yet); delayed and buried ones, and jobs
+        // of other tubes, are left alone.
+        let mut want: Vec<u64> = ids.iter().filter_map(|i| i.as_str().parse().ok()).collect();
+        want.sort_unstable();
+        want.dedup();
+        let deadline = Instant::now() + TAKE_OVER_PATIENCE;
+        let mut taken = Vec::new();
+        while !want.is_empty() {
+            let stats =
+                self.exchange("take_over (stats-job)", want.len(), Duration::ZERO, |w| {
+                    for id in &want {
+                        cmd::line(w, format_args!("stats-job {id}"));
+                    }
+                })?;
+            let (mut ready, mut held) = (Vec::new(), Vec::new());
+            for (id, r) in want.iter().zip(stats) {
+                match r {
+                    Response::Ok(yaml) => {
+                        let tube = yaml_field(&yaml, "tube").map(|t| t.trim_matches('"'));
+                        match yaml_field(&yaml, "state") {
+                            _ if tube != Some(self.tube.as_str()) => {}
+                            Some("ready") => ready.push(*id),
+                            Some("reserved") => held.push(*id),
+                            _ => {}
+                        }
+                    }
+                    // Deleted: done, nothing to take.
+                    Response::NotFound => {}
+                    other => return Err(self.unexpected("take_over (stats-job)", other)),
+                }
+            }
+            if !ready.is_empty() {
+                let replies = self.exchange(
+                    "take_over (reserve-job)",
+                    2 * ready.len(),
+                    Duration::ZERO,
+                    |w| {
+                        for id in &ready {
+                            cmd::line(w, format_args!("reserve-job {id}"));
+                            cmd::line(w, format_args!("stats-job {id}"));
+                        }
+                    },
+                )?;
+                let mut replies = replies.into_iter();
+                while let (Some(reserved), Some(stats)) = (replies.next(), replies.next()) {
+                    match reserved {
+                        Response::Reserved { id, body } => {
+                            taken.push(self.delivery(id, body, &stats))
+                        }
+                        // Another handle reserved it first.
+                        Response::NotFound => {}
+                        Response::Error(ServerError::UnknownCommand) => {
+                            return Err(BrokerError::new(
+                                ErrorKind::Unsupported,
+                                "take_over needs beanstalkd 1.12 or later (reserve-job)",
+                            ));
+                        }
+                        other => return Err(self.unexpected("take_over (reserve-job)", other)),
+                    }
+                }
+            }
+            if held.is_empty() || Instant::now() >= deadline {
+                if !held.is_empty() {
+                    tracing::debug!(tube = %self.tube, holder_pid, still_reserved = ?held, "take_over: jobs still reserved (by another handle, or the dead holder's connection is not closed yet)");
+                }
+                break;
+            }
+            sleep(Duration::from_millis(10));
+            want = held;
+        }
+        tracing::info!(tube = %self.tube, holder_pid, taken = taken.len(), asked = ids.len(), "took over a dead holder's jobs");
+        Ok(taken)
     }
 
     fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
