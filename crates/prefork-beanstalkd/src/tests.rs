@@ -15,55 +15,79 @@ type Step = (&'static str, Vec<u8>);
 /// A fake beanstalkd on 127.0.0.1 serving one connection: it answers the
 /// handshake, then plays `script`; returns every command line it received.
 fn fake_server(script: Vec<Step>) -> (Config, JoinHandle<Vec<String>>) {
+    let (config, server) = fake_servers(vec![script]);
+    let one = thread::spawn(move || server.join().unwrap().pop().unwrap());
+    (config, one)
+}
+
+/// A fake beanstalkd serving one connection per script, one after the
+/// other, as [`fake_server`] does (a script starting with `use ` plays its
+/// own handshake); an empty reply closes the connection there and then. Returns the command lines of each connection.
+fn fake_servers(scripts: Vec<Vec<Step>>) -> (Config, JoinHandle<Vec<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let server = thread::spawn(move || {
-        let (sock, _) = listener.accept().unwrap();
-        let mut out = sock.try_clone().unwrap();
-        let mut input = BufReader::new(sock);
-        let mut seen = Vec::new();
-        let mut handshake: Vec<Step> = vec![
-            ("use ", b"USING t\r\n".to_vec()),
-            ("watch ", b"WATCHING 2\r\n".to_vec()),
-            ("ignore default", b"WATCHING 1\r\n".to_vec()),
-            (
-                "stats",
-                ok_body(b"---\nmax-job-size: 1000\nversion: fake\n"),
-            ),
-        ];
-        handshake.extend(script);
-        for (want, reply) in handshake {
-            let mut line = String::new();
-            if input.read_line(&mut line).unwrap() == 0 {
-                break;
-            }
-            let line = line.trim_end().to_owned();
-            if let Some(len) = line.strip_prefix("put ").and_then(|a| a.rsplit(' ').next()) {
-                let mut body = vec![0; len.parse::<usize>().unwrap() + 2];
-                input.read_exact(&mut body).unwrap();
-            }
-            assert!(
-                line.starts_with(want),
-                "fake server: got {line:?}, want {want:?}"
-            );
-            seen.push(line);
-            if out.write_all(&reply).is_err() {
-                break;
-            }
-        }
-        // Hold the connection until the client goes away.
-        let mut rest = Vec::new();
-        let _ = input.read_to_end(&mut rest);
-        if !rest.is_empty() {
-            seen.push(String::from_utf8_lossy(&rest).into_owned());
-        }
-        seen
+        scripts
+            .into_iter()
+            .map(|script| serve_one(&listener, script))
+            .collect()
     });
     let config = Config::new("127.0.0.1", port)
         .io_timeout(Duration::from_secs(5))
         .poll_interval(Duration::from_millis(5))
         .precise_waits(true);
     (config, server)
+}
+
+fn serve_one(listener: &TcpListener, script: Vec<Step>) -> Vec<String> {
+    let (sock, _) = listener.accept().unwrap();
+    let mut out = sock.try_clone().unwrap();
+    let mut input = BufReader::new(sock);
+    let mut seen = Vec::new();
+    let mut handshake: Vec<Step> = vec![
+        ("use ", b"USING t\r\n".to_vec()),
+        ("watch ", b"WATCHING 2\r\n".to_vec()),
+        ("ignore default", b"WATCHING 1\r\n".to_vec()),
+        (
+            "stats",
+            ok_body(b"---\nmax-job-size: 1000\nversion: fake\nid: fake\n"),
+        ),
+    ];
+    // A script may play its own handshake.
+    if script.first().is_some_and(|(want, _)| *want == "use ") {
+        handshake = script;
+    } else {
+        handshake.extend(script);
+    }
+    for (want, reply) in handshake {
+        let mut line = String::new();
+        if input.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        let line = line.trim_end().to_owned();
+        if let Some(len) = line.strip_prefix("put ").and_then(|a| a.rsplit(' ').next()) {
+            let mut body = vec![0; len.parse::<usize>().unwrap() + 2];
+            input.read_exact(&mut body).unwrap();
+        }
+        assert!(
+            line.starts_with(want),
+            "fake server: got {line:?}, want {want:?}"
+        );
+        seen.push(line);
+        if reply.is_empty() {
+            return seen; // close without answering
+        }
+        if out.write_all(&reply).is_err() {
+            break;
+        }
+    }
+    // Hold the connection until the client goes away.
+    let mut rest = Vec::new();
+    let _ = input.read_to_end(&mut rest);
+    if !rest.is_empty() {
+        seen.push(String::from_utf8_lossy(&rest).into_owned());
+    }
+    seen
 }
 
 fn ok_body(yaml: &[u8]) -> Vec<u8> {
@@ -342,5 +366,87 @@ fn drop_writes_nothing() {
         seen,
         ["use t", "watch t", "ignore default", "stats"],
         "no quit on drop"
+    );
+}
+
+/// A deferred ack's reply is read ahead of the next command's, in the same
+/// round trip; nothing is left for `flush` to wait for.
+#[test]
+fn deferred_ack_reply_is_read_before_the_next_reply() {
+    let (config, server) = fake_server(vec![
+        ("reserve-with-timeout 0", reserved(5, b"job")),
+        ("stats-job 5", ok_body(b"---\nreserves: 1\nkicks: 0\n")),
+        ("delete 5", b"DELETED\r\n".to_vec()),
+        ("put ", b"INSERTED 6\r\n".to_vec()),
+    ]);
+    let mut b = config.open("t").unwrap();
+    let d = b.fetch(1, Duration::ZERO).unwrap().pop().unwrap();
+    b.ack_deferred(d).unwrap();
+    assert_eq!(b.unconfirmed.len(), 1);
+    b.publish(b"x", Duration::ZERO).unwrap();
+    assert!(b.unconfirmed.is_empty());
+    b.flush().unwrap();
+    drop(b);
+    server.join().unwrap();
+}
+
+/// A connection lost before a deferred ack's reply came: `flush` says so,
+/// and the next call reconnects and sends the `delete` again; NOT_FOUND
+/// (the first one was done) settles it.
+#[test]
+fn deferred_ack_is_resent_after_a_reconnect() {
+    let (config, server) = fake_servers(vec![
+        vec![
+            ("reserve-with-timeout 0", reserved(5, b"job")),
+            ("stats-job 5", ok_body(b"---\nreserves: 1\nkicks: 0\n")),
+            ("delete 5", Vec::new()), // the server dies before answering
+        ],
+        vec![("delete 5", b"NOT_FOUND\r\n".to_vec())],
+    ]);
+    let mut b = config.open("t").unwrap();
+    let d = b.fetch(1, Duration::ZERO).unwrap().pop().unwrap();
+    b.ack_deferred(d).unwrap();
+    let e = b.flush().unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    b.flush().expect("resent and settled on a new connection");
+    assert!(b.unconfirmed.is_empty());
+    drop(b);
+    let seen = server.join().unwrap();
+    assert_eq!(seen[1].last().unwrap(), "delete 5");
+}
+
+/// A server that restarted without a binlog lost the old jobs, and their
+/// ids may name new ones: deferred acks are not resent to it.
+#[test]
+fn deferred_acks_are_not_resent_to_a_new_server_without_binlog() {
+    let (config, server) = fake_servers(vec![
+        vec![
+            ("reserve-with-timeout 0", reserved(5, b"job")),
+            ("stats-job 5", ok_body(b"---\nreserves: 1\nkicks: 0\n")),
+            ("delete 5", Vec::new()),
+        ],
+        vec![
+            ("use ", b"USING t\r\n".to_vec()),
+            ("watch ", b"WATCHING 2\r\n".to_vec()),
+            ("ignore default", b"WATCHING 1\r\n".to_vec()),
+            (
+                "stats",
+                ok_body(b"---\nmax-job-size: 1000\nid: other\nbinlog-current-index: 0\n"),
+            ),
+            ("put ", b"INSERTED 1\r\n".to_vec()),
+        ],
+    ]);
+    let mut b = config.open("t").unwrap();
+    let d = b.fetch(1, Duration::ZERO).unwrap().pop().unwrap();
+    b.ack_deferred(d).unwrap();
+    assert!(b.flush().is_err());
+    b.publish(b"x", Duration::ZERO).unwrap();
+    assert!(b.unconfirmed.is_empty());
+    drop(b);
+    let seen = server.join().unwrap();
+    assert!(
+        seen[1][4].starts_with("put "),
+        "no delete resent: {:?}",
+        seen[1]
     );
 }
