@@ -161,6 +161,15 @@ pub(crate) fn host_token() -> u64 {
     h.max(1)
 }
 
+/// What the crate's other tests need from here.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    /// The start time of process `pid`.
+    pub(crate) fn start_of(pid: u32) -> u64 {
+        super::stat(pid).expect("/proc readable").start
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

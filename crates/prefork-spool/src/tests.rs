@@ -275,6 +275,219 @@ fn a_claim_whose_owner_is_gone_comes_back_before_its_lease_ends() {
     assert!(one(&mut q2).is_none(), "dead owners not reclaimed when off");
 }
 
+/// Renames the claim of `d` to one held by `holder`, as if that process
+/// had fetched it.
+fn reown(q: &Queue, d: &Delivery, holder: Holder) -> Claimed {
+    let c = Claimed::parse(d.receipt()).unwrap();
+    let moved = Claimed { holder, ..c };
+    fs::rename(
+        q.claimed.join(d.receipt()),
+        q.claimed.join(moved.to_string()),
+    )
+    .unwrap();
+    moved
+}
+
+/// A pid above the kernel's pid_max (2^22): no such process.
+const NO_SUCH_PID: u32 = 2_000_000_000;
+
+#[test]
+fn dead_holders_on_this_host_are_reclaimed_early_others_wait_for_the_lease() {
+    let (_dir, clock, spool) = setup();
+    let mut q = spool.queue("q").unwrap();
+    let me = q.me;
+    let init_start = holder::tests_support::start_of(1);
+    for p in ["gone", "reused", "elsewhere", "init", "unrecorded"] {
+        q.publish(p.as_bytes(), Duration::ZERO).unwrap();
+    }
+    let held: Vec<Delivery> = q.fetch(5, Duration::ZERO).unwrap();
+    let dead = Holder {
+        pid: NO_SUCH_PID,
+        ..me
+    };
+    reown(&q, &held[0], dead);
+    // pid 1 runs, but started long before this claim says its holder did.
+    reown(&q, &held[1], Holder { pid: 1, ..me });
+    // A dead pid of another host (a container sharing the directory).
+    reown(
+        &q,
+        &held[2],
+        Holder {
+            host: me.host ^ 1,
+            ..dead
+        },
+    );
+    reown(
+        &q,
+        &held[3],
+        Holder {
+            pid: 1,
+            start: init_start,
+            ..me
+        },
+    );
+    // A claim in the short form (no start time, no host).
+    reown(
+        &q,
+        &held[4],
+        Holder {
+            start: 0,
+            host: 0,
+            ..dead
+        },
+    );
+    q.next_reclaim_us = 0;
+    let early = q.fetch(10, Duration::ZERO).unwrap();
+    let mut back: Vec<Vec<u8>> = early.iter().map(|d| d.payload().to_vec()).collect();
+    back.sort();
+    assert_eq!(back, [b"gone".to_vec(), b"reused".to_vec()]);
+    assert!(q.ack_batch(early).is_empty());
+    clock.advance(LEASE + Duration::from_millis(1));
+    let mut late: Vec<Vec<u8>> = q
+        .fetch(10, Duration::ZERO)
+        .unwrap()
+        .iter()
+        .map(|d| d.payload().to_vec())
+        .collect();
+    late.sort();
+    assert_eq!(
+        late,
+        [
+            b"elsewhere".to_vec(),
+            b"init".to_vec(),
+            b"unrecorded".to_vec()
+        ],
+        "the others come back when the lease ends"
+    );
+}
+
+#[test]
+fn take_over_takes_every_claim_of_the_dead_pid_on_this_host_and_no_other() {
+    let (_dir, _clock, spool) = setup();
+    let mut q = spool.queue("q").unwrap();
+    let mut taker = spool.queue("q").unwrap();
+    let me = q.me;
+    for p in [
+        "a",
+        "b",
+        "elsewhere",
+        "other-pid",
+        "mine",
+        "short",
+        "short-listed",
+    ] {
+        q.publish(p.as_bytes(), Duration::ZERO).unwrap();
+    }
+    let held = q.fetch(7, Duration::ZERO).unwrap();
+    let dead = Holder {
+        pid: NO_SUCH_PID,
+        ..me
+    };
+    reown(&q, &held[0], dead);
+    reown(&q, &held[1], dead);
+    reown(
+        &q,
+        &held[2],
+        Holder {
+            host: me.host ^ 1,
+            ..dead
+        },
+    );
+    reown(
+        &q,
+        &held[3],
+        Holder {
+            pid: NO_SUCH_PID - 1,
+            ..me
+        },
+    );
+    // held[4] stays this (live) process's claim.
+    reown(
+        &q,
+        &held[5],
+        Holder {
+            start: 0,
+            host: 0,
+            ..dead
+        },
+    );
+    reown(
+        &q,
+        &held[6],
+        Holder {
+            start: 0,
+            host: 0,
+            ..dead
+        },
+    );
+    let listed = [held[6].id().clone()];
+    let mut got = taker.take_over(NO_SUCH_PID, &listed).unwrap();
+    got.sort_by(|x, y| x.payload().cmp(y.payload()));
+    let payloads: Vec<&[u8]> = got.iter().map(Delivery::payload).collect();
+    assert_eq!(payloads, [&b"a"[..], b"b", b"short-listed"]);
+    assert!(got.iter().all(|d| d.attempt() == 2), "{got:?}");
+    for d in got {
+        let c = Claimed::parse(d.receipt()).unwrap();
+        assert_eq!(c.holder, taker.me, "held by the taker now");
+        taker.ack(d).unwrap();
+    }
+    assert_eq!(q.stats().unwrap().claimed, 4, "the others are untouched");
+    assert!(
+        taker.take_over(me.pid, &[]).unwrap().is_empty(),
+        "a live holder keeps its claims"
+    );
+}
+
+#[test]
+fn take_over_finds_listed_jobs_a_fetch_gave_back_already() {
+    let (_dir, _clock, spool) = setup();
+    let mut q = spool.queue("q").unwrap();
+    q.publish(b"orphan", Duration::ZERO).unwrap();
+    q.publish(b"other", Duration::ZERO).unwrap();
+    let held = one(&mut q).unwrap();
+    reown(
+        &q,
+        &held,
+        Holder {
+            pid: NO_SUCH_PID,
+            ..q.me
+        },
+    );
+    // A sibling's fetch reclaims it (its holder is dead) before take_over.
+    let mut sibling = spool.queue("q").unwrap();
+    sibling.next_reclaim_us = 0;
+    sibling.reclaim(sibling.now_us()).unwrap();
+    assert_eq!(q.stats().unwrap().ready, 2);
+    let got = q.take_over(NO_SUCH_PID, &[held.id().clone()]).unwrap();
+    assert_eq!(got.len(), 1, "only the listed job: {got:?}");
+    assert_eq!((got[0].payload(), got[0].attempt()), (&b"orphan"[..], 2));
+}
+
+#[test]
+fn publish_batch_keeps_order_across_chunks_and_honours_the_delay() {
+    let (_dir, clock, spool) = setup();
+    let mut q = spool.queue("q").unwrap();
+    let big = vec![7u8; ONE_WRITE + 1];
+    let mut payloads: Vec<Vec<u8>> = (0..BATCH_FILES * 2 + 3)
+        .map(|i| format!("{i:04}").into_bytes())
+        .collect();
+    payloads[BATCH_FILES] = big.clone();
+    let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    q.publish_batch(&refs, Duration::ZERO).unwrap();
+    q.publish_batch(&[b"later", b"later too"], Duration::from_secs(5))
+        .unwrap();
+    q.publish_batch(&[], Duration::ZERO).unwrap();
+    assert_eq!(q.stats().unwrap().delayed, 2);
+    let got = q.fetch(payloads.len() + 2, Duration::ZERO).unwrap();
+    let got: Vec<&[u8]> = got.iter().map(Delivery::payload).collect();
+    assert_eq!(got, refs, "all of them, in order, nothing delayed");
+    assert!(list(&q.tmp).unwrap().is_empty());
+    clock.advance(Duration::from_secs(5));
+    let late = q.fetch(5, Duration::ZERO).unwrap();
+    let late: Vec<&[u8]> = late.iter().map(Delivery::payload).collect();
+    assert_eq!(late, [&b"later"[..], b"later too"]);
+}
+
 #[test]
 fn opening_removes_temp_files_of_dead_publishers_only() {
     let (_dir, _clock, spool) = setup();

@@ -177,6 +177,17 @@ fn serve_spool_role() {
                 }
             }
         }
+        // Fetches one job, says "held", and waits to be killed.
+        "hold" => {
+            let mut q = spool(&dir, Duration::from_secs(60));
+            let d = q
+                .fetch_one(Duration::from_secs(10))
+                .unwrap()
+                .expect("a job");
+            writeln!(out, "held {}", d.id()).unwrap();
+            out.flush().unwrap();
+            sleep(Duration::from_secs(30));
+        }
         other => panic!("unknown role {other}"),
     }
     std::process::exit(0);
@@ -304,6 +315,35 @@ fn sigkill_at_any_instant_loses_nothing() {
     assert!(tmp.is_empty(), "temp files left: {tmp:?}");
 }
 
+/// A holder SIGKILLed and not yet reaped (a zombie, which `kill(pid, 0)`
+/// still finds) loses its claim to the next fetch at once, though the lease
+/// is 60 s: its pid, start time and host are in the claim's name.
+fn a_killed_holders_job_comes_back_before_it_is_reaped() {
+    let dir = TempDir::new("zombie");
+    let mut q = spool(&dir.0, Duration::from_secs(60));
+    q.publish(b"orphan", Duration::ZERO).unwrap();
+    let mut holder = helper("hold", &dir.0, "");
+    let mut first = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("held "), "{first:?}");
+    holder.kill().unwrap(); // SIGKILL; not waited for
+    let since = Instant::now();
+    let d = q
+        .fetch_one(Duration::from_secs(5))
+        .unwrap()
+        .expect("the dead holder's job, long before the lease ends");
+    assert_eq!((d.payload(), d.attempt()), (&b"orphan"[..], 2));
+    assert!(
+        since.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        since.elapsed()
+    );
+    q.ack(d).unwrap();
+    holder.wait().unwrap();
+}
+
 fn main() {
     kit().serve_role(); // also serves broken_kit()'s helpers: same roles
     serve_spool_role();
@@ -325,6 +365,10 @@ fn main() {
         Case::new(
             "sigkill_at_any_instant_loses_nothing",
             sigkill_at_any_instant_loses_nothing,
+        ),
+        Case::new(
+            "a_killed_holders_job_comes_back_before_it_is_reaped",
+            a_killed_holders_job_comes_back_before_it_is_reaped,
         ),
     ]);
     run(&cases);
