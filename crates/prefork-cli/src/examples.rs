@@ -30,6 +30,10 @@ pub struct Append {
     /// Milliseconds to sleep before appending (default 0).
     #[serde(default)]
     pub sleep_ms: u64,
+    /// A line appended when the job starts, before the sleep (none by
+    /// default): shows a job that started and did not finish.
+    #[serde(default)]
+    pub start_line: Option<String>,
 }
 
 /// The example handlers, with retries starting at `retry_base`:
@@ -41,7 +45,7 @@ pub struct Append {
 /// | `flaky` | `{"failures": 1}` | fails its first `failures` attempts |
 /// | `fail` | a string | always fails (retried, then dead) |
 /// | `panic` | a string | panics with it (retried, then dead) |
-/// | `append` | `{"path": "...", "line": "...", "sleep_ms": 0}` | sleeps `sleep_ms` (optional), then appends the line to the file with `O_APPEND` |
+/// | `append` | `{"path": "...", "line": "...", "sleep_ms": 0, "start_line": "..."}` | appends `start_line` (optional), sleeps `sleep_ms` (optional), then appends `line`, to the file with `O_APPEND` |
 pub fn registry(retry_base: Duration) -> Registry {
     let mut r = Registry::new();
     r.default_retry(
@@ -84,12 +88,18 @@ pub fn registry(retry_base: Duration) -> Registry {
         |_: &mut JobContext<'_>, msg: String| -> Result<(), JobError> { panic!("{msg}") },
     );
     r.register("append", |_: &mut JobContext<'_>, a: Append| {
+        let append = |line: &str| -> std::io::Result<()> {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&a.path)?
+                .write_all(format!("{line}\n").as_bytes())
+        };
+        if let Some(start) = &a.start_line {
+            append(start)?;
+        }
         std::thread::sleep(Duration::from_millis(a.sleep_ms));
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&a.path)?;
-        f.write_all(format!("{}\n", a.line).as_bytes())?;
+        append(&a.line)?;
         Ok(())
     });
     r

@@ -394,6 +394,173 @@ fn hard_limit_kills_are_job_failures_dispatch() {
     }
 }
 
+/// The broker URLs of the servers this run has, with their names, plus a
+/// fresh spool.
+fn brokers_under_test(name: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for (broker, var) in [
+        ("redis", "PREFORK_REDIS_URL"),
+        ("beanstalkd", "PREFORK_BEANSTALKD_URL"),
+    ] {
+        if let Some(url) = e2e::broker_url(var) {
+            out.push((broker, url));
+        }
+    }
+    let spool = tmp(&format!("{name}-spool"));
+    out.push(("spool", format!("spool://{}", spool.display())));
+    out
+}
+
+/// The master's children that are workers (not the feeder).
+fn workers_of(master: u32) -> Vec<i32> {
+    e2e::children_of(master)
+        .into_iter()
+        .filter(|p| !e2e::cmdline(*p).contains("feeder"))
+        .collect()
+}
+
+/// A job whose worker is SIGKILLed runs again at once, not after its
+/// claim timeout (the default 30-60 s, left as it is): in pull mode the
+/// dead worker's replacement takes its claims over; in dispatch mode the
+/// feeder hears of the death at once. On every broker, both modes.
+fn killed_worker_s_job_runs_again_at_once(mode: &str) {
+    for (broker, url) in brokers_under_test(&format!("kill-{mode}")) {
+        let queue = e2e::unique_name("killed");
+        let dir = tmp(&queue);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.log");
+        let args = serde_json::json!({
+            "path": out, "start_line": "start", "line": "end", "sleep_ms": 2000
+        })
+        .to_string();
+        let enq = prefork()
+            .args([
+                "--broker", &url, "--queue", &queue, "enqueue", "append", &args,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            enq.status.success(),
+            "{}",
+            String::from_utf8_lossy(&enq.stderr)
+        );
+        let log = dir.join("pool.log");
+        let pool = prefork()
+            .args(["--broker", &url, "--queue", &queue])
+            .args(["work", "--workers", "2", "--mode", mode])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let seen = |line: &str| e2e::counts(&out).get(line).copied().unwrap_or(0);
+        e2e::wait_until("the job to start", Duration::from_secs(20), || {
+            seen("start") == 1
+        });
+        for w in workers_of(pool.id()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(w),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // Well inside the claim timeout (30 s on Redis, 60 s on the spool
+        // and beanstalkd): only a take-over brings it back this soon.
+        let back = std::time::Instant::now() + Duration::from_secs(10);
+        while seen("start") < 2 {
+            assert!(
+                std::time::Instant::now() < back,
+                "{broker}, {mode} mode: the killed worker's job did not run again within 10 s:\n{}",
+                std::fs::read_to_string(&log).unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        e2e::wait_until("the job to finish", Duration::from_secs(20), || {
+            seen("end") == 1
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        e2e::quit(pool);
+        assert_eq!(
+            (seen("start"), seen("end")),
+            (2, 1),
+            "{broker}, {mode} mode"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+fn killed_worker_s_job_runs_again_at_once_pull() {
+    killed_worker_s_job_runs_again_at_once("pull");
+}
+
+fn killed_worker_s_job_runs_again_at_once_dispatch() {
+    killed_worker_s_job_runs_again_at_once("dispatch");
+}
+
+/// Dispatch mode: SIGKILLing the feeder while workers run jobs makes no
+/// finished job run again and leaves no job claimed: the next feeder takes
+/// the dead one's claims over and settles the reports of the jobs that
+/// were running (before, it ignored them and those jobs ran again once
+/// their claims expired). A 3 s claim timeout, waited out at the end, lets
+/// a job left claimed come back within the test.
+fn feeder_kill_runs_no_finished_job_again() {
+    for (broker, url) in brokers_under_test("feeder-kill") {
+        let queue = e2e::unique_name("fkill");
+        let dir = tmp(&queue);
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("out.log");
+        let args = serde_json::json!({"path": out, "line": "ran", "sleep_ms": 400}).to_string();
+        let with_broker = |cmd: &mut Command| {
+            cmd.args(["--broker", &url, "--queue", &queue, "--lease", "3"]);
+        };
+        let mut enq = prefork();
+        with_broker(&mut enq);
+        let enq = enq
+            .args(["enqueue", "append", &args, "--count", "24"])
+            .output()
+            .unwrap();
+        assert!(
+            enq.status.success(),
+            "{}",
+            String::from_utf8_lossy(&enq.stderr)
+        );
+        let log = dir.join("pool.log");
+        let mut pool = prefork();
+        with_broker(&mut pool);
+        let pool = pool
+            .args(["work", "--workers", "4", "--mode", "dispatch"])
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let ran = || e2e::counts(&out).get("ran").copied().unwrap_or(0);
+        let mut kills = 0;
+        for mark in [4, 12] {
+            e2e::wait_until("jobs to run", Duration::from_secs(30), || ran() >= mark);
+            // Mid-job: the workers are 0-400 ms into their jobs.
+            std::thread::sleep(Duration::from_millis(150));
+            let feeder = e2e::children_of(pool.id())
+                .into_iter()
+                .find(|p| e2e::cmdline(*p).contains("feeder"))
+                .expect("the feeder process");
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(feeder),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            kills += 1;
+        }
+        e2e::wait_until("every job to run", Duration::from_secs(60), || ran() >= 24);
+        // Past the claim timeout: a job left claimed by a dead feeder
+        // would be handed out again by now.
+        std::thread::sleep(Duration::from_secs(5));
+        e2e::quit(pool);
+        assert_eq!(
+            ran(),
+            24,
+            "{broker}: {kills} feeder kills made finished jobs run again:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
+
 /// `demo --jobs 0` starts a pool and stops it cleanly, every time (the
 /// QUIT used to come before the master's handler was installed, 4 runs
 /// in 5).
@@ -495,6 +662,21 @@ fn main() {
             "demo_in_dispatch_mode_gives_the_same_counts",
             demo_in_dispatch_mode_gives_the_same_counts,
         ),
+        Case::new(
+            "killed_worker_s_job_runs_again_at_once_pull",
+            killed_worker_s_job_runs_again_at_once_pull,
+        )
+        .limit(Duration::from_secs(120)),
+        Case::new(
+            "killed_worker_s_job_runs_again_at_once_dispatch",
+            killed_worker_s_job_runs_again_at_once_dispatch,
+        )
+        .limit(Duration::from_secs(120)),
+        Case::new(
+            "feeder_kill_runs_no_finished_job_again",
+            feeder_kill_runs_no_finished_job_again,
+        )
+        .limit(Duration::from_secs(180)),
         Case::new(
             "demo_of_no_jobs_stops_cleanly",
             demo_of_no_jobs_stops_cleanly,

@@ -34,6 +34,7 @@ const KIND_WANT: u8 = 8;
 const KIND_RELEASE: u8 = 9;
 const KIND_LOST: u8 = 10;
 const KIND_DEADLINE: u8 = 11;
+const KIND_ORPHANED: u8 = 12;
 
 const PROGRESS_IDLE: u8 = 0;
 const PROGRESS_BUSY: u8 = 1;
@@ -142,6 +143,22 @@ pub enum Message {
         /// Milliseconds from now; 0 clears.
         in_ms: u64,
     },
+    /// Master -> feeder or worker: the process `pid` (a worker or the
+    /// feeder of this pool) died holding broker claims; take them over now
+    /// instead of waiting for their claim timeout (`Broker::take_over`).
+    ///
+    /// To a pull-mode worker: `ids` are the jobs the dead worker was
+    /// running, as far as the master knows; the receiver takes every claim
+    /// of `pid` and runs them. To a new feeder: the old feeder `pid` died;
+    /// `ids` are the jobs it handed out that still run on workers (their
+    /// reports come to the new feeder, which must hold them, not hand them
+    /// out again); its other claims are jobs no worker started.
+    Orphaned {
+        /// The dead process's id.
+        pid: u32,
+        /// See above.
+        ids: Vec<String>,
+    },
     /// A frame of a kind this version does not know, from a newer peer: kept,
     /// not an error (forward compatibility).
     ///
@@ -183,6 +200,7 @@ impl Message {
             Message::Release { .. } => KIND_RELEASE,
             Message::Lost { .. } => KIND_LOST,
             Message::Deadline { .. } => KIND_DEADLINE,
+            Message::Orphaned { .. } => KIND_ORPHANED,
             Message::Unknown { kind, .. } => *kind,
         }
     }
@@ -326,6 +344,14 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::Deadline { id, in_ms } => {
             put_bytes(out, id.as_bytes());
             out.extend_from_slice(&in_ms.to_le_bytes());
+        }
+        Message::Orphaned { pid, ids } => {
+            out.extend_from_slice(&pid.to_le_bytes());
+            let n = u32::try_from(ids.len()).expect("more than u32::MAX ids");
+            out.extend_from_slice(&n.to_le_bytes());
+            for id in ids {
+                put_bytes(out, id.as_bytes());
+            }
         }
         Message::Stats(s) => {
             for v in [s.rss_bytes, s.pss_bytes, s.jobs_finished, s.iterations] {
@@ -477,6 +503,22 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
             id: b.string("deadline: truncated id")?,
             in_ms: b.u64("deadline: truncated time")?,
         },
+        KIND_ORPHANED => {
+            let pid = b.u32("orphaned: truncated pid")?;
+            let n = b.u32("orphaned: truncated count")? as usize;
+            // Each id takes at least its 4-byte length: a count the body
+            // cannot hold is garbage, not an allocation.
+            if n > b.rest.len() / 4 {
+                return Err(DecodeError::Malformed(
+                    "orphaned: more ids than the frame holds",
+                ));
+            }
+            let mut ids = Vec::with_capacity(n);
+            for _ in 0..n {
+                ids.push(b.string("orphaned: truncated id")?);
+            }
+            Message::Orphaned { pid, ids }
+        }
         _ => unknown(),
     };
     Ok(msg)

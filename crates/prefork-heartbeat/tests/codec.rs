@@ -59,10 +59,12 @@ fn message() -> impl Strategy<Value = Message> {
         ".*".prop_map(|id| Message::Release { id }),
         (".*", ".*").prop_map(|(id, reason)| Message::Lost { id, reason }),
         (".*", any::<u64>()).prop_map(|(id, in_ms)| Message::Deadline { id, in_ms }),
+        (any::<u32>(), proptest::collection::vec(".*", 0..5))
+            .prop_map(|(pid, ids)| Message::Orphaned { pid, ids }),
         stats().prop_map(Message::Stats),
         control().prop_map(Message::Control),
         (
-            prop_oneof![Just(0_u8), 12_u8..=255],
+            prop_oneof![Just(0_u8), 13_u8..=255],
             proptest::collection::vec(any::<u8>(), 0..64)
         )
             .prop_map(|(kind, body)| Message::Unknown { kind, body }),

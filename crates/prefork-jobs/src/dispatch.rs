@@ -3,12 +3,12 @@
 //! jobs the master hands them. Run them with
 //! `prefork_master::Master::run_dispatch`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use prefork_broker::{Broker, Connect, Delivery, ErrorKind, SettleError};
-use prefork_master::{BoxError, Context, Feeder, Job, Settle, Worker};
+use prefork_broker::{Broker, Connect, Delivery, DeliveryId, ErrorKind, SettleError};
+use prefork_master::{BoxError, Context, Feeder, Job, Orphans, Settle, Worker};
 
 use crate::envelope::unix_ms;
 use crate::registry::{Outcome, Registry};
@@ -21,10 +21,15 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 /// master has idle workers, keeps each [`Delivery`] until its worker
 /// reports, and settles it: ack, retry after the delay the worker computed,
 /// dead letter, release (never started), or, when the worker died holding
-/// it, a failed attempt under the job's [`RetryPolicy`](crate::RetryPolicy)
-/// (with its backoff; dead letter once the attempts are spent, so poison
+/// it, a failed attempt run again at once (dead letter once the job's
+/// [`RetryPolicy`](crate::RetryPolicy) attempts are spent, so poison
 /// protection holds). It renews the claims of running jobs every
 /// [`touch_every`](DispatchFeeder::touch_every).
+///
+/// When a feeder dies, the next one [adopts](Feeder::adopt) its claims
+/// ([`Broker::take_over`]): it settles the reports of the jobs still
+/// running on workers, and hands out at once the jobs the dead feeder held
+/// that no worker started.
 ///
 /// The registry is the same as the workers' (it is read here for the
 /// retry policy of lost jobs); pass a clone of the set-up or build it twice.
@@ -57,6 +62,8 @@ pub struct DispatchFeeder {
     queue: String,
     broker: Option<Box<dyn Broker + Send>>,
     held: HashMap<String, Delivery>,
+    /// Adopted deliveries no worker runs: handed out by the next fetch.
+    adopted: VecDeque<Delivery>,
     jitter: Jitter,
     touch_every: Duration,
     last_touch: Instant,
@@ -80,6 +87,7 @@ impl DispatchFeeder {
             queue: queue.to_owned(),
             broker: None,
             held: HashMap::new(),
+            adopted: VecDeque::new(),
             jitter: Jitter::seeded(),
             touch_every: Duration::from_secs(5),
             last_touch: Instant::now(),
@@ -145,7 +153,12 @@ impl Feeder for DispatchFeeder {
         let Some(broker) = self.broker.as_mut() else {
             return Err("DispatchFeeder used before start".into());
         };
-        let batch = match broker.fetch(max, wait) {
+        let adopted = self.adopted.len().min(max);
+        let batch = match adopted {
+            0 => broker.fetch(max, wait),
+            n => Ok(self.adopted.drain(..n).collect()),
+        };
+        let batch = match batch {
             Ok(batch) => batch,
             Err(e) if e.is_retryable() => {
                 tracing::warn!(%queue, error = %e, "fetch failed; trying again");
@@ -171,7 +184,6 @@ impl Feeder for DispatchFeeder {
             );
             return Ok(());
         };
-        let random = self.jitter.next();
         let Some(broker) = self.broker.as_mut() else {
             return Err("DispatchFeeder used before start".into());
         };
@@ -195,11 +207,11 @@ impl Feeder for DispatchFeeder {
             Settle::Lost { reason, .. } => {
                 match self
                     .registry
-                    .lost(delivery.payload(), delivery.attempt(), &reason, random)
+                    .lost(delivery.payload(), delivery.attempt(), &reason)
                 {
-                    Ok((delay, reason)) => {
-                        tracing::warn!(delivery = %id, ?delay, %reason, "job lost with its worker; retrying");
-                        broker.retry(delivery, delay)
+                    Ok(reason) => {
+                        tracing::warn!(delivery = %id, %reason, "job lost with its worker; running it again");
+                        broker.retry(delivery, Duration::ZERO)
                     }
                     Err(reason) => {
                         tracing::warn!(delivery = %id, %reason, "job lost with its worker; sent to the dead letters");
@@ -245,10 +257,50 @@ impl Feeder for DispatchFeeder {
         Ok(())
     }
 
+    /// Takes the dead feeder's claims over ([`Broker::take_over`]): the
+    /// jobs still running on workers are held for their reports, the
+    /// others are handed out by the next fetches. A broker error is logged:
+    /// those claims then come back when they expire.
+    fn adopt(&mut self, orphans: Orphans, _ctx: &mut Context) -> Result<(), BoxError> {
+        let Some(broker) = self.broker.as_mut() else {
+            return Err("DispatchFeeder used before start".into());
+        };
+        let ids: Vec<DeliveryId> = orphans.ids.iter().cloned().map(DeliveryId::new).collect();
+        let running: HashSet<&str> = orphans.ids.iter().map(String::as_str).collect();
+        match broker.take_over(orphans.pid, &ids) {
+            Ok(taken) => {
+                let n = taken.len();
+                for d in taken {
+                    if running.contains(d.id().as_str()) {
+                        self.held.insert(d.id().as_str().to_owned(), d);
+                    } else {
+                        self.adopted.push_back(d);
+                    }
+                }
+                tracing::info!(
+                    pid = orphans.pid,
+                    taken = n,
+                    running = running.len(),
+                    "took over the claims of the feeder before this one"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(pid = orphans.pid, error = %e, "could not take over a dead feeder's claims; they come back when they expire");
+            }
+        }
+        Ok(())
+    }
+
     fn stop(&mut self, _ctx: &mut Context) {
         let Some(broker) = self.broker.as_mut() else {
             return;
         };
+        for d in self.adopted.drain(..) {
+            let id = d.id().clone();
+            if let Err(e) = broker.release(d) {
+                tracing::warn!(delivery = %id, error = %e.error(), "could not release an adopted job; it comes back when its claim expires");
+            }
+        }
         for (id, d) in self.held.drain() {
             tracing::info!(delivery = %id, "feeder stopping: giving back a job never settled");
             if let Err(e) = broker.release(d) {

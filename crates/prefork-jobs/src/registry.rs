@@ -505,10 +505,11 @@ impl Registry {
 
     /// What to do with a delivery whose worker died while running it
     /// (dispatch mode: a crash, a SIGKILL, the hard time limit): it counts
-    /// as a failed attempt. `Ok((delay, reason))`: retry after the job's
-    /// policy's backoff; `Err(reason)`: dead letter (attempts spent, or
-    /// the payload cannot be run at all). `random` in `[0, 1)` picks the
-    /// jitter.
+    /// as a failed attempt, run again at once (as a pull-mode worker's
+    /// claims are taken over at once by its replacement: no backoff, which
+    /// is for failures a handler reports) until its attempts are spent.
+    /// `Ok(reason)`: retry now, `reason` for the log; `Err(reason)`: dead
+    /// letter (attempts spent, or the payload cannot be run at all).
     ///
     /// # Errors
     ///
@@ -522,8 +523,8 @@ impl Registry {
     /// let mut jobs = Registry::new();
     /// jobs.register("x", |_: &mut JobContext<'_>, ()| Ok::<(), JobError>(())).retry(RetryPolicy::new(2));
     /// let payload = Envelope::new("q", "x", serde_json::Value::Null).to_bytes();
-    /// assert!(jobs.lost(&payload, 1, "killed by SIGKILL", 0.5).is_ok());
-    /// let dead = jobs.lost(&payload, 2, "killed by SIGKILL", 0.5).unwrap_err();
+    /// assert!(jobs.lost(&payload, 1, "killed by SIGKILL").is_ok());
+    /// let dead = jobs.lost(&payload, 2, "killed by SIGKILL").unwrap_err();
     /// assert!(dead.contains("attempt 2 of 2") && dead.contains("SIGKILL"));
     /// ```
     pub fn lost(
@@ -531,8 +532,7 @@ impl Registry {
         payload: &[u8],
         delivery_attempt: u32,
         reason: &str,
-        random: f64,
-    ) -> Result<(Duration, String), String> {
+    ) -> Result<String, String> {
         let prepared = self
             .prepare(payload, delivery_attempt)
             .map_err(|o| match o {
@@ -541,15 +541,13 @@ impl Registry {
             })?;
         let (job, attempt) = (&prepared.envelope.job, prepared.attempt);
         let policy = prepared.retry_policy();
-        match policy.next_delay(attempt, random) {
-            Some(delay) => Ok((
-                delay,
-                format!("job {job:?} attempt {attempt} lost: {reason}"),
-            )),
-            None => Err(format!(
+        if attempt < policy.get_max_attempts() {
+            Ok(format!("job {job:?} attempt {attempt} lost: {reason}"))
+        } else {
+            Err(format!(
                 "job {job:?} lost on attempt {attempt} of {}: {reason}",
                 policy.get_max_attempts()
-            )),
+            ))
         }
     }
 

@@ -6,8 +6,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime};
 
-use prefork_broker::{Broker, Connect, Delivery, ErrorKind, SettleError};
-use prefork_master::{BoxError, Context, Worker};
+use prefork_broker::{Broker, Connect, Delivery, DeliveryId, ErrorKind, SettleError};
+use prefork_master::{BoxError, Context, Orphans, Worker};
 
 use crate::envelope::unix_ms;
 use crate::registry::{Outcome, Registry};
@@ -58,9 +58,12 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 /// - **Graceful stop** (QUIT, TTOU, HUP, recycling): the job in hand
 ///   finishes; jobs fetched but not started are
 ///   [released](prefork_broker::Broker::release) in [`Worker::stop`].
-/// - **Quick stop or death** (TERM, SIGKILL, OOM): nothing is settled; the
-///   broker hands the claimed jobs out again (the spool at once, as their
-///   holder's pid is gone), counting an attempt.
+/// - **Quick stop or death** (TERM, SIGKILL, OOM, a panic): nothing is
+///   settled; the master tells the next worker to start (the dead one's
+///   replacement) to [take over](prefork_broker::Broker::take_over) what
+///   the dead one held ([`Context::take_orphans`]), so those jobs run
+///   again at once, counting an attempt, instead of after their claim
+///   timeout.
 /// - **Hard time limit**: the worker gives the job's deadline to the master
 ///   ([`Context::set_deadline`]), which SIGKILLs the worker when the job
 ///   overruns, logs the job, and replaces the worker at once (a time-limit
@@ -201,6 +204,9 @@ impl Worker for JobWorker {
         let Some(broker) = self.broker.as_mut() else {
             return Err("JobWorker::execute before start".into());
         };
+        for orphans in ctx.take_orphans() {
+            take_over(broker.as_mut(), &orphans, &mut self.buffered);
+        }
         if self.buffered.is_empty() {
             match broker.fetch(batch, self.poll) {
                 Ok(got) => self.buffered.extend(got),
@@ -289,6 +295,28 @@ impl Worker for JobWorker {
             tracing::warn!(error = %e, "could not confirm the last acks; those jobs may run again");
         }
         self.broker = None;
+    }
+}
+
+/// Takes over the claims of a dead sibling, to be run before anything else.
+fn take_over(broker: &mut (dyn Broker + Send), orphans: &Orphans, into: &mut VecDeque<Delivery>) {
+    let ids: Vec<DeliveryId> = orphans.ids.iter().cloned().map(DeliveryId::new).collect();
+    match broker.take_over(orphans.pid, &ids) {
+        Ok(taken) => {
+            if !taken.is_empty() {
+                tracing::info!(
+                    pid = orphans.pid,
+                    jobs = taken.len(),
+                    "took over the jobs of a dead worker"
+                );
+            }
+            for d in taken.into_iter().rev() {
+                into.push_front(d);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(pid = orphans.pid, error = %e, "could not take over a dead worker's jobs; they come back when their claims expire");
+        }
     }
 }
 

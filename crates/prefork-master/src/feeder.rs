@@ -9,7 +9,7 @@ use std::time::Duration;
 use prefork_heartbeat::Message;
 
 use crate::master::MAX_JOB_BYTES;
-use crate::worker::{BoxError, Context};
+use crate::worker::{BoxError, Context, Orphans};
 
 /// A job as the master routes it: the broker's delivery id, the payload
 /// and the delivery count, all opaque to the master.
@@ -128,9 +128,13 @@ impl Settle {
 ///   the feeder), and stops the feeder last; [`stop`](Feeder::stop) then
 ///   gives back whatever it still holds.
 /// - A worker that dies holding a job: [`Settle::Lost`] at once.
-/// - The feeder dying: the broker gets its claims back (the feeder was
-///   their holder); reports of jobs still running reach the next feeder,
-///   which settles what it can: at-least-once.
+/// - The feeder dying: the next feeder is told, before its first fetch,
+///   the dead feeder's pid and which of its jobs still run on workers
+///   ([`adopt`](Feeder::adopt)): it takes the dead feeder's claims over at
+///   once, holds the running ones for their reports (which reach it), and
+///   hands the others out. A feeder that does not implement `adopt` lets
+///   them come back when their claims expire, and the reports of jobs it
+///   did not fetch are lost: those jobs run again (at-least-once).
 ///
 /// Errors from `start` or `fetch` end the feeder process; the master starts
 /// another after a backoff. Keep transient broker errors inside (log and
@@ -216,6 +220,22 @@ pub trait Feeder {
         Ok(())
     }
 
+    /// The feeder before this one (process `orphans.pid`) died; take its
+    /// broker claims over (`Broker::take_over`). `orphans.ids` are the
+    /// jobs it handed out that still run on workers: hold them, their
+    /// reports come to this feeder; hand the other claims out (return them
+    /// from the next [`fetch`](Feeder::fetch)). Called before any report
+    /// that came after the death, and before the first fetch. The provided
+    /// method does nothing: those claims come back when they expire.
+    ///
+    /// # Errors
+    ///
+    /// An error ends the feeder process.
+    fn adopt(&mut self, orphans: Orphans, ctx: &mut Context) -> Result<(), BoxError> {
+        let _ = (orphans, ctx);
+        Ok(())
+    }
+
     /// Called when the master stops the feeder (last, after the workers):
     /// give back what is still held and close connections.
     fn stop(&mut self, ctx: &mut Context) {
@@ -261,6 +281,14 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
             for msg in ctx.take_inbox() {
                 match msg {
                     Message::Want { n } => credits = credits.saturating_add(n as usize),
+                    Message::Orphaned { pid, ids } => {
+                        // The reports before it are about this feeder's own
+                        // jobs; those after it may be about the adopted.
+                        if !settles.is_empty() {
+                            feeder.settle_batch(std::mem::take(&mut settles), ctx)?;
+                        }
+                        feeder.adopt(Orphans::new(pid, ids), ctx)?;
+                    }
                     other => settles.extend(Settle::from_message(other)),
                 }
             }

@@ -20,7 +20,7 @@ use crate::feeder::{Feeder, Job, Settle, run_feeder};
 use crate::report::{Phase, Report, WorkerInfo};
 use crate::router::{Route, Router};
 use crate::supervisor::{Action, Activity, FEEDER, Serial, Supervisor};
-use crate::worker::{BoxError, Context, ContextSettings, Worker};
+use crate::worker::{BoxError, Context, ContextSettings, Orphans, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
 pub(crate) const SIGNALS: &[c_int] = &[
@@ -221,6 +221,7 @@ impl Master {
             master_pid: std::process::id(),
             feeder,
             feeder_serial: None,
+            orphans: Vec::new(),
             router: Router::new(lookahead),
             routes: Vec::new(),
         };
@@ -274,6 +275,8 @@ struct Loop<W, F> {
     router: Router,
     /// Scratch space for the router's decisions.
     routes: Vec<Route>,
+    /// Pull mode: claims of dead workers, for the next worker to be ready.
+    orphans: Vec<Orphans>,
 }
 
 fn token(serial: Serial) -> Token {
@@ -374,15 +377,24 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         }
                         self.backlog.remove(&serial);
                         self.pending_output.remove(&serial);
+                        let clean = r.status == prefork_proc::ExitStatus::Exited(0);
+                        // A process that did not stop cleanly may have left
+                        // broker claims: a live one takes them over.
+                        let orphaned = u32::try_from(r.pid).ok().filter(|_| !clean);
                         if self.feeder_serial == Some(serial) {
                             self.feeder_serial = None;
-                            let dropped = self.router.feeder_gone();
-                            if dropped == 0 && r.status == prefork_proc::ExitStatus::Exited(0) {
+                            let dropped = self.router.feeder_gone(orphaned);
+                            if dropped == 0 && clean {
                                 tracing::debug!(pid = r.pid, "the feeder stopped");
                             } else {
                                 tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the broker gives its unstarted jobs back");
                             }
                         } else {
+                            if self.feeder.is_none()
+                                && let Some(pid) = orphaned
+                            {
+                                self.orphans.push(Orphans::new(pid, Vec::new()));
+                            }
                             let index = index.unwrap_or(usize::MAX);
                             let cause = match self.sup.time_limit_ms(serial) {
                                 Some(ms) => format!(" (hard time limit of {ms} ms)"),
@@ -509,6 +521,23 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         self.router.feeder_ready();
                     } else if self.feeder.is_some() && self.sup.is_live(serial) {
                         self.router.worker_ready(serial);
+                    } else if !self.orphans.is_empty() && self.sup.is_live(serial) {
+                        // Pull mode: the first worker up (a dead one's
+                        // replacement, usually) takes over its claims.
+                        for o in std::mem::take(&mut self.orphans) {
+                            tracing::debug!(
+                                pid = o.pid,
+                                serial,
+                                "a new worker takes over a dead one's claims"
+                            );
+                            self.send_message(
+                                serial,
+                                &Message::Orphaned {
+                                    pid: o.pid,
+                                    ids: o.ids,
+                                },
+                            );
+                        }
                     }
                 }
                 Message::Heartbeat(Progress::Idle) => self.sup.beat(now, serial, Activity::Idle),
@@ -625,6 +654,9 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 ),
                 Route::Release(id) => (self.feeder_serial, Message::Release { id }),
                 Route::Lost { id, reason } => (self.feeder_serial, Message::Lost { id, reason }),
+                Route::Orphaned { pid, running } => {
+                    (self.feeder_serial, Message::Orphaned { pid, ids: running })
+                }
             };
             match to {
                 Some(serial) => self.send_message(serial, &msg),

@@ -41,11 +41,25 @@ pub(crate) enum Route {
     Release(String),
     /// To the feeder: the job's worker died; a failed attempt.
     Lost { id: String, reason: String },
+    /// To the (next) feeder: the feeder `pid` died; take its claims over,
+    /// `running` still run on workers.
+    Orphaned { pid: u32, running: Vec<String> },
 }
 
 impl Route {
     fn is_for_feeder(&self) -> bool {
         !matches!(self, Route::ToWorker(..))
+    }
+
+    /// The job a report to the feeder is about.
+    fn report_id(&self) -> Option<&str> {
+        match self {
+            Route::Done(id)
+            | Route::Failed { id, .. }
+            | Route::Release(id)
+            | Route::Lost { id, .. } => Some(id),
+            _ => None,
+        }
     }
 }
 
@@ -72,8 +86,16 @@ pub(crate) struct Router {
     /// Messages for the feeder while there is none (it died): delivered to
     /// the next one.
     held: Vec<Route>,
+    /// The last reports sent to the feeder: one that dies may not have
+    /// read them, so they go to the next one as well (see `feeder_gone`).
+    sent: VecDeque<Route>,
     out: Vec<Route>,
 }
+
+/// How many of the last reports sent to the feeder are kept to be sent
+/// again to the next feeder when it dies (a feeder reads its inbox every
+/// few ms: a dead one left at most a few turns' worth unread).
+const RESEND_REPORTS: usize = 1024;
 
 impl Router {
     /// A router that asks the feeder for up to `lookahead` jobs beyond one
@@ -184,19 +206,50 @@ impl Router {
     pub(crate) fn feeder_ready(&mut self) {
         self.feeder_ready = true;
         self.asked = 0;
-        let held = std::mem::take(&mut self.held);
-        self.out.extend(held);
+        for route in std::mem::take(&mut self.held) {
+            self.remember(&route);
+            self.out.push(route);
+        }
         self.pump();
     }
 
-    /// The feeder died. Its unused credits die with it, and the jobs it
-    /// sent that no worker has started are dropped: the broker gives its
-    /// claims back (it is their holder), so running them would run them
-    /// twice. Returns how many were dropped.
-    pub(crate) fn feeder_gone(&mut self) -> usize {
+    /// The feeder (process `pid`) died. Its unused credits die with it,
+    /// and the jobs it sent that no worker has started are dropped here
+    /// (they are its claims: the next feeder takes them over and hands
+    /// them out again). The next feeder is told, before anything else that
+    /// follows, which of the dead one's jobs still run on workers
+    /// ([`Route::Orphaned`]). `pid` is `None` for a feeder that stopped
+    /// cleanly (it gave its claims back). Returns how many were dropped.
+    pub(crate) fn feeder_gone(&mut self, pid: Option<u32>) -> usize {
         self.feeder_ready = false;
         self.asked = 0;
         let dropped = self.queue.len();
+        let sent = std::mem::take(&mut self.sent);
+        if let Some(pid) = pid {
+            let running: Vec<String> = self
+                .workers
+                .values()
+                .filter_map(|slot| slot.job.clone())
+                .collect();
+            self.emit(Route::Orphaned {
+                pid,
+                running: running.clone(),
+            });
+            // The reports the dead feeder may not have settled go to the
+            // next, after the adoption that lets it settle them. A report
+            // about a job handed out again since (the same delivery id,
+            // running or queued) is stale: dropped.
+            let again: BTreeSet<&str> = running
+                .iter()
+                .map(String::as_str)
+                .chain(self.queue.iter().map(|j| j.id.as_str()))
+                .collect();
+            let stale = |r: &Route| r.report_id().is_some_and(|id| again.contains(id));
+            let resend: Vec<Route> = sent.into_iter().filter(|r| !stale(r)).collect();
+            for route in resend {
+                self.emit(route);
+            }
+        }
         self.queue.clear();
         dropped
     }
@@ -214,7 +267,18 @@ impl Router {
         if route.is_for_feeder() && !self.feeder_ready {
             self.held.push(route);
         } else {
+            self.remember(&route);
             self.out.push(route);
+        }
+    }
+
+    /// Keeps a report sent to the feeder among the last `RESEND_REPORTS`.
+    fn remember(&mut self, route: &Route) {
+        if route.report_id().is_some() {
+            if self.sent.len() == RESEND_REPORTS {
+                self.sent.pop_front();
+            }
+            self.sent.push_back(route.clone());
         }
     }
 
@@ -322,7 +386,11 @@ mod tests {
         }
         r.take_routes();
         assert_eq!(r.queued(), 2);
-        assert_eq!(r.feeder_gone(), 2, "unstarted: the broker gives them back");
+        assert_eq!(
+            r.feeder_gone(None),
+            2,
+            "unstarted: the broker gives them back"
+        );
         r.feeder_ready();
         assert_eq!(r.take_routes(), [Route::Want(2)]);
         r.job_from_feeder(job(4));
@@ -348,9 +416,25 @@ mod tests {
         );
         r.job_from_feeder(job(2)); // no worker: it waits
         assert_eq!(r.queued(), 1);
-        assert_eq!(r.feeder_gone(), 1);
+        assert_eq!(r.feeder_gone(Some(77)), 1);
         r.worker_ready(2);
         assert_eq!(r.take_routes(), [], "nothing to hand out, no feeder to ask");
+        r.feeder_ready();
+        assert_eq!(
+            r.take_routes(),
+            [
+                Route::Orphaned {
+                    pid: 77,
+                    running: vec![]
+                },
+                Route::Lost {
+                    id: "j1".into(),
+                    reason: "killed by SIGKILL".into()
+                },
+                Route::Want(1)
+            ],
+            "the next feeder adopts the dead one's claims and hears the report it may have missed"
+        );
     }
 
     #[test]
@@ -359,12 +443,59 @@ mod tests {
         r.feeder_ready();
         r.worker_ready(1);
         r.job_from_feeder(job(1));
-        r.feeder_gone();
+        r.feeder_gone(Some(9));
         r.take_routes();
         r.worker_finished(1, Route::Done("j1".into()));
         assert_eq!(r.take_routes(), []);
         r.feeder_ready();
-        assert_eq!(r.take_routes(), [Route::Done("j1".into()), Route::Want(1)]);
+        assert_eq!(
+            r.take_routes(),
+            [
+                Route::Orphaned {
+                    pid: 9,
+                    running: vec!["j1".into()]
+                },
+                Route::Done("j1".into()),
+                Route::Want(1)
+            ],
+            "the adoption names the running job before its report"
+        );
+    }
+
+    #[test]
+    fn a_report_the_dead_feeder_may_not_have_read_goes_to_the_next_unless_stale() {
+        let mut r = Router::new(0);
+        r.feeder_ready();
+        r.worker_ready(1);
+        r.worker_ready(2);
+        r.job_from_feeder(job(1));
+        r.job_from_feeder(job(2));
+        r.worker_finished(1, Route::Done("j1".into()));
+        let failed = Route::Failed {
+            id: "j2".into(),
+            reason: "x".into(),
+            retry: true,
+            delay_ms: 0,
+        };
+        r.worker_finished(2, failed);
+        // The feeder retried j2 and handed it out again (same id) before
+        // it died: the old report about j2 must not reach the next feeder.
+        r.job_from_feeder(job(2));
+        r.take_routes();
+        assert_eq!(r.job_of(1), Some("j2"));
+        r.feeder_gone(Some(5));
+        r.feeder_ready();
+        assert_eq!(
+            r.take_routes(),
+            [
+                Route::Orphaned {
+                    pid: 5,
+                    running: vec!["j2".into()]
+                },
+                Route::Done("j1".into()),
+                Route::Want(1)
+            ]
+        );
     }
 
     #[test]
@@ -438,6 +569,10 @@ mod tests {
             let mut released: HashSet<String> = HashSet::new();
             let mut sent: HashSet<String> = HashSet::new();
             let mut feeder = false;
+            // Reports a dead feeder may not have read are sent again.
+            let mut ended_before_gone: HashSet<String> = HashSet::new();
+            let mut released_before_gone: HashSet<String> = HashSet::new();
+            let mut orphans_expected: Option<Vec<String>> = None;
             for e in events {
                 match e {
                     Ev::Ready(w) => {
@@ -462,7 +597,16 @@ mod tests {
                         r.job_from_feeder(job(next));
                     },
                     Ev::FeederReady => if !feeder { feeder = true; credits = 0; r.feeder_ready() },
-                    Ev::FeederGone => if feeder { feeder = false; credits = 0; r.feeder_gone(); },
+                    Ev::FeederGone => if feeder {
+                        feeder = false;
+                        credits = 0;
+                        let mut running: Vec<String> = holding.values().cloned().collect();
+                        running.sort();
+                        orphans_expected = Some(running);
+                        r.feeder_gone(Some(1));
+                        ended_before_gone.extend(ended.iter().cloned());
+                        released_before_gone.extend(released.iter().cloned());
+                    },
                     Ev::Stop => { stopped = true; r.stop_fetching() }
                 }
                 for route in r.take_routes() {
@@ -480,11 +624,15 @@ mod tests {
                         }
                         Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => {
                             prop_assert!(handed.contains(&id));
-                            prop_assert!(ended.insert(id));
+                            prop_assert!(ended.insert(id.clone()) || ended_before_gone.contains(&id), "{} reported twice", id);
                         }
                         Route::Release(id) => {
                             prop_assert!(!handed.contains(&id), "{} released after it started", id);
-                            prop_assert!(released.insert(id));
+                            prop_assert!(released.insert(id.clone()) || ended_before_gone.contains(&id) || released_before_gone.contains(&id));
+                        }
+                        Route::Orphaned { mut running, .. } => {
+                            running.sort();
+                            prop_assert_eq!(Some(running), orphans_expected.take(), "the adoption names the jobs running when the feeder died");
                         }
                     }
                 }
@@ -510,9 +658,9 @@ mod tests {
             if !feeder { r.feeder_ready(); }
             for route in r.take_routes() {
                 match route {
-                    Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => { prop_assert!(ended.insert(id)); }
-                    Route::Release(id) => { prop_assert!(released.insert(id)); }
-                    other => prop_assert!(matches!(other, Route::Want(_)), "{:?}", other),
+                    Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => { prop_assert!(ended.insert(id.clone()) || ended_before_gone.contains(&id)); }
+                    Route::Release(id) => { prop_assert!(released.insert(id.clone()) || released_before_gone.contains(&id)); }
+                    other => prop_assert!(matches!(other, Route::Want(_) | Route::Orphaned { .. }), "{:?}", other),
                 }
             }
             prop_assert_eq!(&handed, &ended, "every job handed out ended");

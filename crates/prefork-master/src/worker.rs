@@ -376,6 +376,27 @@ impl Context {
         self.flush();
     }
 
+    /// The claims of dead siblings the master asked this worker to take
+    /// over since the last call (pull mode: a worker of the pool died
+    /// holding jobs; see [`Orphans`]). A worker that owns a broker handle
+    /// passes each to `Broker::take_over` and runs what it gets before
+    /// fetching more; one that ignores them leaves those jobs to come back
+    /// when their claims expire.
+    pub fn take_orphans(&mut self) -> Vec<Orphans> {
+        let mut out = Vec::new();
+        self.inbox.retain(|m| match m {
+            Message::Orphaned { pid, ids } => {
+                out.push(Orphans {
+                    pid: *pid,
+                    ids: ids.clone(),
+                });
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
     /// Reads every pending request from the master.
     pub(crate) fn poll_master(&mut self) {
         if self.master_gone {
@@ -422,7 +443,8 @@ impl Context {
             | Message::Done { .. }
             | Message::Failed { .. }
             | Message::Release { .. }
-            | Message::Lost { .. }) => self.inbox.push_back(m),
+            | Message::Lost { .. }
+            | Message::Orphaned { .. }) => self.inbox.push_back(m),
             other => tracing::debug!(kind = other.kind(), "ignored message from the master"),
         }
     }
@@ -564,6 +586,36 @@ impl Context {
             iterations: self.iterations,
         }));
         self.jobs_finished_reported = self.jobs_finished;
+    }
+}
+
+/// Broker claims a dead process of the pool left behind, which the master
+/// asks a live one to take over at once (`Broker::take_over`) instead of
+/// waiting for the claims to expire: see [`Context::take_orphans`] (pull
+/// mode) and [`Feeder::adopt`](crate::Feeder::adopt) (dispatch mode).
+///
+/// # Examples
+///
+/// ```
+/// let o = prefork_master::Orphans::new(4242, vec!["1700000000000-0".into()]);
+/// assert_eq!((o.pid, o.ids.len()), (4242, 1));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Orphans {
+    /// The dead process's id (its broker claims name it).
+    pub pid: u32,
+    /// Delivery ids the master knows it held: in pull mode the job it was
+    /// running, when known (often empty: take every claim of `pid`); for a
+    /// new feeder, the jobs the dead feeder handed out that still run on
+    /// workers (hold them for their reports; do not hand them out again).
+    pub ids: Vec<String>,
+}
+
+impl Orphans {
+    /// The claims of dead process `pid`, with the ids known to be among them.
+    pub fn new(pid: u32, ids: Vec<String>) -> Orphans {
+        Orphans { pid, ids }
     }
 }
 
