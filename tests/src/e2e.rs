@@ -235,24 +235,21 @@ pub struct KillReport {
 
 impl KillReport {
     /// How many jobs the kills can have made run twice (or left claimed
-    /// after they ran), in pull mode with prefetch 1 and in dispatch mode:
+    /// after they ran):
     ///
-    /// - a worker kill: one. The worker held at most one started job
-    ///   (prefetch 1; dispatch: the master hands one at a time), which may
-    ///   have run before its ack or report was sent.
-    /// - a feeder kill (dispatch): one per worker. The feeder holds the
-    ///   broker's claims of the jobs fetched and not yet settled; it is
-    ///   asked for jobs only for idle workers, after their last report was
-    ///   forwarded to it, so it holds at most one unsettled job per worker.
-    ///   The broker gives those claims back (spool, beanstalkd: at once;
-    ///   Redis: after the lease) while the workers still run them, and the
-    ///   next feeder ignores their reports (it did not fetch them).
-    /// - the master kill: one per worker, the same way (in pull mode the
-    ///   workers die holding one started job each; in dispatch mode the
-    ///   feeder dies holding at most one per worker, and the workers die
-    ///   with it).
+    /// - a worker kill: one. The worker had started at most one job (pull
+    ///   mode: its replacement takes over the unstarted rest of its batch;
+    ///   dispatch: the master hands one at a time), which may have run
+    ///   before its ack or report was sent.
+    /// - a feeder kill (dispatch): none. The next feeder takes the dead
+    ///   one's claims over, settles the reports of the jobs still running,
+    ///   and hears again the reports the dead one may not have read.
+    /// - the master kill: one per worker (in pull mode the workers die
+    ///   holding one started job each; in dispatch mode the feeder dies
+    ///   holding at most one unsettled job per worker, and the workers die
+    ///   with it; nobody is left to take their claims over).
     pub fn bound(&self) -> u64 {
-        self.worker_kills + self.workers as u64 * (self.feeder_kills + 1)
+        self.worker_kills + self.workers as u64
     }
 
     /// Asserts what at-least-once promises for a run whose handlers append

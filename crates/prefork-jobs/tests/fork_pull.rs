@@ -86,6 +86,7 @@ fn registry(dir: &Path) -> Registry {
 fn pool() {
     let dir = PathBuf::from(std::env::var("POOL_DIR").unwrap());
     let workers: usize = std::env::var("POOL_WORKERS").unwrap().parse().unwrap();
+    let exits = dir.join("exits.log");
     let worker =
         JobWorker::new(registry(&dir), spool(&dir), QUEUE).poll_interval(Duration::from_millis(50));
     let report = prefork_master::Master::builder()
@@ -95,6 +96,10 @@ fn pool() {
         .healthy_after(Duration::from_millis(20))
         .backoff_initial(Duration::from_millis(5))
         .crash_limit(10_000)
+        .after_worker_exit(move |exit| {
+            // Why each worker went, for the tests to check (`exits.log`).
+            let _ = e2e::append_line(&exits, &format!("{:?}", exit.cause));
+        })
         .build()
         .unwrap()
         .run(worker)
@@ -245,6 +250,11 @@ fn time_limits_fire() {
     let seen = counts(&dir);
     assert_eq!(seen.get(&format!("soft {soft}")), Some(&1));
     assert_eq!(seen.len(), 21);
+    // The hard limit is what killed them (not the liveness timeout, which
+    // would kill the hung job too, later): one kill per attempt.
+    let exits = e2e::counts(&dir.join("exits.log"));
+    assert_eq!(exits.get("TimeLimit"), Some(&2), "{exits:?}");
+    assert_eq!(exits.get("Hung"), None, "{exits:?}");
     std::fs::remove_dir_all(dir).unwrap();
 }
 

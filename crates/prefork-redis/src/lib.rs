@@ -16,7 +16,6 @@
 #![deny(missing_docs)]
 
 mod backoff;
-mod conn;
 mod entry;
 mod options;
 mod queue;
