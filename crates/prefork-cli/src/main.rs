@@ -67,10 +67,11 @@ enum Cmd {
         /// idle worker and settles a killed worker's job at once.
         #[arg(long, value_enum, default_value_t = Mode::Pull)]
         mode: Mode,
-        /// Jobs claimed per fetch (pull mode; the dispatch feeder fetches
-        /// as many as there are idle workers).
-        #[arg(long, default_value_t = 1)]
-        prefetch: usize,
+        /// Jobs claimed per fetch, fixed (pull mode; default: an adaptive
+        /// batch of about 10 ms of work; the dispatch feeder fetches as
+        /// many as there are idle workers).
+        #[arg(long)]
+        prefetch: Option<usize>,
         /// Liveness timeout of a worker, in seconds.
         #[arg(long, default_value_t = 30)]
         timeout: u64,
@@ -235,8 +236,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let master = master.build()?;
             let report = match mode {
                 Mode::Pull => {
-                    let mut worker =
-                        JobWorker::new(registry(), url.clone(), &cli.queue).prefetch(prefetch);
+                    let mut worker = JobWorker::new(registry(), url.clone(), &cli.queue);
+                    if let Some(n) = prefetch {
+                        worker = worker.prefetch(n);
+                    }
                     if let Some(path) = events {
                         worker = worker.on_outcome(events::writer(path));
                     }
