@@ -42,11 +42,6 @@ impl Conn {
         self.inner.send_packed_command(packed)
     }
 
-    /// How many deferred replies have not been read yet.
-    pub(crate) fn unread(&self) -> usize {
-        self.unread.len()
-    }
-
     /// Reads every deferred reply still due (blocking until they came).
     pub(crate) fn drain(&mut self) -> RedisResult<()> {
         while !self.unread.is_empty() {

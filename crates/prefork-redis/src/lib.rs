@@ -16,6 +16,7 @@
 #![deny(missing_docs)]
 
 mod backoff;
+mod conn;
 mod entry;
 mod options;
 mod queue;

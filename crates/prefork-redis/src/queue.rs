@@ -1,6 +1,7 @@
 //! `RedisQueue`: the `Broker` implementation over one stream and its
 //! consumer group, with reconnection.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -8,9 +9,10 @@ use std::time::{Duration, Instant};
 use prefork_broker::{
     Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
 };
-use redis::{Connection, RedisError, Value};
+use redis::{ConnectionLike, RedisError, Value};
 
 use crate::backoff::{Backoff, Rng};
+use crate::conn::{Conn, Sent};
 use crate::entry::{self, Job, Malformed};
 use crate::options::Options;
 use crate::scripts::{self, Script};
@@ -66,8 +68,19 @@ pub struct RedisQueue {
     consumer: String,
     client: redis::Client,
     url: String,
-    conn: Option<Connection>,
+    conn: Option<Conn>,
     shas: Vec<String>,
+    reload_scripts: bool,
+    host: String,
+    /// Acks to send (again) after a reconnect: deferred acks whose reply
+    /// never came, and acks that failed for want of a connection.
+    resend: Vec<String>,
+    /// Receipts acked by a resend, so a caller that retries the ack with
+    /// the handed-back delivery is told it is done, not that it was lost.
+    acked_again: HashSet<String>,
+    /// This consumer's own claims whose settle failed: claimed again by
+    /// the next reclaim once idle for the lease.
+    stale: HashSet<String>,
     backoff: Backoff,
     next_attempt: Option<Instant>,
     rng: Rng,
@@ -151,14 +164,10 @@ impl RedisQueue {
             ));
         }
         let mut rng = Rng::new();
+        let host = hostname();
         let consumer = match &options.consumer {
             Some(c) => c.clone(),
-            None => format!(
-                "{}:{}:{:08x}",
-                hostname(),
-                std::process::id(),
-                rng.next() as u32
-            ),
+            None => format!("{host}:{}:{:08x}", std::process::id(), rng.next() as u32),
         };
         let now = Instant::now();
         let mut q = RedisQueue {
@@ -171,6 +180,11 @@ impl RedisQueue {
             url,
             conn: None,
             shas: Vec::new(),
+            reload_scripts: false,
+            host,
+            resend: Vec::new(),
+            acked_again: HashSet::new(),
+            stale: HashSet::new(),
             next_attempt: None,
             rng,
             nonce: 0,
@@ -297,6 +311,11 @@ impl RedisQueue {
         if deliveries.is_empty() {
             return Vec::new();
         }
+        // The caller's own ack supersedes one queued for after a reconnect.
+        if !self.resend.is_empty() {
+            let mine: HashSet<&str> = deliveries.iter().map(Delivery::receipt).collect();
+            self.resend.retain(|r| !mine.contains(r.as_str()));
+        }
         let mut args = vec![
             self.options.group.clone().into_bytes(),
             self.consumer.clone().into_bytes(),
@@ -306,6 +325,15 @@ impl RedisQueue {
         let res = self.settle_call("ack", Script::Ack, &keys, &args);
         match res {
             Err(e) => {
+                if e.is_retryable() && self.conn.is_none() {
+                    // Redis is away: ack them after the reconnect as well
+                    // (the caller may also try again with what it gets back).
+                    self.resend
+                        .extend(deliveries.iter().map(|d| d.receipt().to_owned()));
+                } else {
+                    self.stale
+                        .extend(deliveries.iter().map(|d| d.receipt().to_owned()));
+                }
                 let mut out = Vec::with_capacity(deliveries.len());
                 for d in deliveries {
                     out.push(SettleError::new(
@@ -318,7 +346,11 @@ impl RedisQueue {
             Ok(Value::Array(flags)) if flags.len() == deliveries.len() => deliveries
                 .into_iter()
                 .zip(flags)
-                .filter(|(_, f)| entry::int(f) != Some(1))
+                .filter(|(d, f)| {
+                    let acked = entry::int(f) == Some(1) || self.acked_again.remove(d.receipt());
+                    self.stale.remove(d.receipt());
+                    !acked
+                })
                 .map(|(d, _)| {
                     let e = lost("ack", &d);
                     SettleError::new(d, e)
@@ -339,12 +371,95 @@ impl RedisQueue {
         }
     }
 
+    /// Sends one ack script call for `sent` without reading its reply (see
+    /// [`Broker::ack_deferred`]); when it cannot be sent, queues the
+    /// receipts for after the reconnect. Connects first when it may.
+    fn send_acks(&mut self, sent: Sent) {
+        if sent.is_empty() {
+            return;
+        }
+        if self.conn.is_none() {
+            let _ = self.connect(); // resends what was queued, on success
+        }
+        let Some(conn) = self.conn.as_mut() else {
+            self.resend.extend(sent.into_iter().map(|(r, _)| r));
+            return;
+        };
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&self.shas[Script::Ack as usize])
+            .arg(1)
+            .arg(&self.keys.stream)
+            .arg(&self.options.group)
+            .arg(&self.consumer);
+        for (r, _) in &sent {
+            cmd.arg(r);
+        }
+        if let Err(e) = conn.send_deferred(&cmd.get_packed_command(), sent) {
+            let _ = self.error("deferred ack", &e);
+        }
+    }
+
+    /// Settles the replies of deferred acks read so far: lost claims are
+    /// logged, server errors queue the acks again.
+    fn deferred_replies(&mut self, replies: Vec<(Sent, Value)>) {
+        for (sent, v) in replies {
+            match v {
+                Value::Array(flags) if flags.len() == sent.len() => {
+                    for ((receipt, again), f) in sent.into_iter().zip(flags) {
+                        self.stale.remove(&receipt);
+                        match (entry::int(&f) == Some(1), again) {
+                            (true, true) => {
+                                if self.acked_again.len() >= 4096 {
+                                    self.acked_again.clear();
+                                }
+                                self.acked_again.insert(receipt);
+                            }
+                            (true, false) => {}
+                            (false, true) => {
+                                tracing::debug!(queue = %self.name, entry = %receipt, "ack sent again: already gone (acked before the connection was lost, or reclaimed)");
+                            }
+                            (false, false) => {
+                                tracing::warn!(queue = %self.name, entry = %receipt, "deferred ack: claim lost before the ack; the job will run again");
+                            }
+                        }
+                    }
+                }
+                other => {
+                    if let Value::ServerError(e) = &other
+                        && e.code() == "NOSCRIPT"
+                    {
+                        self.reload_scripts = true;
+                    }
+                    tracing::warn!(queue = %self.name, reply = ?other, count = sent.len(), "deferred ack refused; sending it again later");
+                    self.resend.extend(sent.into_iter().map(|(r, _)| r));
+                }
+            }
+        }
+    }
+
+    /// Handles the deferred replies the last command read ahead of its own.
+    fn pump(&mut self) {
+        if let Some(c) = self.conn.as_mut() {
+            let replies = c.take_read();
+            if !replies.is_empty() {
+                self.deferred_replies(replies);
+            }
+        }
+    }
+
     // ----- connection ------------------------------------------------------
 
     fn error(&mut self, context: &str, e: &RedisError) -> BrokerError {
         let (kind, drop) = classify(e);
-        if drop && self.conn.take().is_some() {
+        if drop && let Some(conn) = self.conn.take() {
             tracing::warn!(url = %self.url, queue = %self.name, error = %e, "redis connection lost during {context}");
+            let (read, unanswered) = conn.into_unanswered();
+            self.deferred_replies(read);
+            let again: Vec<String> = unanswered.into_iter().flatten().map(|(r, _)| r).collect();
+            if !again.is_empty() {
+                tracing::info!(queue = %self.name, count = again.len(), "acks whose reply never came will be sent again after the reconnect");
+                self.resend.extend(again);
+            }
             self.schedule_retry();
         }
         BrokerError::new(kind, format!("{context} on {}: {e}", self.url))
@@ -377,6 +492,10 @@ impl RedisQueue {
                 self.conn = Some(conn);
                 self.next_attempt = None;
                 self.backoff.reset();
+                if !self.resend.is_empty() {
+                    let again = std::mem::take(&mut self.resend);
+                    self.send_acks(again.into_iter().map(|r| (r, true)).collect());
+                }
                 Ok(())
             }
             Err(e) => {
@@ -396,7 +515,7 @@ impl RedisQueue {
         }
     }
 
-    fn try_connect(&mut self) -> Result<Connection, RedisError> {
+    fn try_connect(&mut self) -> Result<Conn, RedisError> {
         let t = self.options.io_timeout;
         let mut conn = self.client.get_connection_with_timeout(t)?;
         conn.set_write_timeout(Some(t))?;
@@ -416,18 +535,38 @@ impl RedisQueue {
                 tracing::debug!(error = %e, "reaping idle consumers failed");
             }
         }
-        Ok(conn)
+        Ok(Conn::new(conn))
     }
 
     /// Runs `f` on the connection, connecting first; reloads scripts after
     /// `NOSCRIPT` and recreates the group after `NOGROUP`, then runs it once
-    /// more.
+    /// more. Handles the deferred ack replies read on the way.
     fn call<T>(
         &mut self,
         context: &str,
-        f: impl Fn(&mut Connection, &[String]) -> Result<T, RedisError>,
+        f: impl Fn(&mut Conn, &[String]) -> Result<T, RedisError>,
+    ) -> Result<T, BrokerError> {
+        let r = self.call_inner(context, f);
+        self.pump();
+        r
+    }
+
+    fn call_inner<T>(
+        &mut self,
+        context: &str,
+        f: impl Fn(&mut Conn, &[String]) -> Result<T, RedisError>,
     ) -> Result<T, BrokerError> {
         self.connect()?;
+        let conn = self.conn.as_mut().expect("connected");
+        if self.reload_scripts {
+            match load_scripts(conn) {
+                Ok(shas) => {
+                    self.shas = shas;
+                    self.reload_scripts = false;
+                }
+                Err(e) => return Err(self.error(context, &e)),
+            }
+        }
         let conn = self.conn.as_mut().expect("connected");
         let first = f(conn, &self.shas);
         let e = match first {
@@ -456,7 +595,7 @@ impl RedisQueue {
         keys: &[String],
         args: &[Vec<u8>],
     ) -> Result<Value, BrokerError> {
-        let run = |c: &mut Connection, shas: &[String]| evalsha(c, shas, script, keys, args);
+        let run = |c: &mut Conn, shas: &[String]| evalsha(c, shas, script, keys, args);
         match self.call(context, run) {
             Err(e) if e.is_retryable() && self.conn.is_none() => {
                 self.next_attempt = None; // one immediate attempt
@@ -464,6 +603,14 @@ impl RedisQueue {
             }
             other => other,
         }
+    }
+
+    /// A settle that did not reach Redis: the claim stays this consumer's,
+    /// so it is marked stale (taken back by the next reclaim once idle for
+    /// the lease, unless settled before) and the delivery handed back.
+    fn failed_settle(&mut self, delivery: Delivery, e: BrokerError) -> SettleError {
+        self.stale.insert(delivery.receipt().to_owned());
+        SettleError::new(delivery, e)
     }
 
     fn next_nonce(&mut self) -> String {
@@ -572,10 +719,12 @@ impl RedisQueue {
         Ok(self.deliveries_from(jobs))
     }
 
-    /// Claims entries other consumers held idle past the lease, at most `max`.
+    /// Claims entries other consumers held idle past the lease, and this
+    /// consumer's own stale claims (settles that failed) once idle as long,
+    /// at most `max`.
     fn reclaim(&mut self, max: usize) -> Result<Vec<Delivery>, BrokerError> {
         let keys = [self.keys.stream.clone()];
-        let args: Vec<Vec<u8>> = vec![
+        let mut args: Vec<Vec<u8>> = vec![
             self.options.group.clone().into_bytes(),
             self.consumer.clone().into_bytes(),
             (self.options.lease.as_millis().max(1) as u64)
@@ -584,6 +733,7 @@ impl RedisQueue {
             self.reclaim_cursor.clone().into_bytes(),
             max.to_string().into_bytes(),
         ];
+        args.extend(self.stale.iter().map(|r| r.as_bytes().to_vec()));
         let reply = self.call("reclaim", |c, shas| {
             evalsha(c, shas, Script::Reclaim, &keys, &args)
         })?;
@@ -601,20 +751,14 @@ impl RedisQueue {
             .unwrap_or_else(|| "-".to_owned());
         let wrapped = cursor == "-";
         self.reclaim_cursor = cursor;
-        let jobs: Vec<_> = items
-            .map(|item| {
-                let Value::Array(mut v) = item else {
-                    return Err(Malformed {
-                        entry: String::new(),
-                        dump: Vec::new(),
-                        reason: "reclaim: an item that is not an entry".to_owned(),
-                    });
-                };
-                let count = v.get(2).and_then(entry::int).unwrap_or(1).max(1) as u32;
-                v.truncate(2);
-                split_entry(Value::Array(v)).map(|(id, fields)| (id, fields, count))
-            })
-            .collect();
+        if let Some(Value::Array(waiting)) = items.next() {
+            let reclaimed = self.stale.len().saturating_sub(waiting.len());
+            self.stale = waiting.iter().filter_map(entry::text).collect();
+            if reclaimed > 0 {
+                tracing::info!(queue = %self.name, consumer = %self.consumer, count = reclaimed, "took back own claims whose settle had failed");
+            }
+        }
+        let jobs: Vec<_> = items.map(reclaimed_entry).collect();
         // Look again at once when the scan has not reached the end of the
         // pending list, otherwise after the interval.
         if wrapped || jobs.is_empty() {
@@ -739,6 +883,27 @@ fn delivery(job: Job, attempt: u32, deliveries: u32) -> Delivery {
         .with_meta("deliveries", deliveries.to_string())
 }
 
+/// `[id, [fields...], deliveries]` (a claimed entry) into its parts.
+fn reclaimed_entry(item: Value) -> RawEntry {
+    let Value::Array(mut v) = item else {
+        return Err(Malformed {
+            entry: String::new(),
+            dump: Vec::new(),
+            reason: "reclaim: an item that is not an entry".to_owned(),
+        });
+    };
+    let count = v.get(2).and_then(entry::int).unwrap_or(1).max(1) as u32;
+    v.truncate(2);
+    split_entry(Value::Array(v)).map(|(id, fields)| (id, fields, count))
+}
+
+/// Whether `id` has the shape of a stream entry id (`ms-seq` or `ms`).
+fn is_entry_id(id: &str) -> bool {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    let digits = |s: &str| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+    digits(ms) && digits(seq)
+}
+
 /// `[id, [fields...]]` into its parts.
 fn split_entry(e: Value) -> Result<(String, Vec<Value>), Malformed> {
     let bad = |why: &str| Malformed {
@@ -780,7 +945,7 @@ fn delay_micros(delay: Duration) -> Result<u64, BrokerError> {
 }
 
 fn evalsha(
-    c: &mut Connection,
+    c: &mut impl ConnectionLike,
     shas: &[String],
     script: Script,
     keys: &[String],
@@ -797,7 +962,7 @@ fn evalsha(
     cmd.query(c)
 }
 
-fn load_scripts(c: &mut Connection) -> Result<Vec<String>, RedisError> {
+fn load_scripts(c: &mut impl ConnectionLike) -> Result<Vec<String>, RedisError> {
     let mut p = redis::pipe();
     for s in scripts::ALL {
         p.cmd("SCRIPT").arg("LOAD").arg(s);
@@ -805,7 +970,7 @@ fn load_scripts(c: &mut Connection) -> Result<Vec<String>, RedisError> {
     p.query(c)
 }
 
-fn ensure_group(c: &mut Connection, stream: &str, group: &str) -> Result<(), RedisError> {
+fn ensure_group(c: &mut impl ConnectionLike, stream: &str, group: &str) -> Result<(), RedisError> {
     let r: Result<Value, RedisError> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(stream)
@@ -899,27 +1064,124 @@ impl Broker for RedisQueue {
         RedisQueue::ack_batch(self, deliveries)
     }
 
+    /// One pipeline for the whole batch (the inherent
+    /// [`RedisQueue::publish_batch`]).
+    fn publish_batch(&mut self, payloads: &[&[u8]], delay: Duration) -> Result<(), BrokerError> {
+        RedisQueue::publish_batch(self, payloads, delay)
+    }
+
+    /// Writes the ack script call at once and reads its reply ahead of the
+    /// next command's on this connection. While Redis is unreachable the
+    /// ack is queued and sent after the reconnect, as are acks whose reply
+    /// never came; so this never fails.
+    fn ack_deferred(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+        self.send_acks(vec![(delivery.receipt().to_owned(), false)]);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BrokerError> {
+        let mut failed = None;
+        for _ in 0..3 {
+            self.connect()?; // sends the queued acks first
+            let drained = self.conn.as_mut().map_or(Ok(()), Conn::drain);
+            if let Err(e) = drained {
+                // The connection went with the replies: what they were for
+                // is queued again; reconnect once at once and resend it.
+                let e = self.error("flush", &e);
+                if !e.is_retryable() {
+                    return Err(e);
+                }
+                self.next_attempt = None;
+                failed = Some(e);
+                continue;
+            }
+            self.pump();
+            if self.resend.is_empty() {
+                return Ok(());
+            }
+            if self.reload_scripts {
+                let _: Value = self.call("flush", |c, _| redis::cmd("PING").query(c))?;
+            }
+            let again = std::mem::take(&mut self.resend);
+            self.send_acks(again.into_iter().map(|r| (r, true)).collect());
+        }
+        Err(failed.unwrap_or_else(|| {
+            BrokerError::new(
+                ErrorKind::Transient,
+                format!(
+                    "flush: {} acks not confirmed by {}; they are sent again by the next call",
+                    self.resend.len(),
+                    self.url
+                ),
+            )
+        }))
+    }
+
+    /// One script call: claims every entry pending to a consumer named
+    /// `HOST:holder_pid:*` (this handle's host), and the given ids that such
+    /// a consumer holds, then deletes those consumers once empty.
+    fn take_over(
+        &mut self,
+        holder_pid: u32,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        const MOST: usize = 10_000;
+        let keys = [self.keys.stream.clone()];
+        let mut args: Vec<Vec<u8>> = vec![
+            self.options.group.clone().into_bytes(),
+            self.consumer.clone().into_bytes(),
+            format!("{}:{holder_pid}:", self.host).into_bytes(),
+            MOST.to_string().into_bytes(),
+        ];
+        args.extend(
+            ids.iter()
+                .map(DeliveryId::as_str)
+                .filter(|id| is_entry_id(id))
+                .map(|id| id.as_bytes().to_vec()),
+        );
+        let reply = self.call("take_over", |c, shas| {
+            evalsha(c, shas, Script::TakeOver, &keys, &args)
+        })?;
+        let Value::Array(items) = reply else {
+            return Err(BrokerError::new(
+                ErrorKind::Corrupt,
+                format!("take_over: unexpected reply {reply:?}"),
+            ));
+        };
+        let jobs: Vec<RawEntry> = items.into_iter().map(reclaimed_entry).collect();
+        if !jobs.is_empty() {
+            tracing::info!(queue = %self.name, consumer = %self.consumer, holder_pid, count = jobs.len(), "took over the claims of a dead process");
+        }
+        Ok(self.deliveries_from(jobs))
+    }
+
     fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
         let attempt = delivery.attempt().saturating_add(1);
         match self.requeue("retry", &delivery, delay, attempt) {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.stale.remove(delivery.receipt());
+                Ok(())
+            }
             Ok(false) => {
                 let e = lost("retry", &delivery);
                 Err(SettleError::new(delivery, e))
             }
-            Err(e) => Err(SettleError::new(delivery, e)),
+            Err(e) => Err(self.failed_settle(delivery, e)),
         }
     }
 
     fn release(&mut self, delivery: Delivery) -> Result<(), SettleError> {
         let attempt = delivery.attempt();
         match self.requeue("release", &delivery, Duration::ZERO, attempt) {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.stale.remove(delivery.receipt());
+                Ok(())
+            }
             Ok(false) => {
                 let e = lost("release", &delivery);
                 Err(SettleError::new(delivery, e))
             }
-            Err(e) => Err(SettleError::new(delivery, e)),
+            Err(e) => Err(self.failed_settle(delivery, e)),
         }
     }
 
@@ -932,12 +1194,15 @@ impl Broker for RedisQueue {
             delivery.attempt(),
         );
         match r {
-            Ok(true) => Ok(()),
+            Ok(true) => {
+                self.stale.remove(delivery.receipt());
+                Ok(())
+            }
             Ok(false) => {
                 let e = lost("dead_letter", &delivery);
                 Err(SettleError::new(delivery, e))
             }
-            Err(e) => Err(SettleError::new(delivery, e)),
+            Err(e) => Err(self.failed_settle(delivery, e)),
         }
     }
 

@@ -12,7 +12,9 @@
 //! rest, bytes as they are.
 
 /// Every script, in the order of [`Script`]'s variants.
-pub(crate) const ALL: [&str; 8] = [PROMOTE, DELAY, ACK, REQUEUE, DEAD, REDRIVE, TOUCH, RECLAIM];
+pub(crate) const ALL: [&str; 9] = [
+    PROMOTE, DELAY, ACK, REQUEUE, DEAD, REDRIVE, TOUCH, RECLAIM, TAKE_OVER,
+];
 
 /// Indexes into [`ALL`] (and into the loaded hashes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +27,7 @@ pub(crate) enum Script {
     Redrive = 5,
     Touch = 6,
     Reclaim = 7,
+    TakeOver = 8,
 }
 
 /// Moves due delayed entries into the stream.
@@ -165,23 +168,45 @@ return 1
 
 /// Claims entries other consumers have held idle for at least the lease
 /// (`XPENDING IDLE` then `XCLAIM`), with each one's delivery count. A
-/// handle never reclaims its own entries: it still has them.
+/// handle does not reclaim its own entries by scanning (it may still hold
+/// them and settle them yet); it names the ones it knows it gave up on (a
+/// settle that failed: its stale claims), and those are claimed again
+/// once idle for the lease.
 ///
 /// KEYS: stream. ARGV: group, consumer, min idle ms, cursor (`-` or
-/// `(id`), the most to claim. Returns `{next cursor, {id, fields,
-/// deliveries}...}`; the cursor is `-` once the pending list was scanned to
-/// its end.
+/// `(id`), the most to claim, then the stale entry ids. Returns `{next
+/// cursor, {stale ids still pending but not idle long enough}, {id,
+/// fields, deliveries}...}`; the cursor is `-` once the pending list was
+/// scanned to its end.
 const RECLAIM: &str = r"
 local count = tonumber(ARGV[5])
+local idle = tonumber(ARGV[3])
 local scan = count * 10
-local ps = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', tonumber(ARGV[3]), ARGV[4], '+', scan)
-local out = {'-'}
+local waiting = {}
+local out = {'-', waiting}
 local n = 0
+for i = 6, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if #p == 1 and p[1][2] == ARGV[2] then
+    local c = {}
+    if n < count and p[1][3] >= idle then
+      c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], idle, ARGV[i])
+    end
+    if #c == 1 and c[1] and c[1][2] then
+      out[#out + 1] = {c[1][1], c[1][2], p[1][4] + 1}
+      n = n + 1
+    elseif n >= count or p[1][3] < idle then
+      waiting[#waiting + 1] = ARGV[i]
+    end
+  end
+end
+if n >= count then return out end
+local ps = redis.call('XPENDING', KEYS[1], ARGV[1], 'IDLE', idle, ARGV[4], '+', scan)
 local last = nil
 for _, p in ipairs(ps) do
   last = p[1]
   if p[2] ~= ARGV[2] then
-    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], p[1])
+    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], idle, p[1])
     if #c == 1 and c[1] and c[1][2] then
       out[#out + 1] = {c[1][1], c[1][2], p[4] + 1}
       n = n + 1
@@ -190,6 +215,53 @@ for _, p in ipairs(ps) do
   end
 end
 if last and (n >= count or #ps == scan) then out[1] = '(' .. last end
+return out
+";
+
+/// Claims at once every entry held by the consumers of a dead process
+/// (names `host:pid:random` starting with the given `host:pid:`, so a
+/// process of the same pid on another host is never touched), and the
+/// given entry ids when such a consumer holds them; deletes those
+/// consumers once they hold nothing. `XCLAIM` counts a delivery.
+///
+/// KEYS: stream. ARGV: group, consumer, the dead process's name prefix,
+/// the most to claim, entry ids... Returns `{id, fields, deliveries}...`.
+const TAKE_OVER: &str = r"
+local g, me, pre, max = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local function dead(name)
+  return name ~= me and string.sub(name, 1, #pre) == pre
+    and not string.find(name, ':', #pre + 1, true)
+end
+local out = {}
+local function take(id, count)
+  local c = redis.call('XCLAIM', KEYS[1], g, me, 0, id)
+  if #c == 1 and c[1] and c[1][2] then
+    out[#out + 1] = {c[1][1], c[1][2], count + 1}
+  end
+end
+for i = 5, #ARGV do
+  if #out >= max then break end
+  local p = redis.call('XPENDING', KEYS[1], g, ARGV[i], ARGV[i], 1)
+  if #p == 1 and dead(p[1][2]) then take(p[1][1], p[1][4]) end
+end
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], g)) do
+  local name
+  for i = 1, #c, 2 do
+    if c[i] == 'name' then name = c[i + 1] end
+  end
+  if name and dead(name) then
+    local from = '-'
+    while #out < max do
+      local ps = redis.call('XPENDING', KEYS[1], g, from, '+', 100, name)
+      if #ps == 0 then break end
+      for _, p in ipairs(ps) do take(p[1], p[4]) end
+      from = '(' .. ps[#ps][1]
+    end
+    if #redis.call('XPENDING', KEYS[1], g, '-', '+', 1, name) == 0 then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], g, name)
+    end
+  end
+end
 return out
 ";
 

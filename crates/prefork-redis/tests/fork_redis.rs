@@ -13,9 +13,7 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::sleep;
@@ -24,6 +22,8 @@ use std::time::{Duration, Instant};
 use prefork_broker::{Broker, ErrorKind};
 use prefork_redis::{Options, Redis, RedisQueue};
 use prefork_tests::harness::{Case, run};
+
+use common::PrivateRedis;
 
 fn unique(tag: &str) -> String {
     let nanos = std::time::SystemTime::now()
@@ -209,9 +209,62 @@ fn consumer_names_are_unique_per_handle() {
     for c in [a.consumer(), b.consumer()] {
         let parts: Vec<&str> = c.split(':').collect();
         assert_eq!(parts.len(), 3, "{c}");
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        assert_eq!(parts[0], host.trim(), "{c}");
         assert_eq!(parts[1], std::process::id().to_string());
         assert_eq!(parts[2].len(), 8, "{c}");
     }
+}
+
+/// `take_over(pid)` takes the claims of consumers named `THIS-HOST:pid:*`
+/// and nothing else: not a consumer of the same pid on another host, nor
+/// one whose pid merely starts with the same digits, not even when their
+/// entry ids are passed in `ids`. The dead consumer is deleted once empty.
+fn take_over_is_per_host() {
+    let name = unique("takeover");
+    let mine = open(&name, options());
+    let host = mine.consumer().rsplitn(3, ':').nth(2).unwrap().to_owned();
+    // A pid that is surely dead: a child we started and reaped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let named = |consumer: String| open(&name, options().consumer(consumer));
+    let mut dead_here = named(format!("{host}:{pid}:0000beef"));
+    let mut same_pid_elsewhere = named(format!("elsewhere.example:{pid}:0000abcd"));
+    let mut longer_pid_here = named(format!("{host}:{pid}7:00000001"));
+    let mut taker = open(&name, options());
+    taker
+        .publish_batch(&[b"here", b"elsewhere", b"longer"], Duration::ZERO)
+        .unwrap();
+    let d_here = collect(&mut dead_here, 1).pop().unwrap();
+    let d_elsewhere = collect(&mut same_pid_elsewhere, 1).pop().unwrap();
+    let d_longer = collect(&mut longer_pid_here, 1).pop().unwrap();
+    let ids = [d_here.id(), d_elsewhere.id(), d_longer.id()].map(Clone::clone);
+    let got = taker.take_over(pid, &ids).unwrap();
+    let payloads: Vec<&[u8]> = got.iter().map(|d| d.payload()).collect();
+    assert_eq!(payloads, [&b"here"[..]], "{got:?}");
+    assert_eq!(got[0].attempt(), 2, "a take-over counts an attempt");
+    assert_eq!(got[0].id(), d_here.id());
+    // The other two are still their holders' own; the dead one's is not.
+    same_pid_elsewhere.ack(d_elsewhere).unwrap();
+    longer_pid_here.ack(d_longer).unwrap();
+    let e = dead_here.ack(d_here).unwrap_err();
+    assert_eq!(e.error().kind(), ErrorKind::LeaseLost, "{e}");
+    for d in got {
+        taker.ack(d).unwrap();
+    }
+    let consumers = raw(&[
+        b"XINFO",
+        b"CONSUMERS",
+        taker.stream_key().as_bytes(),
+        b"prefork",
+    ]);
+    let listed = format!("{consumers:?}");
+    assert!(
+        !listed.contains("0000beef"),
+        "the dead consumer was kept: {listed}"
+    );
+    assert!(listed.contains("0000abcd"), "{listed}");
 }
 
 // ----- two masters -----------------------------------------------------------
@@ -296,106 +349,6 @@ fn two_masters_share_the_work() {
         "one master did nothing: {per_master:?}"
     );
     assert!(q.fetch(1, Duration::from_millis(200)).unwrap().is_empty());
-}
-
-// ----- a private server ------------------------------------------------------
-
-/// A `redis-server` of the case's own, daemonized, stopped by pid on drop.
-struct PrivateRedis {
-    port: u16,
-    dir: PathBuf,
-    args: Vec<String>,
-}
-
-impl PrivateRedis {
-    fn start(tag: &str, args: &[&str]) -> PrivateRedis {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("prefork-redis-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = PrivateRedis {
-            port,
-            dir,
-            args: args.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        s.launch();
-        s
-    }
-
-    fn launch(&self) {
-        let d = self.dir.display();
-        let status = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-            .args(["--daemonize", "yes", "--save", ""])
-            .args(["--dir", &d.to_string()])
-            .args([
-                "--pidfile",
-                &format!("{d}/pid"),
-                "--logfile",
-                &format!("{d}/log"),
-            ])
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .status()
-            .expect("redis-server (apt-get install redis-server)");
-        assert!(status.success(), "redis-server failed to start");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let mut buf = [0u8; 64];
-                // A password-protected server answers NOAUTH: also ready.
-                if s.write_all(b"PING\r\n").is_ok()
-                    && s.read(&mut buf).is_ok_and(|n| n > 0)
-                    && !buf.starts_with(b"-LOADING")
-                {
-                    return;
-                }
-            }
-            assert!(Instant::now() < deadline, "redis-server not ready");
-            sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.dir.join("pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
-    /// SIGKILLs the server and waits until it is gone.
-    fn kill(&self) {
-        let Some(pid) = self.pid() else { return };
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server {pid} survived SIGKILL"
-            );
-            sleep(Duration::from_millis(10));
-        }
-        let _ = std::fs::remove_file(self.dir.join("pid"));
-    }
-
-    fn url(&self, auth: &str) -> String {
-        format!("redis://{auth}127.0.0.1:{}/", self.port)
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // ----- passwords ---------------------------------------------------------------
@@ -588,6 +541,7 @@ fn main() {
             "consumer_names_are_unique_per_handle",
             consumer_names_are_unique_per_handle,
         ),
+        Case::new("take_over_is_per_host", take_over_is_per_host),
         Case::new("two_masters_share_the_work", two_masters_share_the_work),
         Case::new("passwords_never_show", passwords_never_show),
         Case::new(
