@@ -22,17 +22,17 @@
 //!
 //! ```text
 //! cargo bench -p prefork-benches --bench e2e -- [--broker URL]... [--mode pull,dispatch]
-//!     [--workers 2,8] [--jobs 4000] [--rounds 3] [--rate 400] [--latency-jobs 400] [--prefetch 1]
+//!     [--workers 2,8] [--jobs 4000] [--rounds 3] [--rate 400] [--latency-jobs 400] [--prefetch 0]
 //! ```
 //! or the same through `E2E_BROKER` (comma-separated), `E2E_MODE`,
 //! `E2E_WORKERS`, `E2E_JOBS`, `E2E_ROUNDS`, `E2E_RATE`, `E2E_LATENCY_JOBS`,
-//! `E2E_PREFETCH`. Brokers: `spool:///dir` (a fresh temp dir by default;
+//! `E2E_PREFETCH` (0, the default: the adaptive batch). Brokers: `spool:///dir` (a fresh temp dir by default;
 //! `Durability::Buffered`), `redis://...`, `beanstalk://...`. Without
 //! `--broker`: the spool, plus `PREFORK_REDIS_URL` and
 //! `PREFORK_BEANSTALKD_URL` when set (a line says which are skipped).
 //! `--mode` takes one mode or more (comma-separated; default pull;
-//! `dispatch-ahead` is dispatch with `dispatch_lookahead` = the worker
-//! count, where `dispatch` keeps the default 0); the
+//! `dispatch` keeps the defaults (a lookahead of the worker count),
+//! `dispatch-0` sets `dispatch_lookahead(0)`); the
 //! raw baseline is measured once per round beside every mode. Options of
 //! criterion and libtest (`--bench`, `--save-baseline NAME`, ...), which
 //! `cargo bench` passes to every bench, are ignored with a note.
@@ -67,8 +67,8 @@ const POLL: Duration = Duration::from_secs(30);
 enum Mode {
     Pull,
     Dispatch,
-    /// Dispatch with `dispatch_lookahead` = the worker count.
-    DispatchAhead,
+    /// Dispatch with `dispatch_lookahead(0)`.
+    DispatchNoLookahead,
 }
 
 impl Mode {
@@ -76,10 +76,8 @@ impl Mode {
         match v {
             "pull" => Ok(Mode::Pull),
             "dispatch" => Ok(Mode::Dispatch),
-            "dispatch-ahead" => Ok(Mode::DispatchAhead),
-            _ => Err(format!(
-                "--mode: pull, dispatch or dispatch-ahead, not {v:?}"
-            )),
+            "dispatch-0" => Ok(Mode::DispatchNoLookahead),
+            _ => Err(format!("--mode: pull, dispatch or dispatch-0, not {v:?}")),
         }
     }
 
@@ -87,7 +85,7 @@ impl Mode {
         match self {
             Mode::Pull => "pull",
             Mode::Dispatch => "dispatch",
-            Mode::DispatchAhead => "dispatch-ahead",
+            Mode::DispatchNoLookahead => "dispatch-0",
         }
     }
 }
@@ -198,7 +196,7 @@ fn parse_args() -> Result<Args, String> {
         rounds: 3,
         rate: 400,
         latency_jobs: 400,
-        prefetch: 1,
+        prefetch: 0,
     };
     let num = |k: &str, v: &str| -> Result<u64, String> {
         v.parse::<u64>()
@@ -395,24 +393,25 @@ fn pool_main() {
     let connect = move |q: &str| connect.open(q);
     let workers: usize = env("E2E_WORKERS").parse().unwrap();
     let mode = Mode::parse(&env("E2E_MODE")).unwrap();
-    let lookahead = if mode == Mode::DispatchAhead {
-        workers
-    } else {
-        0
-    };
-    let master = prefork_master::Master::builder()
+    let mut master = prefork_master::Master::builder()
         .name("e2e-bench")
-        .workers(workers)
-        .dispatch_lookahead(lookahead)
-        .build()
-        .unwrap();
+        .workers(workers);
+    if mode == Mode::DispatchNoLookahead {
+        master = master.dispatch_lookahead(0);
+    }
+    let master = master.build().unwrap();
     let report = match mode {
-        Mode::Pull => master.run(
-            JobWorker::new(registry(&out), connect, &env("E2E_QUEUE"))
-                .prefetch(env("E2E_PREFETCH").parse().unwrap())
-                .poll_interval(POLL),
-        ),
-        Mode::Dispatch | Mode::DispatchAhead => master.run_dispatch(
+        Mode::Pull => {
+            let mut worker =
+                JobWorker::new(registry(&out), connect, &env("E2E_QUEUE")).poll_interval(POLL);
+            // 0: the adaptive batch (the default).
+            let prefetch: usize = env("E2E_PREFETCH").parse().unwrap();
+            if prefetch > 0 {
+                worker = worker.prefetch(prefetch);
+            }
+            master.run(worker)
+        }
+        Mode::Dispatch | Mode::DispatchNoLookahead => master.run_dispatch(
             DispatchFeeder::new(registry(&out), connect, &env("E2E_QUEUE")),
             DispatchWorker::new(registry(&out)),
         ),

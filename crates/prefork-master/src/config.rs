@@ -102,7 +102,8 @@ pub(crate) struct Settings {
     /// Dispatch mode: supervise a feeder process too.
     pub(crate) feeder: bool,
     /// Dispatch mode: jobs asked for beyond the idle workers.
-    pub(crate) dispatch_lookahead: usize,
+    /// `None`: as many as there are workers.
+    pub(crate) dispatch_lookahead: Option<usize>,
 }
 
 impl Default for Settings {
@@ -127,7 +128,7 @@ impl Default for Settings {
             crash_limit: 8,
             close_fds: CloseFds::MasterOnly,
             feeder: false,
-            dispatch_lookahead: 0,
+            dispatch_lookahead: None,
         }
     }
 }
@@ -219,23 +220,23 @@ impl Builder {
 
     /// Dispatch mode ([`Master::run_dispatch`]): how many jobs the master
     /// asks the feeder for beyond one per idle worker (0 to
-    /// [`MAX_WORKERS`]). Default 0.
+    /// [`MAX_WORKERS`]). Default: the number of workers.
     ///
     /// The master asks for up to `idle workers + lookahead - queued - asked`
     /// jobs, so when a worker finishes, its next job is already waiting in
     /// the master: it is handed out before the worker's report goes to the
     /// feeder, and the feeder's round trip to the broker is off the
-    /// critical path (the worker count is a good value when jobs are short
-    /// against that round trip). Jobs waiting in the master are unstarted:
-    /// on a graceful stop they go back to the broker (`Release`), and if the
-    /// feeder dies they are dropped (the broker gives its claims back).
-    ///
-    /// The cost is at-least-once's window: a feeder killed holds the
-    /// broker's claims of up to `workers + lookahead` unsettled jobs (a
-    /// worker's next job can start while its last report is still on its
-    /// way), each of which may run twice; with 0, at most one per worker.
+    /// critical path. Jobs waiting in the master are not any worker's: the
+    /// first worker to be free takes the next, so none waits behind a slow
+    /// job while a sibling is idle. They are unstarted: on a graceful stop
+    /// they go back to the broker (`Release`), and if the feeder dies the
+    /// next feeder takes its claims over and hands them out again. A
+    /// SIGKILLed pool leaves their claims to expire; as unstarted jobs they
+    /// never run twice. 0 takes a job from the broker only when a worker
+    /// can start it at once: less in flight, one broker round trip (and
+    /// two more hops) on every job's critical path.
     pub fn dispatch_lookahead(mut self, n: usize) -> Builder {
-        self.settings.dispatch_lookahead = n;
+        self.settings.dispatch_lookahead = Some(n);
         self
     }
 
@@ -534,13 +535,12 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
     if s.crash_limit == 0 {
         return Err(err("crash_limit", "must be at least 1"));
     }
-    if s.dispatch_lookahead > MAX_WORKERS {
+    if let Some(lookahead) = s.dispatch_lookahead
+        && lookahead > MAX_WORKERS
+    {
         return Err(err(
             "dispatch_lookahead",
-            format!(
-                "must be at most {MAX_WORKERS} (got {})",
-                s.dispatch_lookahead
-            ),
+            format!("must be at most {MAX_WORKERS} (got {lookahead})"),
         ));
     }
     if let CloseFds::AllExcept(keep) = &s.close_fds

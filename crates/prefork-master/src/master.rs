@@ -206,7 +206,10 @@ impl Master {
             .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
         let rng = XorShift::from_entropy();
         let sup = Supervisor::new(self.settings.clone(), rng);
-        let lookahead = self.settings.dispatch_lookahead;
+        let lookahead = self
+            .settings
+            .dispatch_lookahead
+            .unwrap_or(self.settings.workers);
         let mut m = Loop {
             settings: self.settings,
             hooks: self.hooks,
