@@ -1,7 +1,8 @@
 //! The Redis adapter of prefork: [`prefork_broker::Broker`] over a Redis
 //! stream read through a consumer group, with delayed jobs and retries in a
 //! sorted set, dead letters in a second stream, and reclaim of jobs whose
-//! holder died (`XPENDING IDLE` + `XCLAIM` after a lease).
+//! holder died (`XPENDING IDLE` + `XCLAIM` after a lease, or at once with
+//! `take_over`).
 //!
 //! | item | what |
 //! |---|---|

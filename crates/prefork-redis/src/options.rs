@@ -74,7 +74,10 @@ impl Options {
 
     /// A fixed consumer name instead of the generated
     /// `hostname:pid:random`. Two live handles must never share a name:
-    /// they would settle each other's jobs. Meant for tests and tools.
+    /// they would settle each other's jobs. Meant for tests and tools; a
+    /// name not of the form `hostname:pid:anything` is never found by
+    /// [`take_over`](prefork_broker::Broker::take_over) (its claims come
+    /// back after the lease).
     #[must_use]
     pub fn consumer(mut self, consumer: impl Into<String>) -> Options {
         self.consumer = Some(consumer.into());

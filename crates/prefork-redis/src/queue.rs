@@ -46,6 +46,9 @@ impl Keys {
 /// The connection is re-established on demand after it is lost, with
 /// exponential backoff; the consumer name stays, so jobs held before the
 /// loss can still be settled after it (when the server kept its data).
+/// Acks that could not be confirmed are sent again after the reconnect;
+/// claims whose other settles failed are taken back once idle for the
+/// lease.
 ///
 /// # Examples
 ///
