@@ -630,10 +630,11 @@ impl Queue {
         now: u64,
     ) -> Result<(), BrokerError> {
         let mut files: Vec<(JobId, PathBuf, File)> = Vec::with_capacity(payloads.len());
+        let pid = std::process::id();
         let written = payloads.iter().try_for_each(|p| {
             let id = JobId {
                 published_us: now,
-                pid: std::process::id(),
+                pid,
                 seq: SEQ.fetch_add(1, Ordering::Relaxed),
             };
             let (path, f) = self.create_job(id, p)?;
