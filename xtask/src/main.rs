@@ -10,6 +10,8 @@
 //! cargo xtask fork-tests             the fork-safety tests (test targets named fork_*)
 //! cargo xtask invariants             the architecture invariants and tidy rules
 //! cargo xtask bench [-- ARGS]        run the criterion benches (ARGS go to criterion)
+//! cargo xtask bench peers [ARGS]     install Sidekiq and Celery, start redis-server, run the
+//!                                    peers bench (ARGS such as `--jobs N` go to it)
 //! cargo xtask fuzz TARGET [--time SECS]   fuzz one target (default 300 s)
 //! cargo xtask brokers start [NAME...]    start broker servers detached, write target/brokers.env
 //! cargo xtask brokers stop|status
@@ -23,6 +25,7 @@
 
 mod brokers;
 mod invariants;
+mod peers;
 mod run;
 mod steps;
 mod workspace;
@@ -41,6 +44,8 @@ commands:
   fork-tests                   the fork-safety tests only (test targets named fork_*)
   invariants                   architecture invariants and tidy rules
   bench [-- ARGS]              run the criterion benches (ARGS are passed to them)
+  bench peers [ARGS]           prefork against Sidekiq and Celery on one redis-server
+                               (installs them; ARGS: --jobs N, --rounds N)
   fuzz TARGET [--time SECS]    fuzz one target (default 300 s)
   brokers start [NAME...]      start broker servers detached (default: those the adapter crates need)
   brokers stop                 stop them
@@ -113,6 +118,12 @@ fn real_main() -> Result<()> {
             run_steps("invariants", &mut ctx, &[("invariants", invariants::check)])
         }
         "bench" => {
+            if let Some((peers, args)) = rest.split_first()
+                && peers == "peers"
+            {
+                let mut ctx = Ctx::new()?;
+                return peers::bench(&mut ctx, args);
+            }
             let extra = match rest.split_first() {
                 None => &[][..],
                 Some((dashes, extra)) if dashes == "--" => extra,
