@@ -53,6 +53,8 @@ pub(crate) struct Conn {
     /// The largest response body accepted.
     pub(crate) max_body: usize,
     pub(crate) io_timeout: Duration,
+    /// The read timeout set on the socket, to set it only when it changes.
+    read_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for Conn {
@@ -83,6 +85,7 @@ impl Conn {
                         input: Vec::with_capacity(4096),
                         max_body: 64 * 1024,
                         io_timeout,
+                        read_timeout: None,
                     });
                 }
                 Err(e) => last = e,
@@ -112,8 +115,11 @@ impl Conn {
                 Err(e) => return Err(ConnError::Proto(e)),
             }
             if !armed {
-                self.stream
-                    .set_read_timeout(Some(self.io_timeout.saturating_add(extra)))?;
+                let timeout = Some(self.io_timeout.saturating_add(extra));
+                if self.read_timeout != timeout {
+                    self.stream.set_read_timeout(timeout)?;
+                    self.read_timeout = timeout;
+                }
                 armed = true;
             }
             let at = self.input.len();
