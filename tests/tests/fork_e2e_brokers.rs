@@ -98,6 +98,15 @@ fn registry(out: PathBuf) -> Registry {
 /// `$POOL_QUEUE`, whose `append` job appends its argument to `$POOL_OUT`;
 /// until QUIT.
 fn pool() {
+    // The pool's log, at RUST_LOG's level (warnings by default), on stderr:
+    // what a failing run shows.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let var = |k: &str| std::env::var(k).unwrap();
     let out = PathBuf::from(var("POOL_OUT"));
     let url = var("POOL_URL");

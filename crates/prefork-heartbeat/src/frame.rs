@@ -150,7 +150,7 @@ pub enum Message {
     /// To a pull-mode worker: `ids` are the jobs the dead worker was
     /// running, as far as the master knows; the receiver takes every claim
     /// of `pid` and runs them. To a new feeder: the old feeder `pid` died;
-    /// `ids` are the jobs it handed out that still run on workers (their
+    /// `ids` are the jobs it handed out that still run on workers or finished with a report to follow (their
     /// reports come to the new feeder, which must hold them, not hand them
     /// out again); its other claims are jobs no worker started.
     Orphaned {

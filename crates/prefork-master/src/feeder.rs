@@ -129,7 +129,7 @@ impl Settle {
 ///   gives back whatever it still holds.
 /// - A worker that dies holding a job: [`Settle::Lost`] at once.
 /// - The feeder dying: the next feeder is told, before its first fetch,
-///   the dead feeder's pid and which of its jobs still run on workers
+///   the dead feeder's pid and which of its jobs still run on workers or have a report to follow
 ///   ([`adopt`](Feeder::adopt)): it takes the dead feeder's claims over at
 ///   once, holds the running ones for their reports (which reach it), and
 ///   hands the others out. A feeder that does not implement `adopt` lets
@@ -222,7 +222,7 @@ pub trait Feeder {
 
     /// The feeder before this one (process `orphans.pid`) died; take its
     /// broker claims over (`Broker::take_over`). `orphans.ids` are the
-    /// jobs it handed out that still run on workers: hold them, their
+    /// jobs it handed out that still run on workers or have a report to follow: hold them, their
     /// reports come to this feeder; hand the other claims out (return them
     /// from the next [`fetch`](Feeder::fetch)). Called before any report
     /// that came after the death, and before the first fetch. The provided

@@ -608,7 +608,8 @@ pub struct Orphans {
     /// Delivery ids the master knows it held: in pull mode the job it was
     /// running, when known (often empty: take every claim of `pid`); for a
     /// new feeder, the jobs the dead feeder handed out that still run on
-    /// workers (hold them for their reports; do not hand them out again).
+    /// workers or whose reports follow (hold them for those reports; do not
+    /// hand them out again).
     pub ids: Vec<String>,
 }
 

@@ -535,25 +535,36 @@ impl Queue {
         }
     }
 
-    /// Removes files in `tmp/` left by publishers on this host that no
-    /// longer run. Temp names are `{id}[.reason].{host}`; the publisher's
-    /// pid is in the id.
+    /// Removes files in `tmp/` left by writers on this host that no longer
+    /// run. Temp names are `{id}[.reason].{writer pid}.{host}`: the writer
+    /// is who matters, not who published the job (a worker writes a dead
+    /// letter's reason for a job a long-gone process published). Names of
+    /// an earlier version, `{id}[.reason].{host}`, are judged by the pid in
+    /// the id.
     fn sweep_tmp(&self) -> Result<(), BrokerError> {
         if !self.options.reclaim_dead_owners {
             return Ok(());
         }
         let mut judged = Judged::default();
         for name in list(&self.tmp)? {
-            let (Some(id), Some(host)) = (name.split('.').next(), name.rsplit('.').next()) else {
+            let parts: Vec<&str> = name.split('.').collect();
+            let (Some(id), Some(host)) = (parts.first(), parts.last()) else {
                 continue;
             };
             let Some(id) = JobId::parse(id) else { continue };
-            let publisher = Holder {
-                pid: id.pid,
+            let writer = match parts.len() {
+                // {id}.{pid}.{host} or {id}.reason.{pid}.{host}
+                3 | 4 if parts[parts.len() - 2] != "reason" => {
+                    parts[parts.len() - 2].parse().unwrap_or(id.pid)
+                }
+                _ => id.pid,
+            };
+            let writer = Holder {
+                pid: writer,
                 start: 0,
                 host: u64::from_str_radix(host, 16).unwrap_or(0),
             };
-            if judged.liveness(publisher, &self.me) == Liveness::Dead {
+            if judged.liveness(writer, &self.me) == Liveness::Dead {
                 let _ = fs::remove_file(self.tmp.join(&name));
             }
         }
@@ -567,10 +578,13 @@ impl Queue {
 
     // ----- writing -----------------------------------------------------
 
-    /// Writes `parts` to a new file `tmp/{name}.{host}`, not synced; the
-    /// file is removed again on failure.
+    /// Writes `parts` to a new file `tmp/{name}.{pid}.{host}` (this
+    /// process: see [`sweep_tmp`](Queue::sweep_tmp)), not synced; the file
+    /// is removed again on failure.
     fn create_tmp(&self, name: &str, parts: &[&[u8]]) -> Result<(PathBuf, File), BrokerError> {
-        let path = self.tmp.join(format!("{name}.{:016x}", self.me.host));
+        let path = self
+            .tmp
+            .join(format!("{name}.{}.{:016x}", self.me.pid, self.me.host));
         let result = (|| {
             let mut f = OpenOptions::new()
                 .write(true)

@@ -517,6 +517,31 @@ fn opening_removes_temp_files_of_dead_publishers_only() {
 }
 
 #[test]
+fn opening_keeps_a_live_writer_s_temp_file_whatever_published_the_job() {
+    // A worker dead-letters a job that a process long gone published: the
+    // reason it is writing is its own, not the publisher's. A sibling that
+    // opens the queue meanwhile (a replacement worker) must leave it, or
+    // the dead letter fails and the job stays claimed until its lease.
+    let (_dir, _clock, spool) = setup();
+    let mut q = spool.queue("q").unwrap();
+    q.publish(b"poison", Duration::ZERO).unwrap();
+    let d = q.fetch_one(Duration::ZERO).unwrap().unwrap();
+    // The reason's temp file as `dead_letter` writes it, for this job.
+    let c = claimed_name(&d).unwrap();
+    let dead_publisher = JobId {
+        pid: 2_000_000_000,
+        ..c.id
+    };
+    let reason_name = Dead::Reason { id: dead_publisher }.to_string();
+    let (path, _f) = q.create_tmp(&reason_name, &[b"why"]).unwrap();
+    let _sibling = spool.queue("q").unwrap();
+    assert!(
+        path.exists(),
+        "a sibling's open removed a live writer's temp file"
+    );
+}
+
+#[test]
 fn bad_queue_names_and_receipts_are_refused() {
     let (_dir, _clock, spool) = setup();
     for name in ["", ".", "..", ".hidden", "a/b", "sp ace", &"x".repeat(129)] {
