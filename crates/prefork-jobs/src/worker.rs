@@ -73,7 +73,11 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 ///   [`Registry::prepare`]), with its hard time limit in the reason.
 /// - **Long jobs** call [`JobContext::alive`](crate::JobContext::alive),
 ///   which sends the heartbeat and renews the broker's claim (at most once
-///   a second).
+///   a second); once the job has run 100 ms, it also gives the rest of the
+///   worker's batch back to the broker (unstarted: no attempt counted), so
+///   no job waits behind a slow one while a sibling is idle. A job that
+///   never calls `alive` keeps its batch until it ends: the batch is sized
+///   to about 10 ms of the jobs seen so far, so that is rare.
 ///
 /// # Examples
 ///
@@ -115,6 +119,12 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(10);
 
 /// The largest adaptive batch.
 pub const MAX_AUTO_BATCH: usize = 64;
+
+/// A job still running this long after it started, when it calls
+/// [`JobContext::alive`](crate::JobContext::alive), gives the rest of its
+/// worker's batch back to the broker: they would wait behind it while a
+/// sibling may be idle, and their claims would age toward expiry.
+const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
 
 impl fmt::Debug for JobWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -180,14 +190,8 @@ impl JobWorker {
     }
 
     fn release_buffered(&mut self) {
-        let Some(broker) = self.broker.as_mut() else {
-            return;
-        };
-        for d in self.buffered.drain(..) {
-            let id = d.id().clone();
-            if let Err(e) = broker.release(d) {
-                tracing::warn!(delivery = %id, error = %e.error(), "could not release an unstarted job; it comes back when its claim expires");
-            }
+        if let Some(broker) = self.broker.as_mut() {
+            release_all(broker.as_mut(), &mut self.buffered);
         }
     }
 }
@@ -249,9 +253,16 @@ impl Worker for JobWorker {
                     );
                 }
                 let mut last_touch = t0;
+                let buffered = &mut self.buffered;
                 let mut keepalive = || {
                     ctx.set_activity(format!("{job} {id}"));
                     ctx.alive();
+                    // A job that runs long keeps the rest of its batch
+                    // waiting (and their claims ageing): give them back
+                    // for an idle sibling to run.
+                    if !buffered.is_empty() && t0.elapsed() >= GIVE_BACK_AFTER {
+                        release_all(broker.as_mut(), buffered);
+                    }
                     if last_touch.elapsed() >= Duration::from_secs(1) {
                         last_touch = Instant::now();
                         if let Err(e) = broker.touch(&mut delivery) {
@@ -295,6 +306,16 @@ impl Worker for JobWorker {
             tracing::warn!(error = %e, "could not confirm the last acks; those jobs may run again");
         }
         self.broker = None;
+    }
+}
+
+/// Gives unstarted jobs back to the broker, no attempt counted.
+fn release_all(broker: &mut (dyn Broker + Send), buffered: &mut VecDeque<Delivery>) {
+    for d in buffered.drain(..) {
+        let id = d.id().clone();
+        if let Err(e) = broker.release(d) {
+            tracing::warn!(delivery = %id, error = %e.error(), "could not release an unstarted job; it comes back when its claim expires");
+        }
     }
 }
 

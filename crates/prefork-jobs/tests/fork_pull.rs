@@ -78,6 +78,15 @@ fn registry(dir: &Path) -> Registry {
             .soft(Duration::from_millis(50))
             .hard(Duration::from_secs(20)),
     );
+    // Two seconds of work, saying it is alive every 100 ms.
+    let o = out.clone();
+    r.register("slow", move |ctx: &mut JobContext<'_>, ()| {
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            ctx.alive();
+        }
+        append(&o, "slow")
+    });
     r
 }
 
@@ -310,13 +319,48 @@ fn pool_prefetch() {
     let worker = JobWorker::new(r, spool(&dir), QUEUE)
         .prefetch(50)
         .poll_interval(Duration::from_millis(50));
+    let workers = std::env::var("POOL_WORKERS").map_or(1, |w| w.parse().unwrap());
     let report = prefork_master::Master::builder()
-        .workers(1)
+        .workers(workers)
         .build()
         .unwrap()
         .run(worker)
         .unwrap();
     assert!(report.success(), "{report:?}");
+}
+
+/// A slow job at the head of a worker's batch does not hold the rest of
+/// the batch: once it has run a while (and says it is alive), the worker
+/// gives the unstarted jobs back, and its idle sibling runs them all before
+/// the slow one ends. (Before, they waited two seconds behind it, and
+/// with a job longer than the claim timeout they would have been handed
+/// out again while still held: run twice.)
+fn a_slow_job_gives_its_batch_back() {
+    let dir = tmp("slow-batch");
+    let mut enq = Enqueuer::new(spool(&dir).queue(QUEUE).unwrap());
+    enq.enqueue("slow", &()).unwrap();
+    for n in 0..40u64 {
+        enq.enqueue("append", &n).unwrap();
+    }
+    let pool = Command::new(std::env::current_exe().unwrap())
+        .env("PREFORK_TEST_CASE", "pool_prefetch")
+        .env("POOL_DIR", &dir)
+        .env("POOL_WORKERS", "2")
+        .spawn()
+        .unwrap();
+    wait_until("every job to run", Duration::from_secs(30), || {
+        counts(&dir).len() == 41
+    });
+    quit(pool);
+    let lines = std::fs::read_to_string(out_file(&dir)).unwrap();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(lines.len(), 41, "no job ran twice: {lines:?}");
+    assert_eq!(
+        lines.last(),
+        Some(&"slow"),
+        "the quick jobs waited behind the slow one: {lines:?}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
 }
 
 fn main() {
@@ -327,6 +371,10 @@ fn main() {
             bad_input_ends_in_dead_letters,
         ),
         Case::new("time_limits_fire", time_limits_fire),
+        Case::new(
+            "a_slow_job_gives_its_batch_back",
+            a_slow_job_gives_its_batch_back,
+        ),
         Case::new(
             "graceful_stop_releases_prefetched_jobs",
             graceful_stop_releases_prefetched_jobs,
