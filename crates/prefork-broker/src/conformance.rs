@@ -22,7 +22,7 @@
 //! | `taken_over_at_once` | the jobs of a SIGKILLed holder are handed to [`Broker::take_over`] at once, claimed, before their claim timeout |
 //! | `publish_batch_round_trip` | [`Broker::publish_batch`] adds every payload, immediate and delayed |
 //! | `large_payload_round_trip` | a 16 MiB job goes through publish, fetch, retry and dead letter intact |
-//! | `deferred_acks_hold` | [`Broker::ack_deferred`] then [`Broker::flush`]: those jobs never come back |
+//! | `deferred_acks_hold` | [`Broker::ack_deferred`] and [`Broker::ack_batch_deferred`], then [`Broker::flush`]: those jobs never come back |
 //!
 //! # Using it
 //!
@@ -851,7 +851,8 @@ impl Kit {
         );
     }
 
-    /// Jobs acked with [`Broker::ack_deferred`] (then [`Broker::flush`]) are
+    /// Jobs acked with [`Broker::ack_deferred`] or
+    /// [`Broker::ack_batch_deferred`] (then [`Broker::flush`]) are
     /// gone: they never come back, even after the claim timeout, and the
     /// handle keeps working between deferred acks.
     ///
@@ -867,9 +868,14 @@ impl Kit {
         let mut acked = 0;
         while acked < 20 {
             let batch = self.collect(&mut b, 5.min(20 - acked));
-            for d in batch {
-                b.ack_deferred(d).expect("deferred ack");
-                acked += 1;
+            acked += batch.len();
+            if acked <= 10 {
+                for d in batch {
+                    b.ack_deferred(d).expect("deferred ack");
+                }
+            } else {
+                let failed = b.ack_batch_deferred(batch);
+                assert!(failed.is_empty(), "deferred batch ack: {failed:?}");
             }
         }
         b.flush().expect("flush");

@@ -264,6 +264,18 @@ pub trait Broker {
         self.ack(delivery)
     }
 
+    /// [`ack_deferred`](Broker::ack_deferred) for many deliveries, in one
+    /// command where the adapter can (Redis: one script call for all, no
+    /// round trip of its own); returns those known at once not to be
+    /// acked. The provided method calls `ack_deferred` for each.
+    #[must_use = "the deliveries that were not acked are handed back"]
+    fn ack_batch_deferred(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+        deliveries
+            .into_iter()
+            .filter_map(|d| self.ack_deferred(d).err())
+            .collect()
+    }
+
     /// Waits for the replies of every [deferred ack](Broker::ack_deferred)
     /// sent so far (call it before a process exits). The provided method
     /// has nothing to wait for.
@@ -416,6 +428,9 @@ macro_rules! forward_broker {
             }
             fn ack_deferred(&mut self, delivery: Delivery) -> Result<(), SettleError> {
                 (**self).ack_deferred(delivery)
+            }
+            fn ack_batch_deferred(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+                (**self).ack_batch_deferred(deliveries)
             }
             fn flush(&mut self) -> Result<(), BrokerError> {
                 (**self).flush()

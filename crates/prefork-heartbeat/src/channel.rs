@@ -216,6 +216,37 @@ impl Channel {
     /// [`max_send_frame`](Channel::max_send_frame); otherwise as [`flush`](Channel::flush)
     /// (the frame stays queued).
     pub fn send(&mut self, msg: &Message) -> Result<(), ChannelError> {
+        self.queue(msg)?;
+        self.flush().map(drop)
+    }
+
+    /// Queues the frame without writing it: a later [`send`](Channel::send)
+    /// or [`flush`](Channel::flush) writes everything queued with one
+    /// system call where the socket takes it, which is how a sender of
+    /// several frames in a row (a master's turn, a feeder's batch) pays one
+    /// write for all of them.
+    ///
+    /// # Errors
+    ///
+    /// [`ChannelError::TooLarge`] (nothing queued) if the body exceeds
+    /// [`max_send_frame`](Channel::max_send_frame).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use prefork_heartbeat::{Channel, Message};
+    ///
+    /// let (mut a, mut b) = Channel::pair()?;
+    /// a.queue(&Message::Want { n: 1 })?;
+    /// a.queue(&Message::Want { n: 2 })?;
+    /// assert!(a.has_pending_output());
+    /// assert!(b.recv()?.is_none(), "nothing written yet");
+    /// assert!(a.flush()?);
+    /// assert_eq!(b.recv()?, Some(Message::Want { n: 1 }));
+    /// assert_eq!(b.recv()?, Some(Message::Want { n: 2 }));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn queue(&mut self, msg: &Message) -> Result<(), ChannelError> {
         let start = self.out.len();
         encode(msg, &mut self.out);
         let len = self.out.len() - start - HEADER_LEN;
@@ -226,7 +257,7 @@ impl Channel {
                 max: self.max_send,
             });
         }
-        self.flush().map(drop)
+        Ok(())
     }
 
     /// Writes what is queued, as far as the socket takes it; never blocks.

@@ -228,8 +228,9 @@ impl Feeder for DispatchFeeder {
     }
 
     /// Acks the `Done` reports of one inbox drain with one
-    /// [`Broker::ack_batch`] call (one round trip on Redis); settles the
-    /// others one by one.
+    /// [`Broker::ack_batch_deferred`] (sent at once, their replies read
+    /// with the next fetch's: one script call and no round trip of their
+    /// own on Redis); settles the others one by one.
     fn settle_batch(&mut self, settles: Vec<Settle>, ctx: &mut Context) -> Result<(), BoxError> {
         if self.broker.is_none() {
             return Err("DispatchFeeder used before start".into());
@@ -247,7 +248,7 @@ impl Feeder for DispatchFeeder {
         if !acks.is_empty()
             && let Some(broker) = self.broker.as_mut()
         {
-            for e in broker.ack_batch(acks) {
+            for e in broker.ack_batch_deferred(acks) {
                 settled(Err(e))?;
             }
         }
@@ -300,6 +301,9 @@ impl Feeder for DispatchFeeder {
             if let Err(e) = broker.release(d) {
                 tracing::warn!(delivery = %id, error = %e.error(), "could not release an adopted job; it comes back when its claim expires");
             }
+        }
+        if let Err(e) = broker.flush() {
+            tracing::warn!(error = %e, "could not confirm the last acks; those jobs may run again");
         }
         for (id, d) in self.held.drain() {
             tracing::info!(delivery = %id, "feeder stopping: giving back a job never settled");

@@ -321,7 +321,7 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
                         )?;
                         continue;
                     }
-                    ctx.send(&Message::Job {
+                    ctx.queue(&Message::Job {
                         id: job.id,
                         payload: job.payload,
                         attempt: job.attempt,

@@ -596,18 +596,18 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         self.send_message(serial, &Message::Control(control));
     }
 
+    /// Queues `msg` for `serial`; everything queued in one loop turn is
+    /// written at the end of the turn (`flush_pending`), one write per
+    /// peer: a worker's report, the feeder's copy of it and the feeder's
+    /// next credit cost one system call each way, not three.
     fn send_message(&mut self, serial: Serial, msg: &Message) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
-        match p.channel.send(msg) {
+        match p.channel.queue(msg) {
             Ok(()) => {
-                if p.channel.has_pending_output() {
-                    self.pending_output.insert(serial);
-                }
+                self.pending_output.insert(serial);
             }
-            // Closed: EOF (or the reap) will tell.
-            Err(ChannelError::Closed) => {}
             Err(e) => tracing::error!(error = %e, serial, "cannot write to a worker"),
         }
     }

@@ -514,6 +514,19 @@ impl Context {
         }
     }
 
+    /// Queues a frame, written by the next [`send`](Context::send) or
+    /// [`flush`](Context::flush) (the feeder queues a fetch's jobs and
+    /// writes them at once).
+    pub(crate) fn queue(&mut self, msg: &Message) {
+        if self.master_gone {
+            return;
+        }
+        if let Err(e) = self.channel.queue(msg) {
+            tracing::error!(error = %e, "cannot write to the master");
+            self.lose_master();
+        }
+    }
+
     /// Sends Ready, waiting (up to `timeout`) until it is written.
     pub(crate) fn send_ready(&mut self, timeout: Duration) -> bool {
         let msg = Message::Ready {

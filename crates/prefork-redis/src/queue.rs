@@ -1082,6 +1082,20 @@ impl Broker for RedisQueue {
         Ok(())
     }
 
+    /// One ack script call for all of them, written at once, its reply
+    /// read ahead of the next command's (as [`ack_deferred`]); never fails.
+    ///
+    /// [`ack_deferred`]: Broker::ack_deferred
+    fn ack_batch_deferred(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+        self.send_acks(
+            deliveries
+                .iter()
+                .map(|d| (d.receipt().to_owned(), false))
+                .collect(),
+        );
+        Vec::new()
+    }
+
     fn flush(&mut self) -> Result<(), BrokerError> {
         let mut failed = None;
         for _ in 0..3 {
