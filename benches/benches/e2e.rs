@@ -31,7 +31,7 @@
 //! `--broker`: the spool, plus `PREFORK_REDIS_URL` and
 //! `PREFORK_BEANSTALKD_URL` when set (a line says which are skipped).
 //! `--mode` takes one mode or more (comma-separated; default pull;
-//! `dispatch` keeps the defaults (a lookahead of the worker count),
+//! `dispatch` keeps the defaults (the adaptive lookahead),
 //! `dispatch-0` sets `dispatch_lookahead(0)`); the
 //! raw baseline is measured once per round beside every mode. Options of
 //! criterion and libtest (`--bench`, `--save-baseline NAME`, ...), which

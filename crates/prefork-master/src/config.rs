@@ -102,7 +102,7 @@ pub(crate) struct Settings {
     /// Dispatch mode: supervise a feeder process too.
     pub(crate) feeder: bool,
     /// Dispatch mode: jobs asked for beyond the idle workers.
-    /// `None`: as many as there are workers.
+    /// `None`: adaptive (see `Builder::dispatch_lookahead`).
     pub(crate) dispatch_lookahead: Option<usize>,
 }
 
@@ -218,23 +218,27 @@ impl Builder {
         self
     }
 
-    /// Dispatch mode ([`Master::run_dispatch`]): how many jobs the master
-    /// asks the feeder for beyond one per idle worker (0 to
-    /// [`MAX_WORKERS`]). Default: the number of workers.
+    /// Dispatch mode ([`Master::run_dispatch`]): a fixed number of jobs the
+    /// master asks the feeder for beyond one per idle worker (0 to
+    /// [`MAX_WORKERS`]). Default: adaptive, about 10 ms of work across the
+    /// pool from the jobs' measured run time (hand-out to report), from 0
+    /// for slow jobs to 8 per worker for quick ones, starting at one per
+    /// worker.
     ///
     /// The master asks for up to `idle workers + lookahead - queued - asked`
-    /// jobs, so when a worker finishes, its next job is already waiting in
-    /// the master: it is handed out before the worker's report goes to the
-    /// feeder, and the feeder's round trip to the broker is off the
-    /// critical path. Jobs waiting in the master are not any worker's: the
-    /// first worker to be free takes the next, so none waits behind a slow
-    /// job while a sibling is idle. They are unstarted: on a graceful stop
-    /// they go back to the broker (`Release`), and if the feeder dies the
-    /// next feeder takes its claims over and hands them out again. A
-    /// SIGKILLed pool leaves their claims to expire; as unstarted jobs they
-    /// never run twice. 0 takes a job from the broker only when a worker
-    /// can start it at once: less in flight, one broker round trip (and
-    /// two more hops) on every job's critical path.
+    /// jobs (the lookahead part in chunks of half of it, so quick jobs come
+    /// in a few big fetches), so when a worker finishes, its next job is
+    /// already waiting in the master: it is handed out before the worker's
+    /// report goes to the feeder, and the feeder's round trip to the broker
+    /// is off the critical path. Jobs waiting in the master are not any
+    /// worker's: the first worker to be free takes the next, so none waits
+    /// behind a slow job while a sibling is idle. They are unstarted: on a
+    /// graceful stop they go back to the broker (`Release`), and if the
+    /// feeder dies the next feeder takes its claims over and hands them out
+    /// again. A SIGKILLed pool leaves their claims to expire; as unstarted
+    /// jobs they never run twice. 0 takes a job from the broker only when a
+    /// worker can start it at once: least in flight, one broker round trip
+    /// (and two more hops) on every job's critical path.
     pub fn dispatch_lookahead(mut self, n: usize) -> Builder {
         self.settings.dispatch_lookahead = Some(n);
         self

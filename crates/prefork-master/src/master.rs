@@ -206,10 +206,10 @@ impl Master {
             .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
         let rng = XorShift::from_entropy();
         let sup = Supervisor::new(self.settings.clone(), rng);
-        let lookahead = self
-            .settings
-            .dispatch_lookahead
-            .unwrap_or(self.settings.workers);
+        let router = match self.settings.dispatch_lookahead {
+            Some(n) => Router::new(n),
+            None => Router::adaptive(self.settings.workers),
+        };
         let mut m = Loop {
             settings: self.settings,
             hooks: self.hooks,
@@ -225,7 +225,8 @@ impl Master {
             feeder,
             feeder_serial: None,
             orphans: Vec::new(),
-            router: Router::new(lookahead),
+            router,
+            handed: HashMap::new(),
             routes: Vec::new(),
         };
         let report = m.run();
@@ -280,6 +281,9 @@ struct Loop<W, F> {
     routes: Vec<Route>,
     /// Pull mode: claims of dead workers, for the next worker to be ready.
     orphans: Vec<Orphans>,
+    /// Dispatch mode: when each busy worker was handed its job (the
+    /// router's adaptive lookahead learns the run time from it).
+    handed: HashMap<Serial, Instant>,
 }
 
 fn token(serial: Serial) -> Token {
@@ -617,6 +621,9 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         if self.feeder.is_none() {
             return;
         }
+        if let Some(t) = self.handed.remove(&serial) {
+            self.router.observe(t.elapsed());
+        }
         if !self.router.worker_finished(serial, report) {
             tracing::warn!(serial, "a worker reported a job it was not given");
         }
@@ -632,7 +639,10 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         for route in routes.drain(..) {
             let (to, msg) = match route {
                 Route::ToWorker(serial, job) => (
-                    Some(serial),
+                    {
+                        self.handed.insert(serial, Instant::now());
+                        Some(serial)
+                    },
                     Message::Job {
                         id: job.id,
                         payload: job.payload,

@@ -80,8 +80,10 @@ pub(crate) struct Router {
     queue: VecDeque<Job>,
     /// Credits given to the feeder and not yet used.
     asked: usize,
-    /// Jobs asked for beyond one per idle worker.
+    /// Jobs asked for beyond one per idle worker (now).
     lookahead: usize,
+    /// Set: the lookahead follows the jobs' run time (see `observe`).
+    adaptive: Option<Adaptive>,
     feeder_ready: bool,
     stopped: bool,
     /// Messages for the feeder while there is none (it died): delivered to
@@ -91,6 +93,23 @@ pub(crate) struct Router {
     /// read them, so they go to the next one as well (see `feeder_gone`).
     sent: VecDeque<Route>,
     out: Vec<Route>,
+}
+
+/// The adaptive lookahead keeps about this much work waiting in the
+/// master, across the pool: enough that quick jobs go out in batches (one
+/// feeder wake-up and one broker round trip for several), little enough
+/// that slow ones are taken from the broker only as workers free up (other
+/// pools on the same queue are not starved).
+const LOOKAHEAD_WINDOW_US: f64 = 10_000.0;
+
+/// The adaptive lookahead's cap, per worker.
+const LOOKAHEAD_PER_WORKER: usize = 8;
+
+#[derive(Debug)]
+struct Adaptive {
+    workers: usize,
+    /// Smoothed hand-out-to-report time of a job, in µs.
+    mean_us: f64,
 }
 
 /// How many of the last reports sent to the feeder are kept to be sent
@@ -106,6 +125,37 @@ impl Router {
             lookahead,
             ..Router::default()
         }
+    }
+
+    /// A router whose lookahead follows the jobs' run time
+    /// ([`observe`](Router::observe)): about 10 ms of work for the pool
+    /// of `workers`, from 0 (slow jobs: fetched only for an idle worker)
+    /// to 8 per worker (quick ones). It starts at one per worker.
+    pub(crate) fn adaptive(workers: usize) -> Router {
+        Router {
+            lookahead: workers,
+            adaptive: Some(Adaptive {
+                workers,
+                mean_us: LOOKAHEAD_WINDOW_US / workers.max(1) as f64,
+            }),
+            ..Router::default()
+        }
+    }
+
+    /// A job took `ran` from hand-out to report: the adaptive lookahead
+    /// moves toward what fits the window.
+    pub(crate) fn observe(&mut self, ran: std::time::Duration) {
+        if let Some(a) = self.adaptive.as_mut() {
+            a.mean_us = 0.8 * a.mean_us + 0.2 * ran.as_micros() as f64;
+            let fit = LOOKAHEAD_WINDOW_US * a.workers as f64 / a.mean_us.max(1.0);
+            self.lookahead = (fit as usize).min(LOOKAHEAD_PER_WORKER * a.workers);
+        }
+    }
+
+    /// The lookahead in effect.
+    #[cfg(test)]
+    pub(crate) fn lookahead(&self) -> usize {
+        self.lookahead
     }
 
     /// The routes decided since the last call, in order.
@@ -318,16 +368,23 @@ impl Router {
 
     /// Tops the feeder's credits up so that credits + queued jobs reach
     /// idle workers + lookahead.
+    /// Credits for the lookahead go out in chunks of half of it (fewer,
+    /// bigger fetches); credits an idle worker needs go out at once.
     fn top_up(&mut self) {
         if self.feeder_ready && !self.stopped {
-            let want =
-                (self.idle.len() + self.lookahead).saturating_sub(self.queue.len() + self.asked);
-            if want > 0 {
+            let have = self.queue.len() + self.asked;
+            let want = (self.idle.len() + self.lookahead).saturating_sub(have);
+            if want > 0 && (have < self.idle.len() || want >= self.chunk()) {
                 self.asked += want;
                 self.out
                     .push(Route::Want(u32::try_from(want).unwrap_or(u32::MAX)));
             }
         }
+    }
+
+    /// The smallest lookahead top-up sent on its own.
+    fn chunk(&self) -> usize {
+        (self.lookahead / 2).max(1)
     }
 
     /// Credits given and not used, jobs queued, idle workers (for tests).
@@ -450,6 +507,59 @@ mod tests {
     }
 
     #[test]
+    fn the_adaptive_lookahead_follows_the_run_time_and_asks_in_chunks() {
+        let mut r = Router::adaptive(2);
+        assert_eq!(r.lookahead(), 2, "one per worker to start");
+        for _ in 0..50 {
+            r.observe(std::time::Duration::from_micros(100));
+        }
+        assert_eq!(r.lookahead(), 16, "quick jobs: the cap, 8 per worker");
+        r.feeder_ready();
+        r.worker_ready(1);
+        r.worker_ready(2);
+        let asked: u32 = r
+            .take_routes()
+            .iter()
+            .map(|x| match x {
+                Route::Want(n) => *n,
+                other => panic!("{other:?}"),
+            })
+            .sum();
+        assert_eq!(asked, 16, "16 ahead, which the two idle workers draw on");
+        for n in 1..=16 {
+            r.job_from_feeder(job(n));
+        }
+        r.take_routes();
+        assert_eq!(r.queued(), 14);
+        // Each finish hands the worker the next queued job; credit goes
+        // out once a chunk (8) of the lookahead is used up, not per job.
+        let wants = |r: &mut Router| -> Vec<u32> {
+            r.take_routes()
+                .iter()
+                .filter_map(|x| match x {
+                    Route::Want(n) => Some(*n),
+                    _ => None,
+                })
+                .collect()
+        };
+        for n in 1..=5 {
+            let w = if n % 2 == 1 { 1 } else { 2 };
+            assert!(r.worker_finished(w, Route::Done(format!("j{n}"))));
+        }
+        assert_eq!(
+            wants(&mut r),
+            Vec::<u32>::new(),
+            "7 short of 16: under a chunk"
+        );
+        assert!(r.worker_finished(2, Route::Done("j6".into())));
+        assert_eq!(wants(&mut r), [8], "a chunk of 8 once 8 were used");
+        for _ in 0..50 {
+            r.observe(std::time::Duration::from_secs(1));
+        }
+        assert_eq!(r.lookahead(), 0, "slow jobs: fetched only for idle workers");
+    }
+
+    #[test]
     fn reports_wait_for_the_next_feeder() {
         let mut r = Router::new(0);
         r.feeder_ready();
@@ -564,7 +674,7 @@ mod tests {
         /// lost or released) once its worker finishes or dies.
         #[test]
         fn routing_invariants(
-            lookahead in 0_usize..4,
+            lookahead in 0_usize..7,
             events in proptest::collection::vec(ev(), 1..200),
         ) {
             let mut r = Router::new(lookahead);
@@ -654,7 +764,8 @@ mod tests {
                 if feeder {
                     prop_assert_eq!(asked, credits, "the router's credits are the feeder's");
                     if !stopped {
-                        prop_assert!(asked + queued >= idle + lookahead, "feeder not topped up: credits {} + queued {} < idle {} + lookahead {}", asked, queued, idle, lookahead);
+                        prop_assert!(asked + queued >= idle, "an idle worker has no job coming: credits {} + queued {} < idle {}", asked, queued, idle);
+                        prop_assert!(asked + queued + r.chunk() > idle + lookahead, "feeder not topped up: credits {} + queued {} + chunk {} <= idle {} + lookahead {}", asked, queued, r.chunk(), idle, lookahead);
                     }
                 }
             }
