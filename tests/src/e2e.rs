@@ -198,6 +198,10 @@ pub struct KillPlan {
     /// Feeder SIGKILLs to make, at most (needs `feeder_title`), at random
     /// moments like the worker kills.
     pub feeder_kills: u64,
+    /// Dispatch mode: the most jobs the master asks for beyond one per
+    /// idle worker (`dispatch_lookahead`; the adaptive default goes up to
+    /// 8 per worker). 0 in pull mode.
+    pub lookahead: u64,
     /// The shortest and longest pause between two looks at the pool.
     pub pause: (Duration, Duration),
     /// How long the whole run may take.
@@ -214,6 +218,7 @@ impl KillPlan {
             worker_kills: 10,
             feeder_title: None,
             feeder_kills: 0,
+            lookahead: 0,
             pause: (Duration::from_millis(5), Duration::from_millis(35)),
             limit: Duration::from_secs(90),
         }
@@ -231,6 +236,8 @@ pub struct KillReport {
     pub master_killed: bool,
     /// Workers per pool.
     pub workers: usize,
+    /// The plan's `lookahead`.
+    pub lookahead: u64,
 }
 
 impl KillReport {
@@ -244,12 +251,15 @@ impl KillReport {
     /// - a feeder kill (dispatch): none. The next feeder takes the dead
     ///   one's claims over, settles the reports of the jobs still running,
     ///   and hears again the reports the dead one may not have read.
-    /// - the master kill: one per worker (in pull mode the workers die
-    ///   holding one started job each; in dispatch mode the feeder dies
-    ///   holding at most one unsettled job per worker, and the workers die
-    ///   with it; nobody is left to take their claims over).
+    /// - the master kill: one per worker, plus the lookahead in dispatch
+    ///   mode, with nobody left to take the claims over. In pull mode the
+    ///   workers die holding one started job each. In dispatch mode the
+    ///   feeder dies holding the jobs running on the workers and those
+    ///   finished whose reports it had not settled yet: with a lookahead a
+    ///   worker starts its next job while its last report is on its way, so
+    ///   the feeder can lag up to `lookahead` reports behind.
     pub fn bound(&self) -> u64 {
-        self.worker_kills + self.workers as u64
+        self.worker_kills + self.workers as u64 + self.lookahead
     }
 
     /// Asserts what at-least-once promises for a run whose handlers append
@@ -317,6 +327,7 @@ pub fn run_with_kills(
         feeder_kills: 0,
         master_killed: false,
         workers: plan.workers,
+        lookahead: plan.lookahead,
     };
     let end = Instant::now() + plan.limit;
     let spread = (plan.pause.1.saturating_sub(plan.pause.0)).as_millis() as u64 + 1;

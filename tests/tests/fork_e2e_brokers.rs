@@ -174,6 +174,8 @@ fn kills_lose_no_job(mode: &str, broker: &str, url: Option<String>) {
         // The feeder's process title (prefork-master sets it).
         plan.feeder_title = Some("feeder".into());
         plan.feeder_kills = FEEDER_KILLS;
+        // The adaptive lookahead's cap (prefork-master's router).
+        plan.lookahead = 8 * WORKERS as u64;
     }
     let report = e2e::run_with_kills(
         &plan,

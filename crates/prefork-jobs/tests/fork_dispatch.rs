@@ -149,6 +149,8 @@ fn sigkills_lose_no_job() {
     }
     let plan = KillPlan {
         worker_kills: 30,
+        // The adaptive lookahead's cap (prefork-master's router).
+        lookahead: 8 * WORKERS as u64,
         ..KillPlan::new(JOBS, WORKERS)
     };
     let report = e2e::run_with_kills(

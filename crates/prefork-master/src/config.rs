@@ -236,9 +236,15 @@ impl Builder {
     /// graceful stop they go back to the broker (`Release`), and if the
     /// feeder dies the next feeder takes its claims over and hands them out
     /// again. A SIGKILLed pool leaves their claims to expire; as unstarted
-    /// jobs they never run twice. 0 takes a job from the broker only when a
-    /// worker can start it at once: least in flight, one broker round trip
-    /// (and two more hops) on every job's critical path.
+    /// jobs they never run twice. The cost is elsewhere: a worker starts its
+    /// next job while its last report is on its way, so the feeder may be
+    /// up to `lookahead` reports behind, and a SIGKILL of the whole pool
+    /// (master, feeder and workers at once) can run up to `workers +
+    /// lookahead` finished jobs again instead of `workers` (a feeder killed
+    /// alone runs none again: the next one settles those reports). 0 takes
+    /// a job from the broker only when a worker can start it at once: least
+    /// in flight, one broker round trip (and two more hops) on every job's
+    /// critical path.
     pub fn dispatch_lookahead(mut self, n: usize) -> Builder {
         self.settings.dispatch_lookahead = Some(n);
         self
