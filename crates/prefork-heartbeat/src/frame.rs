@@ -41,7 +41,6 @@ const PROGRESS_BUSY: u8 = 1;
 
 const CONTROL_STOP: u8 = 1;
 const CONTROL_REOPEN_LOGS: u8 = 2;
-const CONTROL_RECYCLE: u8 = 3;
 
 /// Smallest buffer the decoder allocates once it holds any bytes.
 const MIN_BUFFER: usize = 4096;
@@ -247,8 +246,6 @@ pub enum Control {
     Stop,
     /// Reopen log files (after rotation).
     ReopenLogs,
-    /// Finish the current job, then exit so the master starts a fresh worker.
-    Recycle,
 }
 
 /// Why a byte stream could not be decoded.
@@ -361,7 +358,6 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
         Message::Control(c) => out.push(match c {
             Control::Stop => CONTROL_STOP,
             Control::ReopenLogs => CONTROL_REOPEN_LOGS,
-            Control::Recycle => CONTROL_RECYCLE,
         }),
         Message::Unknown { body, .. } => out.extend_from_slice(body),
     }
@@ -486,7 +482,6 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
         KIND_CONTROL => match b.u8("control: missing request")? {
             CONTROL_STOP => Message::Control(Control::Stop),
             CONTROL_REOPEN_LOGS => Message::Control(Control::ReopenLogs),
-            CONTROL_RECYCLE => Message::Control(Control::Recycle),
             _ => unknown(),
         },
         KIND_WANT => Message::Want {

@@ -97,7 +97,7 @@ fn a_large_job_is_written_in_parts_while_the_socket_is_full() {
         attempt: 1,
     };
     master.send(&job).unwrap();
-    master.send(&Message::Control(Control::Recycle)).unwrap();
+    master.send(&Message::Control(Control::ReopenLogs)).unwrap();
     assert!(master.has_pending_output(), "the socket took 8 MiB at once");
 
     let mut got = Vec::new();
@@ -109,7 +109,7 @@ fn a_large_job_is_written_in_parts_while_the_socket_is_full() {
     }
     assert!(rounds > 2, "expected many partial writes, got {rounds}");
     assert!(!master.has_pending_output());
-    assert_eq!(got, vec![job, Message::Control(Control::Recycle)]);
+    assert_eq!(got, vec![job, Message::Control(Control::ReopenLogs)]);
 }
 
 #[test]

@@ -26,8 +26,7 @@ fn stats() -> impl Strategy<Value = Stats> {
 fn control() -> impl Strategy<Value = Control> {
     prop_oneof![
         Just(Control::Stop),
-        Just(Control::ReopenLogs),
-        Just(Control::Recycle)
+        Just(Control::ReopenLogs)
     ]
 }
 

@@ -436,7 +436,7 @@ impl Context {
 
     fn take_message(&mut self, msg: Message) {
         match msg {
-            Message::Control(Control::Stop | Control::Recycle) => self.stopping = true,
+            Message::Control(Control::Stop) => self.stopping = true,
             Message::Control(Control::ReopenLogs) => self.reopen_pending = true,
             m @ (Message::Job { .. }
             | Message::Want { .. }
