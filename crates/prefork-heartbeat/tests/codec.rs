@@ -24,10 +24,7 @@ fn stats() -> impl Strategy<Value = Stats> {
 }
 
 fn control() -> impl Strategy<Value = Control> {
-    prop_oneof![
-        Just(Control::Stop),
-        Just(Control::ReopenLogs)
-    ]
+    prop_oneof![Just(Control::Stop), Just(Control::ReopenLogs)]
 }
 
 /// Every message kind, with `Unknown` limited to kinds this version does not know.

@@ -209,14 +209,15 @@ impl Feeder for DispatchFeeder {
                     .registry
                     .lost(delivery.payload(), delivery.attempt(), &reason)
                 {
-                    Ok(reason) => {
+                    Outcome::Retry { delay, reason } => {
                         tracing::warn!(delivery = %id, %reason, "job lost with its worker; running it again");
-                        broker.retry(delivery, Duration::ZERO)
+                        broker.retry(delivery, delay)
                     }
-                    Err(reason) => {
+                    Outcome::Dead { reason } => {
                         tracing::warn!(delivery = %id, %reason, "job lost with its worker; sent to the dead letters");
                         broker.dead_letter(delivery, &reason)
                     }
+                    Outcome::Done => broker.ack(delivery),
                 }
             }
             other => {

@@ -504,50 +504,46 @@ impl Registry {
     }
 
     /// What to do with a delivery whose worker died while running it
-    /// (dispatch mode: a crash, a SIGKILL, the hard time limit): it counts
-    /// as a failed attempt, run again at once (as a pull-mode worker's
-    /// claims are taken over at once by its replacement: no backoff, which
-    /// is for failures a handler reports) until its attempts are spent.
-    /// `Ok(reason)`: retry now, `reason` for the log; `Err(reason)`: dead
-    /// letter (attempts spent, or the payload cannot be run at all).
-    ///
-    /// # Errors
-    ///
-    /// The dead-letter reason, as said above.
+    /// (dispatch mode: a crash, a SIGKILL, the hard time limit), as the
+    /// same [`Outcome`] a run gives: it counts as a failed attempt, run
+    /// again at once ([`Outcome::Retry`] with no delay, as a pull-mode
+    /// worker's claims are taken over at once by its replacement; backoff is
+    /// for failures a handler reports) until its attempts are spent, then
+    /// [`Outcome::Dead`] (also for a payload that cannot be run at all).
     ///
     /// # Examples
     ///
     /// ```
-    /// use prefork_jobs::{Envelope, JobContext, JobError, Registry, RetryPolicy};
+    /// use prefork_jobs::{Envelope, JobContext, JobError, Outcome, Registry, RetryPolicy};
     ///
     /// let mut jobs = Registry::new();
     /// jobs.register("x", |_: &mut JobContext<'_>, ()| Ok::<(), JobError>(())).retry(RetryPolicy::new(2));
     /// let payload = Envelope::new("q", "x", serde_json::Value::Null).to_bytes();
-    /// assert!(jobs.lost(&payload, 1, "killed by SIGKILL").is_ok());
-    /// let dead = jobs.lost(&payload, 2, "killed by SIGKILL").unwrap_err();
-    /// assert!(dead.contains("attempt 2 of 2") && dead.contains("SIGKILL"));
+    /// assert!(matches!(jobs.lost(&payload, 1, "killed by SIGKILL"), Outcome::Retry { delay, .. } if delay.is_zero()));
+    /// let Outcome::Dead { reason } = jobs.lost(&payload, 2, "killed by SIGKILL") else { panic!() };
+    /// assert!(reason.contains("attempt 2 of 2") && reason.contains("SIGKILL"));
     /// ```
-    pub fn lost(
-        &self,
-        payload: &[u8],
-        delivery_attempt: u32,
-        reason: &str,
-    ) -> Result<String, String> {
-        let prepared = self
-            .prepare(payload, delivery_attempt)
-            .map_err(|o| match o {
-                Outcome::Dead { reason } => reason,
-                other => format!("{other:?}"),
-            })?;
+    pub fn lost(&self, payload: &[u8], delivery_attempt: u32, reason: &str) -> Outcome {
+        let prepared = match self.prepare(payload, delivery_attempt) {
+            Ok(p) => p,
+            Err(dead @ Outcome::Dead { .. }) => return dead,
+            Err(other) => {
+                return Outcome::Dead {
+                    reason: format!("{other:?}"),
+                };
+            }
+        };
         let (job, attempt) = (&prepared.envelope.job, prepared.attempt);
-        let policy = prepared.retry_policy();
-        if attempt < policy.get_max_attempts() {
-            Ok(format!("job {job:?} attempt {attempt} lost: {reason}"))
+        let max = prepared.retry_policy().get_max_attempts();
+        if attempt < max {
+            Outcome::Retry {
+                delay: Duration::ZERO,
+                reason: format!("job {job:?} attempt {attempt} lost: {reason}"),
+            }
         } else {
-            Err(format!(
-                "job {job:?} lost on attempt {attempt} of {}: {reason}",
-                policy.get_max_attempts()
-            ))
+            Outcome::Dead {
+                reason: format!("job {job:?} lost on attempt {attempt} of {max}: {reason}"),
+            }
         }
     }
 
