@@ -10,6 +10,7 @@
 //! | `fetch_times_out_empty` | fetch on an empty queue returns an empty batch, not an error |
 //! | `batch_fetch_respects_max` | a batch never exceeds `max`; `max` 0 returns nothing |
 //! | `ack_removes` | an acked job never comes back, even after the claim timeout |
+//! | `ack_batch_removes_all` | [`Broker::ack_batch`] acks every delivery it is given: none comes back, to this handle or a fresh one |
 //! | `redelivered_after_holder_killed` | a job held by a SIGKILLed process is delivered again |
 //! | `retry_delay_hides_the_job` | a retried job is invisible until its delay passed, and counts an attempt |
 //! | `delayed_publish_hides_the_job` | a job published with a delay is invisible until then |
