@@ -19,7 +19,7 @@ use crate::config::{Builder, CloseFds, Hooks, Settings};
 use crate::feeder::{Feeder, Job, Settle, run_feeder};
 use crate::report::{Phase, Report, WorkerInfo};
 use crate::router::{Route, Router};
-use crate::supervisor::{Action, Activity, FEEDER, Serial, Supervisor};
+use crate::supervisor::{Action, Activity, FEEDER, Serial, Supervisor, slot_name};
 use crate::worker::{BoxError, Context, ContextSettings, Orphans, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
@@ -417,7 +417,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                             );
                             if let Some(job) = self.router.worker_gone(serial, &reason) {
                                 tracing::warn!(
-                                    worker = index,
+                                    worker = %slot_name(index),
                                     pid = r.pid,
                                     job = %job,
                                     status = %r.status,
@@ -781,7 +781,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         let (mut ours, mut theirs) = match Channel::pair() {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::error!(error = %e, worker = index, "cannot create a worker channel");
+                tracing::error!(error = %e, worker = %slot_name(index), "cannot create a worker channel");
                 return None;
             }
         };
@@ -812,7 +812,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     tracing::error!(error = %e, "cannot watch a worker's channel");
                     let _ = child.signal(libc::SIGKILL);
                 }
-                tracing::debug!(worker = index, pid, serial, "forked a worker");
+                tracing::debug!(worker = %slot_name(index), pid, serial, "forked a worker");
                 if index == FEEDER {
                     self.feeder_serial = Some(serial);
                 }
@@ -833,7 +833,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 self.become_worker(serial, index, iteration_limit, theirs)
             }
             Err(e) => {
-                tracing::error!(error = %e, worker = index, "fork failed");
+                tracing::error!(error = %e, worker = %slot_name(index), "fork failed");
                 None
             }
         }
@@ -877,7 +877,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             prefork_proc::child::die_with_parent(libc::SIGTERM, self.master_pid as libc::pid_t)
         });
         if let Err(e) = code {
-            tracing::error!(error = %e, worker = index, "worker set-up failed");
+            tracing::error!(error = %e, worker = %slot_name(index), "worker set-up failed");
             exit_worker(1);
         }
         let mut ctx = Context::new(

@@ -19,6 +19,24 @@ pub(crate) type Serial = u64;
 /// The slot of the feeder (dispatch mode): beyond every worker slot.
 pub(crate) const FEEDER: usize = MAX_WORKERS;
 
+/// A slot as logs name it: its index, or `feeder`.
+pub(crate) fn slot_name(index: usize) -> SlotName {
+    SlotName(index)
+}
+
+/// See [`slot_name`].
+pub(crate) struct SlotName(usize);
+
+impl std::fmt::Display for SlotName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 == FEEDER {
+            f.write_str("feeder")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+
 /// Something the loop must do.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
@@ -253,7 +271,7 @@ impl Supervisor {
                 && *t <= now
             {
                 tracing::error!(
-                    worker = p.index,
+                    worker = %slot_name(p.index),
                     pid = p.pid,
                     job = %job,
                     "job {job} exceeded its hard time limit: SIGKILL"
@@ -276,7 +294,7 @@ impl Supervisor {
                         && t <= now
                     {
                         tracing::info!(
-                            worker = p.index,
+                            worker = %slot_name(p.index),
                             pid = p.pid,
                             "recycling: maximum age reached"
                         );
@@ -294,7 +312,7 @@ impl Supervisor {
                 && slot.failures > 0
             {
                 tracing::info!(
-                    worker = index,
+                    worker = %slot_name(index),
                     "worker healthy again: restart backoff reset"
                 );
                 slot.failures = 0;
@@ -308,7 +326,7 @@ impl Supervisor {
                 // Logged above.
             } else if let Some(p) = self.procs.get(&serial) {
                 tracing::warn!(
-                    worker = p.index,
+                    worker = %slot_name(p.index),
                     pid = p.pid,
                     "worker did not stop in time: SIGKILL"
                 );
@@ -327,7 +345,7 @@ impl Supervisor {
             Activity::Busy { what, since } => {
                 let busy_for = SystemTime::now().duration_since(*since).unwrap_or_default();
                 tracing::error!(
-                    worker = p.index,
+                    worker = %slot_name(p.index),
                     pid = p.pid,
                     doing = %what,
                     busy_for = ?busy_for,
@@ -338,7 +356,7 @@ impl Supervisor {
             }
             Activity::Idle => {
                 tracing::error!(
-                    worker = p.index,
+                    worker = %slot_name(p.index),
                     pid = p.pid,
                     ready = p.ready,
                     silent_for = ?silent,
@@ -536,7 +554,12 @@ impl Supervisor {
             return;
         }
         p.ready = true;
-        tracing::info!(worker = p.index, pid = p.pid, started_in = ?now.saturating_duration_since(p.spawned_at), "worker ready");
+        let role = if p.index == FEEDER {
+            "feeder"
+        } else {
+            "worker"
+        };
+        tracing::info!(worker = %slot_name(p.index), pid = p.pid, started_in = ?now.saturating_duration_since(p.spawned_at), "{role} ready");
         if let Some(old) = p.replaces
             && p.state == State::Live
             && self.recycling == Some((old, serial))
@@ -582,7 +605,7 @@ impl Supervisor {
             && pss > max
         {
             tracing::warn!(
-                worker = p.index,
+                worker = %slot_name(p.index),
                 pid = p.pid,
                 pss,
                 max,
@@ -593,7 +616,7 @@ impl Supervisor {
             && iterations >= limit
         {
             tracing::info!(
-                worker = p.index,
+                worker = %slot_name(p.index),
                 pid = p.pid,
                 iterations,
                 "recycling: iteration limit reached"
@@ -613,13 +636,13 @@ impl Supervisor {
             State::Live => {
                 if protocol {
                     tracing::error!(
-                        worker = p.index,
+                        worker = %slot_name(p.index),
                         pid = p.pid,
                         "worker broke the channel protocol: SIGKILL"
                     );
                     self.kill(serial, Cause::Protocol);
                 } else {
-                    tracing::warn!(worker = p.index, pid = p.pid, "worker closed its channel");
+                    tracing::warn!(worker = %slot_name(p.index), pid = p.pid, "worker closed its channel");
                     self.kill(serial, Cause::Unexpected);
                 }
             }
@@ -688,9 +711,9 @@ impl Supervisor {
             "worker"
         };
         if cause == Cause::Requested {
-            tracing::info!(worker = p.index, pid, %status, jobs_finished = p.jobs_finished, "{role} exited");
+            tracing::info!(worker = %slot_name(p.index), pid, %status, jobs_finished = p.jobs_finished, "{role} exited");
         } else {
-            tracing::warn!(worker = p.index, pid, %status, %cause, uptime = ?uptime, jobs_finished = p.jobs_finished, "{role} died");
+            tracing::warn!(worker = %slot_name(p.index), pid, %status, %cause, uptime = ?uptime, jobs_finished = p.jobs_finished, "{role} died");
         }
         self.actions.push(Action::Exited(exit));
         if let Some((old, new)) = self.recycling
@@ -735,7 +758,7 @@ impl Supervisor {
         slot.failures = failures;
         slot.respawn_at = (failures > 0).then(|| now + delay);
         if failures > 0 {
-            tracing::warn!(worker = index, failures, delay = ?delay, "worker died early: restart after backoff");
+            tracing::warn!(worker = %slot_name(index), failures, delay = ?delay, "worker died early: restart after backoff");
         }
         let limit = self.s.crash_limit;
         if index == FEEDER && failures >= limit {
@@ -887,7 +910,7 @@ impl Supervisor {
                 .next();
             if let Some((old, index, why)) = candidate {
                 tracing::info!(
-                    worker = index,
+                    worker = %slot_name(index),
                     reason = why.map(Recycle::as_str),
                     "recycling: forking a replacement"
                 );
