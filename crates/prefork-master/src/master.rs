@@ -384,6 +384,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         }
                         self.backlog.remove(&serial);
                         self.pending_output.remove(&serial);
+                        self.handed.remove(&serial);
                         let clean = r.status == prefork_proc::ExitStatus::Exited(0);
                         // A process that did not stop cleanly may have left
                         // broker claims: a live one takes them over.
@@ -394,7 +395,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                             if dropped == 0 && clean {
                                 tracing::debug!(pid = r.pid, "the feeder stopped");
                             } else {
-                                tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the broker gives its unstarted jobs back");
+                                tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the next feeder takes its claims over");
                             }
                         } else {
                             if self.feeder.is_none()

@@ -208,16 +208,17 @@ fn process_titles_say_who_is_who() {
     d.quit();
 }
 
-/// What `/proc/PID/fd` of a worker points at, sorted.
+/// What `/proc/PID/fd` of a worker points at, sorted. An fd closed between
+/// the listing and its `readlink` (the worker opens files of its own, e.g.
+/// `/proc/self/stat` for its stats) is skipped: it was no inherited one.
 fn fd_targets(pid: i32) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .flatten()
-        .map(|e| {
-            std::fs::read_link(e.path())
-                .unwrap()
-                .to_string_lossy()
-                .into_owned()
+        .filter_map(|e| match std::fs::read_link(e.path()) {
+            Ok(target) => Some(target.to_string_lossy().into_owned()),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+            Err(err) => panic!("readlink {}: {err}", e.path().display()),
         })
         .collect();
     v.sort();
