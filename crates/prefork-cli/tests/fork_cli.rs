@@ -16,6 +16,15 @@ fn prefork() -> Command {
     Command::new(env!("CARGO_BIN_EXE_prefork"))
 }
 
+/// Asserts a `prefork` command succeeded, showing its stderr if not.
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn tmp(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("prefork-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -191,11 +200,7 @@ fn pool_on_real_broker(env: &str, mode: &str) {
         .args(["enqueue", "append", &args, "--count", "100"])
         .output()
         .unwrap();
-    assert!(
-        done.status.success(),
-        "{}",
-        String::from_utf8_lossy(&done.stderr)
-    );
+    succeeded(&done);
     assert_eq!(String::from_utf8_lossy(&done.stdout).lines().count(), 100);
     let mut work = prefork();
     base(&mut work);
@@ -240,11 +245,7 @@ fn dead_list(url: &str, queue: &str) -> Vec<String> {
         .args(["--broker", url, "--queue", queue, "dead", "list"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded(&out);
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -271,11 +272,7 @@ fn graceful_quit_runs_no_job_twice(mode: &str) {
         .args(["enqueue", "append", &args, "--count", "60"])
         .output()
         .unwrap();
-    assert!(
-        enq.status.success(),
-        "{}",
-        String::from_utf8_lossy(&enq.stderr)
-    );
+    succeeded(&enq);
     let start = || {
         prefork()
             .args(["--broker", &url, "--queue", &queue])
@@ -439,11 +436,7 @@ fn killed_worker_s_job_runs_again_at_once(mode: &str) {
             ])
             .output()
             .unwrap();
-        assert!(
-            enq.status.success(),
-            "{}",
-            String::from_utf8_lossy(&enq.stderr)
-        );
+        succeeded(&enq);
         let log = dir.join("pool.log");
         let pool = prefork()
             .args(["--broker", &url, "--queue", &queue])
@@ -516,11 +509,7 @@ fn feeder_kill_runs_no_finished_job_again() {
             .args(["enqueue", "append", &args, "--count", "24"])
             .output()
             .unwrap();
-        assert!(
-            enq.status.success(),
-            "{}",
-            String::from_utf8_lossy(&enq.stderr)
-        );
+        succeeded(&enq);
         let log = dir.join("pool.log");
         let mut pool = prefork();
         with_broker(&mut pool);
