@@ -101,6 +101,17 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    #[test]
+    fn the_longest_header_fits_the_headroom() {
+        let longest = header_len(u32::MAX, u64::MAX, u32::MAX as usize);
+        assert!(longest <= crate::HEADROOM, "{longest}");
+        // So a payload that leaves the headroom free always gets a record,
+        // its reason cut to what is left.
+        let payload = vec![b'x'; 1000 - crate::HEADROOM];
+        let r = encode(u32::MAX, u64::MAX, "a long reason", &payload, 1000).unwrap();
+        assert!(r.len() <= 1000);
+    }
+
     proptest! {
         #[test]
         fn records_round_trip(attempt: u32, job_id: u64, reason in ".{0,40}", payload in proptest::collection::vec(any::<u8>(), 0..100)) {

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod carried;
 mod conn;
 mod dead;
 pub mod proto;
@@ -52,6 +53,12 @@ const PIPELINE_BYTES: usize = 4 << 20;
 /// How long [`Broker::take_over`] waits for a dead holder's connection to
 /// be closed by the server (its jobs still show as reserved until then).
 const TAKE_OVER_PATIENCE: Duration = Duration::from_millis(500);
+/// Bytes of the server's `max-job-size` kept back from payloads, for the
+/// header a retried copy (`PFAT1 <attempts>\n`, at most 17 bytes) or a
+/// dead-letter record (`PFDL1 <attempt> <job id> <reason length>\n`, at
+/// most 59, with the reason cut to the rest) puts in front of one.
+pub const HEADROOM: usize = 64;
+const _: () = assert!(carried::MAX_HEADER <= HEADROOM);
 
 /// How to reach a beanstalkd server and how to put jobs there: the
 /// configured, cheap-to-clone form of the adapter. Keep it in the
@@ -270,6 +277,7 @@ impl Config {
             conn: None,
             generation: 0,
             max_job_size: 0,
+            server_max: 0,
             server: None,
         };
         b.conn()?;
@@ -313,7 +321,11 @@ pub struct Beanstalkd {
     conn: Option<Conn>,
     /// Counts connections; receipts name the one their claim lives on.
     generation: u64,
+    /// The largest payload taken: the server's `max-job-size` less
+    /// [`HEADROOM`], so a retried copy's or dead letter's header fits.
     max_job_size: usize,
+    /// The server's `max-job-size`: the largest body it stores.
+    server_max: usize,
     /// The server's `id` (random per server process) and whether it keeps a
     /// binlog, from the last handshake.
     server: Option<(String, bool)>,
@@ -349,8 +361,9 @@ impl Beanstalkd {
         &self.dead_tube
     }
 
-    /// The server's `max-job-size` (bytes), read when the connection
-    /// opened: the largest payload [`publish`](Broker::publish) takes.
+    /// The largest payload [`publish`](Broker::publish) takes (bytes): the
+    /// server's `max-job-size`, read when the connection opened, less
+    /// [`HEADROOM`] for the header a retried copy or a dead letter carries.
     pub fn max_job_size(&self) -> usize {
         self.max_job_size
     }
@@ -399,7 +412,8 @@ impl Beanstalkd {
                     format!("unexpected beanstalkd handshake replies {replies:?}"),
                 ));
             };
-            self.max_job_size = max;
+            self.server_max = max;
+            self.max_job_size = max.saturating_sub(HEADROOM);
             // No reply body can be larger than a job the server accepts
             // (stats bodies are a few KiB).
             conn.max_body = max.max(16 * 1024) + 1024;
@@ -521,9 +535,10 @@ impl Beanstalkd {
         Ok(self.put_many(what, &[payload], pri, delay)?[0])
     }
 
-    /// Pipelined `put`s into the tube in use (a few hundred per write),
-    /// kicking the jobs the server stored buried; returns the job ids. A
-    /// payload over `max-job-size` is refused before anything is sent.
+    /// Pipelined `put`s of payloads into the tube in use (see
+    /// [`put_bodies`](Self::put_bodies)); a payload over
+    /// [`max_job_size`](Self::max_job_size) is refused before anything is
+    /// sent, and one that starts like a header is escaped ([`carried`]).
     fn put_many(
         &mut self,
         what: &str,
@@ -550,6 +565,22 @@ impl Beanstalkd {
                 ),
             ));
         }
+        let bodies: Vec<std::borrow::Cow<'_, [u8]>> =
+            payloads.iter().map(|p| carried::encode(0, p)).collect();
+        let bodies: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        self.put_bodies(what, &bodies, pri, delay)
+    }
+
+    /// Pipelined `put`s of job bodies into the tube in use (a few hundred
+    /// per write), kicking the jobs the server stored buried; returns the
+    /// job ids.
+    fn put_bodies(
+        &mut self,
+        what: &str,
+        payloads: &[&[u8]],
+        pri: u32,
+        delay: u64,
+    ) -> Result<Vec<u64>, BrokerError> {
         let ttr = u64::from(self.config.ttr);
         let mut ids = Vec::with_capacity(payloads.len());
         let mut rest = payloads;
@@ -618,23 +649,27 @@ impl Beanstalkd {
         Ok(ids)
     }
 
-    /// A delivery for a job this connection reserved, from its `stats-job`
-    /// reply: the attempt is `reserves` less the `kicks` our
-    /// [`release`](Broker::release) used.
+    /// A delivery for a job this connection reserved, from its body and
+    /// `stats-job` reply: the attempt is the attempts its body says a
+    /// retry used ([`carried`]), plus `reserves` less the `releases` our
+    /// [`release`](Broker::release) made (attempt-neutral).
     fn delivery(&self, id: u64, body: Vec<u8>, stats: &Response) -> Delivery {
         let default_pri = self.config.priority;
+        let (used, payload) = carried::decode(body);
         let (attempt, pri) = match stats {
             Response::Ok(yaml) => {
                 let n = |k| yaml_field(yaml, k).and_then(|v| v.parse::<u64>().ok());
                 let attempt = n("reserves")
                     .unwrap_or(1)
-                    .saturating_sub(n("kicks").unwrap_or(0));
+                    .saturating_sub(n("releases").unwrap_or(0))
+                    .max(1);
                 let pri = yaml_field(yaml, "pri").and_then(|v| v.parse().ok());
                 (attempt, pri.unwrap_or(default_pri))
             }
             _ => (1, default_pri),
         };
-        Delivery::new(DeliveryId::new(id.to_string()), body)
+        let attempt = attempt.saturating_add(u64::from(used));
+        Delivery::new(DeliveryId::new(id.to_string()), payload)
             .with_attempt(u32::try_from(attempt).unwrap_or(u32::MAX))
             .with_receipt(format!("{}:{id}:{pri}", self.generation))
             .with_meta("tube", self.tube.clone())
@@ -751,7 +786,7 @@ impl Broker for Beanstalkd {
                 }
             }
         }
-        // The attempt number: reserves, less the kicks our `release` used.
+        // The attempt numbers: see `delivery`.
         let stats = self.exchange("stats-job", jobs.len(), Duration::ZERO, |w| {
             for (id, _) in &jobs {
                 cmd::line(w, format_args!("stats-job {id}"));
@@ -875,62 +910,70 @@ impl Broker for Beanstalkd {
         Ok(taken)
     }
 
+    /// A copy carrying the attempts used ([`carried`]) is put, delayed,
+    /// then the original deleted: two confirmed commands, so a handle
+    /// killed between them leaves both (the original comes back when its
+    /// connection closes, and runs again as at-least-once allows), never
+    /// neither, and never a job out of circulation.
     fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
         let secs = ceil_secs(delay);
-        self.settle(delivery, |b, _, r| {
-            let reply = b.exchange1("retry (release)", Duration::ZERO, |w| {
-                cmd::line(w, format_args!("release {} {} {secs}", r.id, r.pri))
+        self.settle(delivery, |b, d, r| {
+            let body = carried::encode(d.attempt(), d.payload());
+            let copy = b.put_bodies("retry (put)", &[&body], r.pri, secs)?[0];
+            let reply = b.exchange1("retry (delete)", Duration::ZERO, |w| {
+                cmd::line(w, format_args!("delete {}", r.id))
             })?;
             match reply {
+                Response::Deleted => Ok(()),
+                Response::NotFound => {
+                    // The claim was lost (its TTR ran out): the original is
+                    // back in circulation, so the copy goes.
+                    let _ = b.exchange1("retry (delete the copy)", Duration::ZERO, |w| {
+                        cmd::line(w, format_args!("delete {copy}"))
+                    });
+                    Err(lease_lost(r.id))
+                }
+                other => Err(b.unexpected("retry (delete)", other)),
+            }
+        })
+    }
+
+    /// `release <id> <pri> 0`: one command, so a kill cannot leave the job
+    /// half-released; the attempt does not count it (`releases`).
+    fn release(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+        self.settle(delivery, |b, _, r| {
+            match b.exchange1("release", Duration::ZERO, |w| {
+                cmd::line(w, format_args!("release {} {} 0", r.id, r.pri))
+            })? {
                 Response::Released => Ok(()),
                 Response::NotFound => Err(lease_lost(r.id)),
                 Response::Buried(None) => Err(BrokerError::new(
                     ErrorKind::Transient,
-                    format!("retry: the server buried job {} (out of memory); `kick-job {}` makes it ready", r.id, r.id),
+                    format!("release: the server buried job {} (out of memory); `kick-job {}` makes it ready", r.id, r.id),
                 )),
-                other => Err(b.unexpected("retry (release)", other)),
+                other => Err(b.unexpected("release", other)),
             }
         })
     }
 
-    fn release(&mut self, delivery: Delivery) -> Result<(), SettleError> {
-        // `bury` + `kick-job` instead of `release`: the kick is what tells
-        // the next fetch not to count this reservation as an attempt.
-        self.settle(delivery, |b, _, r| {
-            match b.exchange1("release (bury)", Duration::ZERO, |w| {
-                cmd::line(w, format_args!("bury {} {}", r.id, r.pri))
-            })? {
-                Response::Buried(None) => {}
-                Response::NotFound => return Err(lease_lost(r.id)),
-                other => return Err(b.unexpected("release (bury)", other)),
-            }
-            match b.exchange1("release (kick-job)", Duration::ZERO, |w| {
-                cmd::line(w, format_args!("kick-job {}", r.id))
-            })? {
-                // NOT_FOUND: someone kicked it first; it is ready either way.
-                Response::Kicked(None) | Response::NotFound => Ok(()),
-                other => Err(b.unexpected("release (kick-job)", other)),
-            }
-        })
-    }
-
+    /// The record (reason, attempt, original id, payload) is put into
+    /// `<tube>.dead`, then the original deleted: a handle killed between
+    /// them leaves both (the original comes back when its connection
+    /// closes and runs again), never a job out of circulation. Only a job
+    /// too big for any header (put by another client: ours keep
+    /// [`HEADROOM`]) is buried in its tube, and the error says so.
     fn dead_letter(&mut self, delivery: Delivery, reason: &str) -> Result<(), SettleError> {
         self.settle(delivery, |b, d, r| {
-            // 1. Bury: out of circulation, still ours to move.
-            match b.exchange1("dead_letter (bury)", Duration::ZERO, |w| cmd::line(w, format_args!("bury {} {}", r.id, r.pri)))? {
-                Response::Buried(None) => {}
-                Response::NotFound => return Err(lease_lost(r.id)),
-                other => return Err(b.unexpected("dead_letter (bury)", other)),
-            }
-            // 2. The record with the reason, into <tube>.dead.
-            let stays = |why: String| {
-                BrokerError::new(
-                    ErrorKind::Invalid,
-                    format!("dead_letter: {why}; job {} stays buried in tube {:?} (`kick-job {}` re-drives it)", r.id, b.tube, r.id),
-                )
-            };
-            let Some(record) = dead::encode(d.attempt(), r.id, reason, d.payload(), b.max_job_size) else {
-                return Err(stays(format!("a {}-byte job leaves no room in max-job-size for the reason", d.payload().len())));
+            let Some(record) = dead::encode(d.attempt(), r.id, reason, d.payload(), b.server_max) else {
+                let why = format!(
+                    "dead_letter: a {}-byte job leaves no room in max-job-size for a dead-letter header; job {} stays buried in tube {:?} (`kick-job {}` re-drives it)",
+                    d.payload().len(), r.id, b.tube, r.id
+                );
+                return match b.exchange1("dead_letter (bury)", Duration::ZERO, |w| cmd::line(w, format_args!("bury {} {}", r.id, r.pri)))? {
+                    Response::Buried(None) => Err(BrokerError::new(ErrorKind::Invalid, why)),
+                    Response::NotFound => Err(lease_lost(r.id)),
+                    other => Err(b.unexpected("dead_letter (bury)", other)),
+                };
             };
             let (dead_tube, tube, pri, ttr) = (b.dead_tube.clone(), b.tube.clone(), b.config.priority, b.config.ttr);
             let replies = b.exchange("dead_letter (put)", 3, Duration::ZERO, |w| {
@@ -938,22 +981,24 @@ impl Broker for Beanstalkd {
                 cmd::put(w, pri, 0, u64::from(ttr), &record);
                 cmd::line(w, format_args!("use {tube}"));
             })?;
-            match &replies[..] {
-                [Response::Using(_), Response::Inserted(_) | Response::Buried(Some(_)), Response::Using(_)] => {}
-                [_, Response::Error(e), Response::Using(_)] => {
-                    let mut e = server_error("dead_letter (put)", *e);
-                    e = BrokerError::new(e.kind(), format!("{}; job {} stays buried in tube {:?}", e.message(), r.id, b.tube));
-                    return Err(e);
-                }
+            let record_id = match &replies[..] {
+                [Response::Using(_), Response::Inserted(id) | Response::Buried(Some(id)), Response::Using(_)] => *id,
+                [_, Response::Error(e), Response::Using(_)] => return Err(server_error("dead_letter (put)", *e)),
                 _ => {
                     b.conn = None;
                     return Err(BrokerError::new(ErrorKind::Corrupt, format!("dead_letter: unexpected replies {replies:?}")));
                 }
-            }
-            // 3. Delete the original.
+            };
             match b.exchange1("dead_letter (delete)", Duration::ZERO, |w| cmd::line(w, format_args!("delete {}", r.id)))? {
-                // NOT_FOUND: an operator deleted or kicked it meanwhile.
-                Response::Deleted | Response::NotFound => Ok(()),
+                Response::Deleted => Ok(()),
+                Response::NotFound => {
+                    // The claim was lost (its TTR ran out): the original is
+                    // back in circulation, so the record goes.
+                    let _ = b.exchange1("dead_letter (delete the record)", Duration::ZERO, |w| {
+                        cmd::line(w, format_args!("delete {record_id}"))
+                    });
+                    Err(lease_lost(r.id))
+                }
                 other => Err(b.unexpected("dead_letter (delete)", other)),
             }
         })

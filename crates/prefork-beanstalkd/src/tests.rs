@@ -256,8 +256,14 @@ fn wait_plan_rounds_up_by_default_and_never_blocks_a_zero_wait() {
 fn oversized_payload_is_refused_without_sending_it() {
     let (config, server) = fake_server(vec![]);
     let mut b = config.open("t").unwrap();
-    assert_eq!(b.max_job_size(), 1000);
-    let e = b.publish(&[0; 1001], Duration::ZERO).unwrap_err();
+    assert_eq!(
+        b.max_job_size(),
+        1000 - HEADROOM,
+        "the headroom is kept back"
+    );
+    let e = b
+        .publish(&[0; 1001 - HEADROOM], Duration::ZERO)
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Invalid);
     assert!(e.message().contains("max-job-size"), "{e}");
     drop(b);
@@ -339,13 +345,13 @@ fn settling_after_reconnect_is_lease_lost_without_asking_the_server() {
         ("reserve-with-timeout 0", reserved(5, b"job")),
         (
             "stats-job 5",
-            ok_body(b"---\nid: 5\npri: 7\nreserves: 3\nkicks: 1\n"),
+            ok_body(b"---\nid: 5\npri: 7\nreserves: 3\nreleases: 1\nkicks: 1\n"),
         ),
         ("put ", b"WHAT\r\n".to_vec()),
     ]);
     let mut b = config.open("t").unwrap();
     let d = b.fetch(1, Duration::ZERO).unwrap().pop().unwrap();
-    assert_eq!(d.attempt(), 2, "reserves less kicks");
+    assert_eq!(d.attempt(), 2, "reserves less releases");
     assert_eq!(d.meta("pri"), Some("7"));
     assert_eq!(d.payload(), b"job");
     // A broken reply drops the connection.

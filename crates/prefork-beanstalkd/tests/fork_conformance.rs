@@ -115,30 +115,47 @@ fn fork_child_dropping_inherited_handle_keeps_parent_session() {
     }
 }
 
-/// Attempts come from beanstalkd's own counters (`reserves` less `kicks`):
-/// a retry (`release` with a delay) counts one, a release (`bury` +
-/// `kick-job`) counts none, and the job id stays the same throughout.
+/// Attempts: a retry (a copy carrying the attempts used) counts one, a
+/// release (`release`, same job id) counts none, a holder killed with the
+/// job counts one; the payload comes back unchanged throughout, even one
+/// that looks like the copy's header.
 fn attempts_count_retries_not_releases() {
     let tube = unique_tube("attempts");
     let mut b = open(&tube);
-    b.publish(b"flaky", Duration::ZERO).unwrap();
+    let payload: &[u8] = b"PFAT1 9\nflaky";
+    b.publish(payload, Duration::ZERO).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(5));
-    let id = d.id().clone();
-    assert_eq!(d.attempt(), 1);
+    assert_eq!((d.attempt(), d.payload()), (1, payload));
     b.retry(d, Duration::ZERO).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(5));
-    assert_eq!((d.id(), d.attempt()), (&id, 2), "a retry counts an attempt");
+    assert_eq!(
+        (d.attempt(), d.payload()),
+        (2, payload),
+        "a retry counts an attempt"
+    );
+    let id = d.id().clone();
     b.release(d).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(5));
-    assert_eq!((d.id(), d.attempt()), (&id, 2), "a release does not");
+    assert_eq!(
+        (d.id(), d.attempt(), d.payload()),
+        (&id, 2, payload),
+        "a release does not"
+    );
+    // A holder killed with the job: its connection closes.
+    drop(d);
+    drop(b);
+    let mut b = open(&tube);
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!((d.id(), d.attempt()), (&id, 3), "a lost holder counts one");
     b.retry(d, Duration::ZERO).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(5));
-    assert_eq!((d.id(), d.attempt()), (&id, 3));
+    assert_eq!((d.attempt(), d.payload()), (4, payload));
     b.ack(d).unwrap();
     assert_empty(&mut b);
 }
 
-/// Dead letters keep the attempt they died at and the original job id;
+/// Dead letters keep the attempt they died at and the id of the job that
+/// died (a retry is a copy: the last copy's id);
 /// listing does not consume them; a re-driven job starts at attempt 1; an
 /// id that is a live job of the tube, not a dead letter, is refused and the
 /// job left alone.
@@ -147,10 +164,10 @@ fn dead_letter_records_and_redrive() {
     let mut b = open(&tube);
     b.publish(b"poison", Duration::ZERO).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(5));
-    let original = d.id().clone();
     b.retry(d, Duration::ZERO).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(5));
     assert_eq!(d.attempt(), 2);
+    let original = d.id().clone();
     b.dead_letter(d, "boom\non line 2").unwrap();
     for _ in 0..2 {
         let dead = b.dead_letters(10).unwrap();
@@ -182,9 +199,12 @@ fn dead_letter_records_and_redrive() {
     assert_empty(&mut b);
 }
 
-/// A payload over the server's `max-job-size` is a clear `Invalid` error and
-/// the handle keeps working; a job too big to carry a dead-letter header
-/// stays buried in its tube (not redelivered), and the error says so.
+/// A payload over `max_job_size` (the server's `max-job-size` less the
+/// headroom) is a clear `Invalid` error and the handle keeps working; the
+/// largest payload taken can still be retried and dead-lettered; a job
+/// another client put at the server's own limit, too big to carry a
+/// dead-letter header, stays buried in its tube (not redelivered), and
+/// the error says so.
 fn oversized_jobs_get_clear_errors() {
     let tube = unique_tube("big");
     let mut b = open(&tube);
@@ -203,9 +223,24 @@ fn oversized_jobs_get_clear_errors() {
     assert!(e.message().contains("none was sent"), "{e}");
     assert_empty(&mut b); // nothing of the refused batch was added
     b.publish(&vec![b'y'; max], Duration::ZERO)
-        .expect("a job of exactly max-job-size");
+        .expect("a job of exactly max_job_size");
     let d = fetch_one(&mut b, Duration::from_secs(5));
     assert_eq!(d.payload().len(), max);
+    b.retry(d, Duration::ZERO).expect("the largest job retried");
+    let d = fetch_one(&mut b, Duration::from_secs(5));
+    assert_eq!((d.payload().len(), d.attempt()), (max, 2));
+    b.dead_letter(d, "the largest job, dead")
+        .expect("the largest job dead-lettered");
+    let dead = b.dead_letters(1).unwrap();
+    assert_eq!(dead[0].payload().len(), max);
+    assert_empty(&mut b);
+    let server_max = max + prefork_beanstalkd::HEADROOM;
+    let put = raw(&[
+        format!("use {tube}"),
+        format!("put 0 0 5 {server_max}\r\n{}", "z".repeat(server_max)),
+    ]);
+    assert!(put[1].starts_with("INSERTED"), "{put:?}");
+    let d = fetch_one(&mut b, Duration::from_secs(5));
     let id = d.id().clone();
     let e = b.dead_letter(d, "too big to explain").unwrap_err();
     assert_eq!(e.error().kind(), ErrorKind::Invalid, "{}", e.error());
@@ -216,6 +251,86 @@ fn oversized_jobs_get_clear_errors() {
     );
     sleep(TTR + Duration::from_millis(500));
     assert_empty(&mut b); // buried, not redelivered
+}
+
+/// The `current-jobs-*` counts of `tube`, from `stats-tube` on a
+/// connection of its own: (ready, reserved, delayed, buried).
+fn tube_counts(tube: &str) -> (u64, u64, u64, u64) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let url = std::env::var(URL_ENV).unwrap();
+    let mut s = std::net::TcpStream::connect(url.trim_start_matches("beanstalk://")).unwrap();
+    write!(s, "stats-tube {tube}\r\n").unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let len: usize = match line.strip_prefix("OK ") {
+        Some(n) => n.trim().parse().unwrap(),
+        None if line.starts_with("NOT_FOUND") => return (0, 0, 0, 0),
+        None => panic!("stats-tube {tube}: {line}"),
+    };
+    let mut yaml = vec![0; len + 2];
+    r.read_exact(&mut yaml).unwrap();
+    let yaml = String::from_utf8(yaml).unwrap();
+    let n = |k: &str| {
+        yaml.lines()
+            .find_map(|l| l.strip_prefix(k)?.strip_prefix(": ")?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        n("current-jobs-ready"),
+        n("current-jobs-reserved"),
+        n("current-jobs-delayed"),
+        n("current-jobs-buried"),
+    )
+}
+
+/// A handle SIGKILLed in the middle of a settlement leaves no job stuck:
+/// every job it held is back in circulation (ready, or delayed by a
+/// retry) once the server sees its connection close; none is left buried,
+/// which only an operator's `kick` would bring back. A child loops over
+/// every settlement that moves a job (release, retry, dead letter) and is
+/// killed at random moments.
+fn a_kill_mid_settle_leaves_no_job_buried() {
+    let tube = unique_tube("killsettle");
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    for trial in 0..40 {
+        let child = match prefork_proc::fork().expect("fork") {
+            Fork::Child => {
+                let mut b = config().open(&tube).expect("open after the fork");
+                loop {
+                    b.publish(b"moved around", Duration::ZERO).unwrap();
+                    let d = fetch_one(&mut b, Duration::from_secs(5));
+                    b.release(d).unwrap();
+                    let d = fetch_one(&mut b, Duration::from_secs(5));
+                    b.retry(d, Duration::ZERO).unwrap();
+                    let d = fetch_one(&mut b, Duration::from_secs(5));
+                    b.dead_letter(d, "killed mid-settle").unwrap();
+                }
+            }
+            Fork::Parent(child) => child,
+        };
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        sleep(Duration::from_millis(20 + seed % 30));
+        child.signal(libc::SIGKILL).expect("SIGKILL the child");
+        child.wait().expect("reap the child");
+        // The server returns a closed connection's reservations at once.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let (ready, mut reserved, delayed, mut buried) = tube_counts(&tube);
+        while reserved > 0 && Instant::now() < deadline {
+            sleep(Duration::from_millis(10));
+            (_, reserved, _, buried) = tube_counts(&tube);
+        }
+        assert_eq!(
+            reserved, 0,
+            "trial {trial}: the dead child's jobs were not returned"
+        );
+        assert_eq!(
+            buried, 0,
+            "trial {trial}: a kill mid-settle left {buried} job(s) buried (ready {ready}, delayed {delayed})"
+        );
+    }
 }
 
 /// Sends `commands` on a connection of its own and returns the replies'
@@ -334,6 +449,10 @@ fn main() {
     }
     let mut cases: Vec<Case> = prefork_broker::conformance_cases!(Case::new, kit()).to_vec();
     cases.extend([
+        Case::new(
+            "a_kill_mid_settle_leaves_no_job_buried",
+            a_kill_mid_settle_leaves_no_job_buried,
+        ),
         Case::new(
             "fork_child_dropping_inherited_handle_keeps_parent_session",
             fork_child_dropping_inherited_handle_keeps_parent_session,
