@@ -259,7 +259,7 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
         }
         Err(_) => {
             tracing::error!("feeder start panicked");
-            return crate::master::PANIC_STATUS;
+            return crate::child::PANIC_STATUS;
         }
     }
     if !ctx.send_ready(timeout) {
@@ -342,13 +342,13 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
         }
         Err(_) => {
             tracing::error!("feeder panicked");
-            return crate::master::PANIC_STATUS;
+            return crate::child::PANIC_STATUS;
         }
     }
     let _ = ctx.set_state("feeder stopping");
     if catch_unwind(AssertUnwindSafe(|| feeder.stop(ctx))).is_err() {
         tracing::error!("feeder stop panicked");
-        return crate::master::PANIC_STATUS;
+        return crate::child::PANIC_STATUS;
     }
     ctx.flush();
     status

@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod backoff;
+mod child;
 mod config;
 mod feeder;
 mod master;

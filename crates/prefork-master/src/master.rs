@@ -1,10 +1,48 @@
 //! [`Master`]: the single-threaded `mio` loop that carries out the
-//! supervisor's decisions (fork, signal, send), and the worker side of a
-//! fork (set-up, then the iteration loop).
+//! supervisor's decisions (fork, signal, send) and the router's (which
+//! worker runs which job). The child side of a fork is in `child.rs`.
+//!
+//! # One turn of the loop
+//!
+//! The supervisor (`supervisor.rs`) and the router (`router.rs`) decide;
+//! they never touch a descriptor. This loop is the only code that does I/O,
+//! and one turn of it is:
+//!
+//! 1. **Carry out** what the supervisor decided (`carry_out`): fork, signal,
+//!    send a control message. A fork's parent side registers the new
+//!    channel in the poll; the child side never returns here.
+//! 2. **Stop** if the supervisor has a final [`Report`].
+//! 3. **Flush** every channel written to during the last turn
+//!    (`flush_pending`): a worker's next job, the feeder's copy of the
+//!    report and its next credit are queued as they are decided and leave
+//!    in one `write` per peer, here. A peer whose socket is full stays
+//!    pending and is flushed again next turn.
+//! 4. **Wait** in `poll` until the supervisor's next deadline (a heartbeat
+//!    timeout, a kill's grace period, a restart's backoff), or not at all
+//!    when some channel still has unread input (below).
+//! 5. **Read**: signals from the self-pipe (SIGCHLD reaps; the others are
+//!    the supervisor's to judge), then each readable channel, at most
+//!    `MESSAGES_PER_TURN` messages each, so a flooding worker cannot starve
+//!    the others. Each message goes to the supervisor (liveness, progress)
+//!    and, in dispatch mode, to the router, whose routes are queued at once
+//!    (`route`).
+//! 6. **Tick** the supervisor's clock: timeouts, recycling, scaling.
+//!
+//! **The draining rule.** The poll is edge-triggered: a channel reports
+//! readable once per arrival of data, not while data remains. A channel
+//! left with unread messages after its `MESSAGES_PER_TURN` would therefore
+//! never be reported again if its peer then fell silent. So such a channel
+//! goes into `backlog`; step 4 does not block while the backlog is
+//! non-empty, and step 5 reads the backlog first. Every channel is thus read
+//! until `recv` says it is empty, across as many turns as it takes, and
+//! one busy peer costs the others at most one batch of latency a turn.
+//!
+//! **Death is read to the end.** A reaped worker's channel is drained
+//! (`drain_worker`) before its death is handled, so a report it wrote just
+//! before exiting settles its job instead of releasing it as a failure.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +53,13 @@ use prefork_proc::{Child, Fork};
 use prefork_selfpipe::SignalQueue;
 
 use crate::backoff::XorShift;
-use crate::config::{Builder, CloseFds, Hooks, Settings};
-use crate::feeder::{Feeder, Job, Settle, run_feeder};
+use crate::child;
+use crate::config::{Builder, Hooks, Settings};
+use crate::feeder::{Feeder, Job, Settle};
 use crate::report::{Phase, Report, WorkerInfo};
 use crate::router::{Route, Router};
 use crate::supervisor::{Action, Activity, FEEDER, Serial, Supervisor, slot_name};
-use crate::worker::{BoxError, Context, ContextSettings, Orphans, Worker};
+use crate::worker::{BoxError, Context, Orphans, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
 pub(crate) const SIGNALS: &[c_int] = &[
@@ -249,8 +288,9 @@ impl Feeder for NoFeeder {
     }
 }
 
-/// A worker process as the loop holds it.
-struct Proc {
+/// A worker (or feeder) process as the loop holds it: the child to signal
+/// and reap, and the master's end of its channel.
+struct Peer {
     index: usize,
     child: Child,
     channel: Channel,
@@ -265,7 +305,7 @@ struct Loop<W, F> {
     sup: Supervisor,
     poll: Option<Poll>,
     queue: Option<SignalQueue>,
-    procs: HashMap<Serial, Proc>,
+    procs: HashMap<Serial, Peer>,
     pids: HashMap<i32, Serial>,
     /// Workers with unread input left after a turn.
     backlog: BTreeSet<Serial>,
@@ -820,7 +860,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 self.pids.insert(pid, serial);
                 self.procs.insert(
                     serial,
-                    Proc {
+                    Peer {
                         index,
                         child,
                         channel: ours,
@@ -840,7 +880,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         }
     }
 
-    /// The worker side of the fork: set up, run, exit.
+    /// The child side of the fork ([`child::become_child`]): never returns.
     fn become_worker(
         &mut self,
         serial: Serial,
@@ -848,65 +888,25 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         iteration_limit: Option<u64>,
         channel: Channel,
     ) -> ! {
-        // Signals first: the master's handlers must not run here. They are
-        // all blocked until reset_signals.
-        if let Some(q) = self.queue.take() {
-            q.reset_after_fork();
-        }
-        // The master's descriptors: its poll and the other workers'
-        // channels and pidfds. Dropping these types only closes fds.
-        let procs = std::mem::take(&mut self.procs);
-        let poll = self.poll.take();
-        let code = match &self.settings.close_fds {
-            CloseFds::MasterOnly => {
-                drop(procs);
-                drop(poll);
-                Ok(())
-            }
-            CloseFds::AllExcept(keep) => {
-                // Closed below in one sweep: forget them, not to close
-                // their numbers twice.
-                std::mem::forget(procs);
-                std::mem::forget(poll);
-                let mut keep = keep.clone();
-                keep.push(channel.as_raw_fd());
-                prefork_proc::child::close_fds_except(&keep)
-            }
-        }
-        .and_then(|()| prefork_proc::child::reset_signals())
-        .and_then(|()| {
-            prefork_proc::child::die_with_parent(libc::SIGTERM, self.master_pid as libc::pid_t)
-        });
-        if let Err(e) = code {
-            tracing::error!(error = %e, worker = %slot_name(index), "worker set-up failed");
-            exit_worker(1);
-        }
-        let mut ctx = Context::new(
-            channel,
-            ContextSettings {
-                index,
+        // Its poll and the other workers' channels and pidfds: the child
+        // closes them (dropping these types only closes fds).
+        let master_fds = (std::mem::take(&mut self.procs), self.poll.take());
+        let feeder = self.feeder.as_mut().filter(|_| index == FEEDER);
+        child::become_child(
+            child::Birth {
                 serial,
-                name: self.settings.name.clone(),
-                beat_every: self.settings.heartbeat_interval,
-                memory_every: self
-                    .settings
-                    .max_memory
-                    .map(|_| self.settings.memory_check_interval),
+                index,
                 iteration_limit,
+                channel,
+                master_pid: self.master_pid,
+                queue: self.queue.take(),
             },
-        );
-        let code = match self.feeder.as_mut() {
-            Some(feeder) if index == FEEDER => run_feeder(feeder, &mut ctx, self.settings.timeout),
-            _ => run_worker(
-                &mut self.worker,
-                &mut ctx,
-                &mut self.hooks,
-                self.settings.timeout,
-            ),
-        };
-        // `ctx` is not dropped: its channel closes when the process exits,
-        // so the master never sees EOF from a worker that still lives.
-        exit_worker(code)
+            master_fds,
+            &self.settings,
+            &mut self.hooks,
+            &mut self.worker,
+            feeder,
+        )
     }
 }
 
@@ -937,90 +937,6 @@ fn guard<R>(name: &str, f: impl FnOnce() -> R) -> Option<R> {
             None
         }
     }
-}
-
-/// Ends a worker process: flushes stdio, then `exit` (which runs no Rust
-/// destructor: nothing the master owned is dropped).
-fn exit_worker(code: i32) -> ! {
-    let _ = io::stdout().flush();
-    let _ = io::stderr().flush();
-    std::process::exit(code)
-}
-
-/// Exit status of a worker that panicked (as Rust's own runtime uses).
-pub(crate) const PANIC_STATUS: i32 = 101;
-
-/// The worker's life after set-up. Returns its exit status.
-fn run_worker<W: Worker>(
-    worker: &mut W,
-    ctx: &mut Context,
-    hooks: &mut Hooks,
-    timeout: Duration,
-) -> i32 {
-    let _ = ctx.set_state("starting");
-    let index = ctx.worker_index();
-    let _span = tracing::info_span!("worker", index, pid = std::process::id()).entered();
-    if let Some(hook) = hooks.after_fork.as_mut()
-        && catch_unwind(AssertUnwindSafe(|| hook(ctx))).is_err()
-    {
-        tracing::error!("after_fork hook panicked");
-        return PANIC_STATUS;
-    }
-    match catch_unwind(AssertUnwindSafe(|| worker.start(ctx))) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(error = %e, "worker start failed");
-            return 1;
-        }
-        Err(_) => {
-            tracing::error!("worker start panicked");
-            return PANIC_STATUS;
-        }
-    }
-    if !ctx.send_ready(timeout) {
-        return 1;
-    }
-    if let Some(hook) = hooks.after_worker_ready.as_mut()
-        && catch_unwind(AssertUnwindSafe(|| hook(ctx))).is_err()
-    {
-        tracing::error!("after_worker_ready hook panicked");
-        return PANIC_STATUS;
-    }
-    let _ = ctx.set_state("running");
-    let mut status = 0;
-    loop {
-        ctx.poll_master();
-        if ctx.take_reopen() && catch_unwind(AssertUnwindSafe(|| worker.reopen_logs(ctx))).is_err()
-        {
-            tracing::error!("reopen_logs panicked");
-            return PANIC_STATUS;
-        }
-        // A job handed out before the stop request runs first.
-        if ctx.is_stopping() && !ctx.has_pending_job() {
-            break;
-        }
-        ctx.before_iteration();
-        match catch_unwind(AssertUnwindSafe(|| worker.execute(ctx))) {
-            Ok(Ok(())) => ctx.after_iteration(),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, iterations = ctx.iterations(), "worker iteration failed");
-                status = 1;
-                break;
-            }
-            Err(_) => {
-                tracing::error!(iterations = ctx.iterations(), "worker iteration panicked");
-                return PANIC_STATUS;
-            }
-        }
-    }
-    let _ = ctx.set_state("stopping");
-    if catch_unwind(AssertUnwindSafe(|| worker.stop(ctx))).is_err() {
-        tracing::error!("worker stop panicked");
-        return PANIC_STATUS;
-    }
-    ctx.report_final();
-    tracing::debug!(iterations = ctx.iterations(), "worker exits");
-    status
 }
 
 /// The conventional name of a signal, for logs.

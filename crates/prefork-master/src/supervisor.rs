@@ -104,8 +104,10 @@ enum State {
     Killed(Cause),
 }
 
+/// One process's life as the supervisor sees it: its slot, its state, its
+/// liveness and what it runs.
 #[derive(Debug, Clone)]
-struct Proc {
+struct Life {
     index: usize,
     pid: Option<i32>,
     spawned_at: Instant,
@@ -138,7 +140,7 @@ pub(crate) struct Supervisor {
     rng: XorShift,
     phase: Phase,
     target: usize,
-    procs: BTreeMap<Serial, Proc>,
+    procs: BTreeMap<Serial, Life>,
     slots: Vec<Slot>,
     next_serial: Serial,
     /// The one recycling in progress: (old, replacement).
@@ -781,7 +783,7 @@ impl Supervisor {
     }
 
     /// For each slot below the target, whether some process of it matches.
-    fn slot_summary(&self, matches: impl Fn(&Proc) -> bool) -> Vec<bool> {
+    fn slot_summary(&self, matches: impl Fn(&Life) -> bool) -> Vec<bool> {
         let mut out = vec![false; self.target];
         for p in self.procs.values() {
             if p.index < self.target && matches(p) {
@@ -819,7 +821,7 @@ impl Supervisor {
         self.slot(index).respawn_at = None;
         self.procs.insert(
             serial,
-            Proc {
+            Life {
                 index,
                 pid: None,
                 spawned_at: now,
