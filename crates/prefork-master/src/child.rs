@@ -15,7 +15,8 @@ use prefork_selfpipe::SignalQueue;
 
 use crate::config::{CloseFds, Hooks, Settings};
 use crate::feeder::{Feeder, run_feeder};
-use crate::supervisor::{Serial, slot_name};
+use crate::report::Role;
+use crate::supervisor::Serial;
 use crate::worker::{Context, ContextSettings, Worker};
 
 /// Exit status of a worker that panicked (as Rust's own runtime uses).
@@ -25,7 +26,7 @@ pub(crate) const PANIC_STATUS: i32 = 101;
 /// and the master's signal queue (reset here, never read).
 pub(crate) struct Birth {
     pub(crate) serial: Serial,
-    pub(crate) index: usize,
+    pub(crate) role: Role,
     pub(crate) iteration_limit: Option<u64>,
     pub(crate) channel: Channel,
     pub(crate) master_pid: u32,
@@ -47,7 +48,7 @@ pub(crate) fn become_child<W: Worker, F: Feeder, M>(
 ) -> ! {
     let Birth {
         serial,
-        index,
+        role,
         iteration_limit,
         channel,
         master_pid,
@@ -75,13 +76,13 @@ pub(crate) fn become_child<W: Worker, F: Feeder, M>(
     .and_then(|()| prefork_proc::child::reset_signals())
     .and_then(|()| prefork_proc::child::die_with_parent(libc::SIGTERM, master_pid as libc::pid_t));
     if let Err(e) = code {
-        tracing::error!(error = %e, worker = %slot_name(index), "worker set-up failed");
+        tracing::error!(error = %e, worker = %role, "worker set-up failed");
         exit_worker(1);
     }
     let mut ctx = Context::new(
         channel,
         ContextSettings {
-            index,
+            role,
             serial,
             name: settings.name.clone(),
             beat_every: settings.heartbeat_interval,

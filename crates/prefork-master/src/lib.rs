@@ -32,5 +32,5 @@ mod worker;
 pub use config::{Builder, ConfigError, MAX_WORKERS, MIN_MEMORY, MIN_TIMEOUT};
 pub use feeder::{Feeder, Job, Settle};
 pub use master::{MAX_JOB_BYTES, Master};
-pub use report::{Cause, ExitStatus, Phase, Report, Shutdown, WorkerExit, WorkerInfo};
+pub use report::{Cause, ExitStatus, Phase, Report, Role, Shutdown, WorkerExit, WorkerInfo};
 pub use worker::{BoxError, Context, FnWorker, Orphans, Worker, from_fn};

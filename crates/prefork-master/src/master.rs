@@ -56,9 +56,10 @@ use crate::backoff::XorShift;
 use crate::child;
 use crate::config::{Builder, Hooks, Settings};
 use crate::feeder::{Feeder, Job, Settle};
+use crate::report::Role;
 use crate::report::{Phase, Report, WorkerInfo};
 use crate::router::{Route, Router};
-use crate::supervisor::{Action, Activity, FEEDER, Serial, Supervisor, slot_name};
+use crate::supervisor::{Action, Activity, Serial, Supervisor};
 use crate::worker::{BoxError, Context, Orphans, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
@@ -262,7 +263,7 @@ impl Master {
             pending_output: BTreeSet::new(),
             master_pid: std::process::id(),
             feeder,
-            feeder_serial: None,
+            feeder_at: None,
             orphans: Vec::new(),
             router,
             handed: HashMap::new(),
@@ -291,7 +292,7 @@ impl Feeder for NoFeeder {
 /// A worker (or feeder) process as the loop holds it: the child to signal
 /// and reap, and the master's end of its channel.
 struct Peer {
-    index: usize,
+    role: Role,
     child: Child,
     channel: Channel,
     /// Still registered in the poll (false after EOF or a protocol error).
@@ -314,8 +315,8 @@ struct Loop<W, F> {
     master_pid: u32,
     /// Dispatch mode: what the feeder process runs.
     feeder: Option<F>,
-    /// The feeder process, once forked.
-    feeder_serial: Option<Serial>,
+    /// Where feeder-bound routes go: the live feeder process, once forked.
+    feeder_at: Option<Serial>,
     router: Router,
     /// Scratch space for the router's decisions.
     routes: Vec<Route>,
@@ -415,9 +416,9 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     }
                     let now = Instant::now();
                     if let Some(serial) = self.pids.remove(&r.pid) {
-                        let mut index = None;
+                        let mut role = None;
                         if let Some(mut p) = self.procs.remove(&serial) {
-                            index = Some(p.index);
+                            role = Some(p.role);
                             if p.open {
                                 let _ = self.poll().registry().deregister(&mut p.channel);
                             }
@@ -429,8 +430,8 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         // A process that did not stop cleanly may have left
                         // broker claims: a live one takes them over.
                         let orphaned = u32::try_from(r.pid).ok().filter(|_| !clean);
-                        if self.feeder_serial == Some(serial) {
-                            self.feeder_serial = None;
+                        if role == Some(Role::Feeder) {
+                            self.feeder_at = None;
                             let dropped = self.router.feeder_gone(orphaned);
                             if dropped == 0 && clean {
                                 tracing::debug!(pid = r.pid, "the feeder stopped");
@@ -443,7 +444,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                             {
                                 self.orphans.push(Orphans::new(pid, Vec::new()));
                             }
-                            let index = index.unwrap_or(usize::MAX);
+                            let role = role.unwrap_or(Role::Worker(usize::MAX));
                             let cause = match self.sup.time_limit_ms(serial) {
                                 Some(ms) => format!(" (hard time limit of {ms} ms)"),
                                 None => self
@@ -453,16 +454,16 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                                     .unwrap_or_default(),
                             };
                             let reason = format!(
-                                "worker {index} (pid {}) {}{cause} while running the job",
+                                "worker {role} (pid {}) {}{cause} while running the job",
                                 r.pid, r.status
                             );
                             if let Some(job) = self.router.worker_gone(serial, &reason) {
                                 tracing::warn!(
-                                    worker = %slot_name(index),
+                                    worker = %role,
                                     pid = r.pid,
                                     job = %job,
                                     status = %r.status,
-                                    "worker {index} (pid {}) {} holding job {job}: released to the feeder as a failed attempt",
+                                    "worker {role} (pid {}) {} holding job {job}: released to the feeder as a failed attempt",
                                     r.pid,
                                     r.status
                                 );
@@ -561,11 +562,12 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
 
     /// Handles messages read from a worker (or the feeder).
     fn handle_messages(&mut self, now: Instant, serial: Serial, messages: Vec<Message>) {
+        let role = self.procs.get(&serial).map(|p| p.role);
         for msg in messages {
             match msg {
                 Message::Ready { .. } => {
                     self.sup.ready(now, serial);
-                    if self.feeder_serial == Some(serial) {
+                    if role == Some(Role::Feeder) {
                         self.router.feeder_ready();
                     } else if self.feeder.is_some() && self.sup.is_live(serial) {
                         self.router.worker_ready(serial);
@@ -603,7 +605,7 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     id,
                     payload,
                     attempt,
-                } if self.feeder_serial == Some(serial) => {
+                } if role == Some(Role::Feeder) => {
                     self.sup.alive(now, serial);
                     self.router.job_from_feeder(Job::new(id, payload, attempt));
                 }
@@ -690,15 +692,15 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         attempt: job.attempt,
                     },
                 ),
-                Route::Want(n) => (self.feeder_serial, Message::Want { n }),
-                Route::Done(id) => (self.feeder_serial, Message::Done { id }),
+                Route::Want(n) => (self.feeder_at, Message::Want { n }),
+                Route::Done(id) => (self.feeder_at, Message::Done { id }),
                 Route::Failed {
                     id,
                     reason,
                     retry,
                     delay_ms,
                 } => (
-                    self.feeder_serial,
+                    self.feeder_at,
                     Message::Failed {
                         id,
                         reason,
@@ -706,10 +708,10 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         delay_ms,
                     },
                 ),
-                Route::Release(id) => (self.feeder_serial, Message::Release { id }),
-                Route::Lost { id, reason } => (self.feeder_serial, Message::Lost { id, reason }),
+                Route::Release(id) => (self.feeder_at, Message::Release { id }),
+                Route::Lost { id, reason } => (self.feeder_at, Message::Lost { id, reason }),
                 Route::Orphaned { pid, running } => {
-                    (self.feeder_serial, Message::Orphaned { pid, ids: running })
+                    (self.feeder_at, Message::Orphaned { pid, ids: running })
                 }
             };
             match to {
@@ -744,10 +746,10 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 match action {
                     Action::Spawn {
                         serial,
-                        index,
+                        role,
                         iteration_limit,
                     } => {
-                        let pid = self.spawn(serial, index, iteration_limit);
+                        let pid = self.spawn(serial, role, iteration_limit);
                         self.sup.spawned(Instant::now(), serial, pid);
                     }
                     Action::Stop(serial) => {
@@ -814,21 +816,21 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
 
     /// Forks a worker. Returns its pid in the master; never returns in the
     /// worker.
-    fn spawn(&mut self, serial: Serial, index: usize, iteration_limit: Option<u64>) -> Option<i32> {
+    fn spawn(&mut self, serial: Serial, role: Role, iteration_limit: Option<u64>) -> Option<i32> {
         if let Some(hook) = self.hooks.before_fork.as_mut() {
-            let info = WorkerInfo { index, serial };
+            let info = WorkerInfo { role, serial };
             guard("before_fork", || hook(&info));
         }
         let (mut ours, mut theirs) = match Channel::pair() {
             Ok(pair) => pair,
             Err(e) => {
-                tracing::error!(error = %e, worker = %slot_name(index), "cannot create a worker channel");
+                tracing::error!(error = %e, worker = %role, "cannot create a worker channel");
                 return None;
             }
         };
         // Jobs flow feeder -> master -> worker; a worker sends small
         // reports back, so a big frame from it is garbage.
-        if index == FEEDER {
+        if role == Role::Feeder {
             ours.set_max_frame(MAX_JOB_FRAME);
             theirs.set_max_frame(MAX_JOB_FRAME);
         } else {
@@ -853,15 +855,15 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     tracing::error!(error = %e, "cannot watch a worker's channel");
                     let _ = child.signal(libc::SIGKILL);
                 }
-                tracing::debug!(worker = %slot_name(index), pid, serial, "forked a worker");
-                if index == FEEDER {
-                    self.feeder_serial = Some(serial);
+                tracing::debug!(worker = %role, pid, serial, "forked a worker");
+                if role == Role::Feeder {
+                    self.feeder_at = Some(serial);
                 }
                 self.pids.insert(pid, serial);
                 self.procs.insert(
                     serial,
                     Peer {
-                        index,
+                        role,
                         child,
                         channel: ours,
                         open: true,
@@ -871,10 +873,10 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             }
             Ok(Fork::Child) => {
                 drop(ours);
-                self.become_worker(serial, index, iteration_limit, theirs)
+                self.become_worker(serial, role, iteration_limit, theirs)
             }
             Err(e) => {
-                tracing::error!(error = %e, worker = %slot_name(index), "fork failed");
+                tracing::error!(error = %e, worker = %role, "fork failed");
                 None
             }
         }
@@ -884,18 +886,18 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
     fn become_worker(
         &mut self,
         serial: Serial,
-        index: usize,
+        role: Role,
         iteration_limit: Option<u64>,
         channel: Channel,
     ) -> ! {
         // Its poll and the other workers' channels and pidfds: the child
         // closes them (dropping these types only closes fds).
         let master_fds = (std::mem::take(&mut self.procs), self.poll.take());
-        let feeder = self.feeder.as_mut().filter(|_| index == FEEDER);
+        let feeder = self.feeder.as_mut().filter(|_| role == Role::Feeder);
         child::become_child(
             child::Birth {
                 serial,
-                index,
+                role,
                 iteration_limit,
                 channel,
                 master_pid: self.master_pid,

@@ -137,14 +137,45 @@ impl fmt::Display for Report {
     }
 }
 
-/// A worker about to be forked, as the [`before_fork`](crate::Builder::before_fork)
-/// hook sees it.
+/// The part a process plays in the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// A worker, in its slot `0..workers` (a replacement gets the slot of
+    /// the worker it replaces).
+    Worker(usize),
+    /// Dispatch mode's feeder: the one process holding a broker connection
+    /// (see [`Master::run_dispatch`](crate::Master::run_dispatch)).
+    Feeder,
+}
+
+impl Role {
+    /// The worker's slot; `None` for the feeder.
+    pub fn worker_index(self) -> Option<usize> {
+        match self {
+            Role::Worker(index) => Some(index),
+            Role::Feeder => None,
+        }
+    }
+}
+
+/// A worker's slot number, or `feeder`: what logs and titles show.
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Role::Worker(index) => write!(f, "{index}"),
+            Role::Feeder => f.write_str("feeder"),
+        }
+    }
+}
+
+/// A worker (or the feeder) about to be forked, as the
+/// [`before_fork`](crate::Builder::before_fork) hook sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerInfo {
-    /// The worker's slot, `0..workers`: a replacement gets the slot of the
-    /// worker it replaces.
-    pub index: usize,
+    /// Its part: a worker's slot (a replacement gets the slot of the
+    /// worker it replaces), or the feeder.
+    pub role: Role,
     /// A number unique to this worker for the life of the master.
     pub serial: u64,
 }
@@ -190,8 +221,8 @@ impl fmt::Display for Cause {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerExit {
-    /// The worker's slot.
-    pub index: usize,
+    /// Its part: a worker's slot, or the feeder.
+    pub role: Role,
     /// The worker's serial number (see [`WorkerInfo::serial`]).
     pub serial: u64,
     /// Its process id.
@@ -208,8 +239,15 @@ impl fmt::Display for WorkerExit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "worker[{}] (pid {}) {} after {:.1?}: {}",
-            self.index, self.pid, self.status, self.uptime, self.cause
+            "{} (pid {}) {} after {:.1?}: {}",
+            match self.role {
+                Role::Worker(i) => format!("worker[{i}]"),
+                Role::Feeder => "feeder".to_owned(),
+            },
+            self.pid,
+            self.status,
+            self.uptime,
+            self.cause
         )
     }
 }

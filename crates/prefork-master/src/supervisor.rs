@@ -11,31 +11,10 @@ use libc::c_int;
 
 use crate::backoff::{XorShift, backoff, jittered_count, jittered_duration};
 use crate::config::{MAX_WORKERS, Settings};
-use crate::report::{Cause, ExitStatus, Phase, Report, Shutdown, WorkerExit};
+use crate::report::{Cause, ExitStatus, Phase, Report, Role, Shutdown, WorkerExit};
 
 /// A number unique to each worker process for the life of the master.
 pub(crate) type Serial = u64;
-
-/// The slot of the feeder (dispatch mode): beyond every worker slot.
-pub(crate) const FEEDER: usize = MAX_WORKERS;
-
-/// A slot as logs name it: its index, or `feeder`.
-pub(crate) fn slot_name(index: usize) -> SlotName {
-    SlotName(index)
-}
-
-/// See [`slot_name`].
-pub(crate) struct SlotName(usize);
-
-impl std::fmt::Display for SlotName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0 == FEEDER {
-            f.write_str("feeder")
-        } else {
-            write!(f, "{}", self.0)
-        }
-    }
-}
 
 /// Something the loop must do.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +22,7 @@ pub(crate) enum Action {
     /// Fork a worker for this slot, then call [`Supervisor::spawned`].
     Spawn {
         serial: Serial,
-        index: usize,
+        role: Role,
         /// Iterations after which the worker reports its stats (the
         /// jittered recycling limit).
         iteration_limit: Option<u64>,
@@ -108,7 +87,7 @@ enum State {
 /// liveness and what it runs.
 #[derive(Debug, Clone)]
 struct Life {
-    index: usize,
+    role: Role,
     pid: Option<i32>,
     spawned_at: Instant,
     ready: bool,
@@ -141,7 +120,10 @@ pub(crate) struct Supervisor {
     phase: Phase,
     target: usize,
     procs: BTreeMap<Serial, Life>,
+    /// The worker slots' restart state, by index.
     slots: Vec<Slot>,
+    /// The feeder's restart state (dispatch mode).
+    feeder_slot: Slot,
     next_serial: Serial,
     /// The one recycling in progress: (old, replacement).
     recycling: Option<(Serial, Serial)>,
@@ -163,6 +145,7 @@ impl Supervisor {
             phase: Phase::Starting,
             procs: BTreeMap::new(),
             slots: Vec::new(),
+            feeder_slot: Slot::default(),
             next_serial: 1,
             recycling: None,
             started: false,
@@ -235,7 +218,7 @@ impl Supervisor {
                     {
                         at(t);
                     }
-                    if p.ready && self.slot_failures(p.index) > 0 {
+                    if p.ready && self.slot_failures(p.role) > 0 {
                         at(p.spawned_at + self.s.healthy_after);
                     }
                 }
@@ -273,7 +256,7 @@ impl Supervisor {
                 && *t <= now
             {
                 tracing::error!(
-                    worker = %slot_name(p.index),
+                    worker = %p.role,
                     pid = p.pid,
                     job = %job,
                     "job {job} exceeded its hard time limit: SIGKILL"
@@ -296,25 +279,25 @@ impl Supervisor {
                         && t <= now
                     {
                         tracing::info!(
-                            worker = %slot_name(p.index),
+                            worker = %p.role,
                             pid = p.pid,
                             "recycling: maximum age reached"
                         );
                         p.recycle = Some(Recycle::Age);
                     }
                     if p.ready && p.spawned_at + self.s.healthy_after <= now {
-                        healthy.push(p.index);
+                        healthy.push(p.role);
                     }
                 }
                 _ => {}
             }
         }
-        for index in healthy {
-            if let Some(slot) = self.slots.get_mut(index)
+        for role in healthy {
+            if let Some(slot) = self.slot_mut(role)
                 && slot.failures > 0
             {
                 tracing::info!(
-                    worker = %slot_name(index),
+                    worker = %role,
                     "worker healthy again: restart backoff reset"
                 );
                 slot.failures = 0;
@@ -328,7 +311,7 @@ impl Supervisor {
                 // Logged above.
             } else if let Some(p) = self.procs.get(&serial) {
                 tracing::warn!(
-                    worker = %slot_name(p.index),
+                    worker = %p.role,
                     pid = p.pid,
                     "worker did not stop in time: SIGKILL"
                 );
@@ -347,7 +330,7 @@ impl Supervisor {
             Activity::Busy { what, since } => {
                 let busy_for = SystemTime::now().duration_since(*since).unwrap_or_default();
                 tracing::error!(
-                    worker = %slot_name(p.index),
+                    worker = %p.role,
                     pid = p.pid,
                     doing = %what,
                     busy_for = ?busy_for,
@@ -358,7 +341,7 @@ impl Supervisor {
             }
             Activity::Idle => {
                 tracing::error!(
-                    worker = %slot_name(p.index),
+                    worker = %p.role,
                     pid = p.pid,
                     ready = p.ready,
                     silent_for = ?silent,
@@ -388,7 +371,7 @@ impl Supervisor {
                 }
                 let mut n = 0;
                 for p in self.procs.values_mut() {
-                    if p.state == State::Live && p.index != FEEDER {
+                    if p.state == State::Live && p.role != Role::Feeder {
                         p.recycle = Some(Recycle::Reload);
                         n += 1;
                     }
@@ -451,7 +434,7 @@ impl Supervisor {
         for serial in serials {
             let p = self.procs.get_mut(&serial).expect("known serial");
             match (p.state, quick) {
-                (State::Live, false) if p.index == FEEDER => {}
+                (State::Live, false) if p.role == Role::Feeder => {}
                 (State::Live, false) => {
                     p.state = State::Stopping {
                         kill_at: now + grace,
@@ -483,7 +466,7 @@ impl Supervisor {
             return;
         }
         // The feeder goes last: the workers' reports go through it.
-        if self.procs.values().all(|p| p.index == FEEDER) {
+        if self.procs.values().all(|p| p.role == Role::Feeder) {
             let feeders: Vec<Serial> = self
                 .procs
                 .iter()
@@ -536,7 +519,7 @@ impl Supervisor {
             None => {
                 if let Some(p) = self.procs.remove(&serial) {
                     self.failures += 1;
-                    self.note_failure(now, p.index, true);
+                    self.note_failure(now, p.role, true);
                     if self.recycling.is_some_and(|(_, new)| new == serial) {
                         self.recycling = None;
                     }
@@ -556,12 +539,12 @@ impl Supervisor {
             return;
         }
         p.ready = true;
-        let role = if p.index == FEEDER {
+        let role = if p.role == Role::Feeder {
             "feeder"
         } else {
             "worker"
         };
-        tracing::info!(worker = %slot_name(p.index), pid = p.pid, started_in = ?now.saturating_duration_since(p.spawned_at), "{role} ready");
+        tracing::info!(worker = %p.role, pid = p.pid, started_in = ?now.saturating_duration_since(p.spawned_at), "{role} ready");
         if let Some(old) = p.replaces
             && p.state == State::Live
             && self.recycling == Some((old, serial))
@@ -607,7 +590,7 @@ impl Supervisor {
             && pss > max
         {
             tracing::warn!(
-                worker = %slot_name(p.index),
+                worker = %p.role,
                 pid = p.pid,
                 pss,
                 max,
@@ -618,7 +601,7 @@ impl Supervisor {
             && iterations >= limit
         {
             tracing::info!(
-                worker = %slot_name(p.index),
+                worker = %p.role,
                 pid = p.pid,
                 iterations,
                 "recycling: iteration limit reached"
@@ -638,13 +621,13 @@ impl Supervisor {
             State::Live => {
                 if protocol {
                     tracing::error!(
-                        worker = %slot_name(p.index),
+                        worker = %p.role,
                         pid = p.pid,
                         "worker broke the channel protocol: SIGKILL"
                     );
                     self.kill(serial, Cause::Protocol);
                 } else {
-                    tracing::warn!(worker = %slot_name(p.index), pid = p.pid, "worker closed its channel");
+                    tracing::warn!(worker = %p.role, pid = p.pid, "worker closed its channel");
                     self.kill(serial, Cause::Unexpected);
                 }
             }
@@ -700,22 +683,22 @@ impl Supervisor {
         };
         let uptime = now.saturating_duration_since(p.spawned_at);
         let exit = WorkerExit {
-            index: p.index,
+            role: p.role,
             serial,
             pid,
             status,
             cause,
             uptime,
         };
-        let role = if p.index == FEEDER {
+        let role = if p.role == Role::Feeder {
             "feeder"
         } else {
             "worker"
         };
         if cause == Cause::Requested {
-            tracing::info!(worker = %slot_name(p.index), pid, %status, jobs_finished = p.jobs_finished, "{role} exited");
+            tracing::info!(worker = %p.role, pid, %status, jobs_finished = p.jobs_finished, "{role} exited");
         } else {
-            tracing::warn!(worker = %slot_name(p.index), pid, %status, %cause, uptime = ?uptime, jobs_finished = p.jobs_finished, "{role} died");
+            tracing::warn!(worker = %p.role, pid, %status, %cause, uptime = ?uptime, jobs_finished = p.jobs_finished, "{role} died");
         }
         self.actions.push(Action::Exited(exit));
         if let Some((old, new)) = self.recycling
@@ -730,40 +713,59 @@ impl Supervisor {
                 // is restarted at once and never counts towards giving up.
                 let early =
                     cause != Cause::TimeLimit && (!p.ready || uptime < self.s.healthy_after);
-                self.note_failure(now, p.index, early);
+                self.note_failure(now, p.role, early);
             }
         }
         self.reconcile(now);
         true
     }
 
-    fn slot(&mut self, index: usize) -> &mut Slot {
-        if self.slots.len() <= index {
-            self.slots.resize(index + 1, Slot::default());
+    fn slot(&mut self, role: Role) -> &mut Slot {
+        match role {
+            Role::Worker(index) => {
+                if self.slots.len() <= index {
+                    self.slots.resize(index + 1, Slot::default());
+                }
+                &mut self.slots[index]
+            }
+            Role::Feeder => &mut self.feeder_slot,
         }
-        &mut self.slots[index]
     }
 
-    fn slot_failures(&self, index: usize) -> u32 {
-        self.slots.get(index).map_or(0, |s| s.failures)
+    fn slot_mut(&mut self, role: Role) -> Option<&mut Slot> {
+        match role {
+            Role::Worker(index) => self.slots.get_mut(index),
+            Role::Feeder => Some(&mut self.feeder_slot),
+        }
     }
 
-    fn note_failure(&mut self, now: Instant, index: usize, early: bool) {
+    fn slot_ref(&self, role: Role) -> Option<&Slot> {
+        match role {
+            Role::Worker(index) => self.slots.get(index),
+            Role::Feeder => Some(&self.feeder_slot),
+        }
+    }
+
+    fn slot_failures(&self, role: Role) -> u32 {
+        self.slot_ref(role).map_or(0, |s| s.failures)
+    }
+
+    fn note_failure(&mut self, now: Instant, role: Role, early: bool) {
         let (initial, max) = (self.s.backoff_initial, self.s.backoff_max);
         let failures = if early {
-            self.slot(index).failures.saturating_add(1)
+            self.slot(role).failures.saturating_add(1)
         } else {
             0
         };
         let delay = backoff(failures, initial, max, &mut self.rng);
-        let slot = self.slot(index);
+        let slot = self.slot(role);
         slot.failures = failures;
         slot.respawn_at = (failures > 0).then(|| now + delay);
         if failures > 0 {
-            tracing::warn!(worker = %slot_name(index), failures, delay = ?delay, "worker died early: restart after backoff");
+            tracing::warn!(worker = %role, failures, delay = ?delay, "worker died early: restart after backoff");
         }
         let limit = self.s.crash_limit;
-        if index == FEEDER && failures >= limit {
+        if role == Role::Feeder && failures >= limit {
             tracing::error!(
                 crash_limit = limit,
                 "the feeder died early {limit} times in a row: giving up"
@@ -786,8 +788,11 @@ impl Supervisor {
     fn slot_summary(&self, matches: impl Fn(&Life) -> bool) -> Vec<bool> {
         let mut out = vec![false; self.target];
         for p in self.procs.values() {
-            if p.index < self.target && matches(p) {
-                out[p.index] = true;
+            if let Role::Worker(i) = p.role
+                && i < self.target
+                && matches(p)
+            {
+                out[i] = true;
             }
         }
         out
@@ -806,7 +811,7 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&mut self, now: Instant, index: usize, replaces: Option<Serial>) -> Serial {
+    fn spawn(&mut self, now: Instant, role: Role, replaces: Option<Serial>) -> Serial {
         let serial = self.next_serial;
         self.next_serial += 1;
         self.spawned += 1;
@@ -818,11 +823,11 @@ impl Supervisor {
             .s
             .max_age
             .map(|a| now + jittered_duration(a, self.s.recycle_jitter, &mut self.rng));
-        self.slot(index).respawn_at = None;
+        self.slot(role).respawn_at = None;
         self.procs.insert(
             serial,
             Life {
-                index,
+                role,
                 pid: None,
                 spawned_at: now,
                 ready: false,
@@ -839,7 +844,7 @@ impl Supervisor {
         );
         self.actions.push(Action::Spawn {
             serial,
-            index,
+            role,
             iteration_limit,
         });
         serial
@@ -856,7 +861,9 @@ impl Supervisor {
         let extra: Vec<Serial> = self
             .procs
             .iter()
-            .filter(|(_, p)| p.state == State::Live && p.index >= self.target && p.index != FEEDER)
+            .filter(|(_, p)| {
+                p.state == State::Live && matches!(p.role, Role::Worker(i) if i >= self.target)
+            })
             .map(|(&s, _)| s)
             .collect();
         for serial in extra {
@@ -873,22 +880,17 @@ impl Supervisor {
                     .and_then(|s| s.respawn_at)
                     .is_none_or(|t| t <= now)
             {
-                self.spawn(now, index, None);
+                self.spawn(now, Role::Worker(index), None);
             }
         }
         // The feeder, in dispatch mode.
         if self.s.feeder
-            && !self
-                .procs
-                .values()
-                .any(|p| p.index == FEEDER && matches!(p.state, State::Live | State::Killed(_)))
-            && self
-                .slots
-                .get(FEEDER)
-                .and_then(|s| s.respawn_at)
-                .is_none_or(|t| t <= now)
+            && !self.procs.values().any(|p| {
+                p.role == Role::Feeder && matches!(p.state, State::Live | State::Killed(_))
+            })
+            && self.feeder_slot.respawn_at.is_none_or(|t| t <= now)
         {
-            self.spawn(now, FEEDER, None);
+            self.spawn(now, Role::Feeder, None);
         }
         // One recycling at a time: the replacement is forked now, the old
         // worker is asked to stop once the replacement is ready.
@@ -900,23 +902,22 @@ impl Supervisor {
                     p.state == State::Live
                         && p.ready
                         && p.recycle.is_some()
-                        && p.index < self.target
+                        && matches!(p.role, Role::Worker(i) if i < self.target)
                 })
                 .filter(|(_, p)| {
-                    self.slots
-                        .get(p.index)
+                    self.slot_ref(p.role)
                         .and_then(|s| s.respawn_at)
                         .is_none_or(|t| t <= now)
                 })
-                .map(|(&s, p)| (s, p.index, p.recycle))
+                .map(|(&s, p)| (s, p.role, p.recycle))
                 .next();
-            if let Some((old, index, why)) = candidate {
+            if let Some((old, role, why)) = candidate {
                 tracing::info!(
-                    worker = %slot_name(index),
+                    worker = %role,
                     reason = why.map(Recycle::as_str),
                     "recycling: forking a replacement"
                 );
-                let new = self.spawn(now, index, Some(old));
+                let new = self.spawn(now, role, Some(old));
                 self.recycling = Some((old, new));
             }
         }

@@ -5,6 +5,8 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::report::Role;
+
 use prefork_heartbeat::{Channel, ChannelError, Control, Message, Progress, Stats};
 
 /// The error type a [`Worker`] returns: any error.
@@ -139,7 +141,7 @@ where
 /// and its heartbeat. One per worker process; passed to every [`Worker`]
 /// method and worker hook.
 pub struct Context {
-    index: usize,
+    role: Role,
     serial: u64,
     name: String,
     channel: Channel,
@@ -164,7 +166,7 @@ pub struct Context {
 impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
-            .field("index", &self.index)
+            .field("role", &self.role)
             .field("serial", &self.serial)
             .field("iterations", &self.iterations)
             .field("stopping", &self.stopping)
@@ -175,7 +177,7 @@ impl fmt::Debug for Context {
 /// Settings the worker runtime needs, copied from the master's.
 #[derive(Debug, Clone)]
 pub(crate) struct ContextSettings {
-    pub(crate) index: usize,
+    pub(crate) role: Role,
     pub(crate) serial: u64,
     pub(crate) name: String,
     pub(crate) beat_every: Duration,
@@ -187,7 +189,7 @@ impl Context {
     pub(crate) fn new(channel: Channel, s: ContextSettings) -> Context {
         let now = Instant::now();
         Context {
-            index: s.index,
+            role: s.role,
             serial: s.serial,
             name: s.name,
             channel,
@@ -211,9 +213,18 @@ impl Context {
 
     /// This worker's slot, `0..workers`. A replacement gets the slot of the
     /// worker it replaces (so, during a HUP or a recycling, two processes
-    /// briefly share a slot).
+    /// briefly share a slot). The feeder has no slot: its
+    /// [`role`](Context::role) says so, and this returns
+    /// [`MAX_WORKERS`](crate::MAX_WORKERS), beyond every worker's.
     pub fn worker_index(&self) -> usize {
-        self.index
+        self.role
+            .worker_index()
+            .unwrap_or(crate::config::MAX_WORKERS)
+    }
+
+    /// The part this process plays: a worker in its slot, or the feeder.
+    pub fn role(&self) -> Role {
+        self.role
     }
 
     /// A number unique to this worker process for the life of the master.
@@ -278,7 +289,11 @@ impl Context {
     /// When the process has started threads (the title cannot be changed
     /// safely then), or `/proc` cannot be read.
     pub fn set_state(&mut self, state: &str) -> std::io::Result<()> {
-        prefork_proc::child::set_title(&format!("{} worker[{}] {state}", self.name, self.index))
+        let title = match self.role {
+            Role::Worker(index) => format!("{} worker[{index}] {state}", self.name),
+            Role::Feeder => format!("{} {state}", self.name),
+        };
+        prefork_proc::child::set_title(&title)
     }
 
     /// Dispatch mode: the next job the master handed this worker, waiting
@@ -488,7 +503,7 @@ impl Context {
 
     fn lose_master(&mut self) {
         if !self.master_gone {
-            tracing::warn!(worker = self.index, "the master is gone: stopping");
+            tracing::warn!(worker = %self.role, "the master is gone: stopping");
         }
         self.master_gone = true;
         self.stopping = true;

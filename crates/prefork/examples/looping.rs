@@ -70,7 +70,7 @@ fn main() -> Result<prefork::Report, Box<dyn std::error::Error>> {
         .max_memory(256 << 20)
         .max_iterations(1_000)
         .max_age(Duration::from_secs(3600))
-        .before_fork(|w| tracing::debug!(worker = w.index, "forking"))
+        .before_fork(|w| tracing::debug!(worker = %w.role, "forking"))
         .after_fork(|ctx| tracing::debug!(worker = ctx.worker_index(), "forked"))
         .after_worker_ready(|ctx| tracing::info!(worker = ctx.worker_index(), "ready"))
         .after_worker_exit(|exit| tracing::info!(%exit, "worker exited"))

@@ -103,7 +103,7 @@ impl Sim {
             .procs
             .iter()
             .filter(|(_, p)| p.state == State::Live)
-            .map(|(&s, p)| (s, p.index))
+            .map(|(&s, p)| (s, p.role.worker_index().unwrap_or(MAX_WORKERS)))
             .collect()
     }
 
@@ -216,7 +216,7 @@ fn a_silent_worker_is_killed_exactly_at_its_timeout_and_replaced() {
         },
     );
     assert_eq!(exit.cause, Cause::Hung);
-    assert_eq!(exit.index, 0);
+    assert_eq!(exit.role, Role::Worker(0));
     // It lived 10 s (healthy_after is 3 s): replaced at once.
     assert_eq!(sim.live().len(), 2);
     assert_eq!(sim.spawns(), 3);
@@ -669,7 +669,7 @@ proptest! {
             // At most one live worker per slot, two while that slot recycles.
             for i in 0..=MAX_WORKERS.min(8) {
                 let n = sim.live().iter().filter(|l| l.1 == i).count();
-                let recycling_here = sim.sup.recycling.is_some_and(|(o, _)| sim.sup.procs.get(&o).is_some_and(|p| p.index == i));
+                let recycling_here = sim.sup.recycling.is_some_and(|(o, _)| sim.sup.procs.get(&o).is_some_and(|p| p.role == Role::Worker(i)));
                 prop_assert!(n <= if recycling_here { 2 } else { 1 }, "slot {} has {} live workers", i, n);
             }
             // A deadline, when there is one, is never in the past after a tick.
@@ -697,7 +697,7 @@ fn feeder_of(sim: &Sim) -> Option<Serial> {
     sim.sup
         .procs
         .iter()
-        .find(|(_, p)| p.index == FEEDER)
+        .find(|(_, p)| p.role == Role::Feeder)
         .map(|(&s, _)| s)
 }
 
