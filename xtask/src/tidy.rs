@@ -1,6 +1,7 @@
 //! Tidy rules about what the docs say: no doc or comment points at a file
 //! outside the repository, and the tables that mirror a list in the code
-//! list what the code lists.
+//! list what the code lists (the arrows, the crate table, frame kinds,
+//! signals, configuration settings and hooks, CLI flags).
 //!
 //! Each rule is a function from file texts to [`Finding`]s, so its tests
 //! feed it a small bad input; [`check`] runs them all on the repository
@@ -126,6 +127,14 @@ pub(crate) fn check(root: &Path, crates: &[&str]) -> Result<Vec<Finding>> {
         let readme = format!("{hb}/README.md");
         let sources = rust_sources(root, &files, &format!("{hb}/src/"))?;
         found.extend(frame_kinds(&readme, &read(root, &readme)?, &sources));
+    }
+    let master = "crates/prefork-master";
+    if root.join(master).is_dir() {
+        let sources = rust_sources(root, &files, &format!("{master}/src/"))?;
+        let doc = "docs/signals.md";
+        found.extend(signal_table(doc, &read(root, doc)?, &sources));
+        let doc = "docs/configuration.md";
+        found.extend(builder_tables(doc, &read(root, doc)?, &sources));
     }
     let cli = "crates/prefork-cli";
     if root.join(cli).is_dir() {
@@ -430,25 +439,40 @@ struct Row<'a> {
     cells: Vec<&'a str>,
 }
 
-/// The table whose header line starts with `header`: the header's line and
-/// the body rows (the separator skipped).
+/// The first table whose header line starts with `header`: the header's
+/// line and the body rows (the separator skipped).
 fn table<'a>(text: &'a str, header: &str) -> Option<(usize, Vec<Row<'a>>)> {
-    let mut lines = text.lines().enumerate();
-    let (at, _) = lines.by_ref().find(|(_, l)| l.starts_with(header))?;
-    let rows = lines
-        .take_while(|(_, l)| l.starts_with('|'))
-        .filter(|(_, l)| !l.starts_with("|---"))
-        .map(|(i, l)| Row {
-            line: i + 1,
-            cells: l
-                .trim()
-                .trim_matches('|')
-                .split('|')
-                .map(str::trim)
-                .collect(),
-        })
-        .collect();
-    Some((at + 1, rows))
+    tables(text, header).into_iter().next()
+}
+
+/// Every table whose header line starts with `header`, as [`table`] reads
+/// one.
+fn tables<'a>(text: &'a str, header: &str) -> Vec<(usize, Vec<Row<'a>>)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (at, _) in lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with(header))
+    {
+        let rows = lines[at + 1..]
+            .iter()
+            .enumerate()
+            .take_while(|(_, l)| l.starts_with('|'))
+            .filter(|(_, l)| !l.starts_with("|---"))
+            .map(|(i, l)| Row {
+                line: at + i + 2,
+                cells: l
+                    .trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(str::trim)
+                    .collect(),
+            })
+            .collect();
+        out.push((at + 1, rows));
+    }
+    out
 }
 
 /// The `code spans` of a cell, in order.
@@ -646,6 +670,132 @@ pub(crate) fn frame_kinds(file: &str, text: &str, sources: &[(String, String)]) 
             file,
             header,
             format!("the frame table has no row for kind {n} (`Message::{variant}`, {src}:{line})"),
+        ));
+    }
+    found
+}
+
+/// The signal table of docs/signals.md against the master's `SIGNALS`
+/// list: a row whose first cell is just a signal (`` `QUIT` ``) is one the
+/// master handles; rows such as `` `KILL` (to a worker) `` describe what
+/// happens without a handler and are not compared.
+pub(crate) fn signal_table(file: &str, text: &str, sources: &[(String, String)]) -> Vec<Finding> {
+    let mut code: BTreeMap<String, (&str, usize)> = BTreeMap::new();
+    for (src, body) in sources {
+        let mut inside = false;
+        for (i, line) in body.lines().enumerate() {
+            let l = line.trim();
+            if l.contains("const SIGNALS:") {
+                inside = true;
+            } else if inside && l.starts_with("];") {
+                break;
+            }
+            if let Some(rest) = l.strip_prefix("libc::SIG").filter(|_| inside) {
+                code.insert(
+                    rest.trim_end_matches(',').to_string(),
+                    (src.as_str(), i + 1),
+                );
+            }
+        }
+    }
+    if code.is_empty() {
+        return vec![finding(
+            file,
+            1,
+            "found no `const SIGNALS` of `libc::SIG*` in the master's sources: update the signal table check in xtask's tidy.rs".into(),
+        )];
+    }
+    let Some((header, rows)) = table(text, "| signal |") else {
+        return vec![finding(
+            file,
+            1,
+            "has no signal table (`| signal |`)".into(),
+        )];
+    };
+    let mut found = Vec::new();
+    let mut listed = BTreeSet::new();
+    for row in &rows {
+        let Some(cell) = row.cells.first() else {
+            continue;
+        };
+        let spans = ticked(cell);
+        if spans.len() != 1 || *cell != format!("`{}`", spans[0]) {
+            continue;
+        }
+        listed.insert(spans[0]);
+        if !code.contains_key(spans[0]) {
+            found.push(finding(
+                file,
+                row.line,
+                format!(
+                    "the signal table lists `{}`, which the master's SIGNALS does not handle",
+                    spans[0]
+                ),
+            ));
+        }
+    }
+    for (name, (src, line)) in code.iter().filter(|(n, _)| !listed.contains(n.as_str())) {
+        found.push(finding(
+            file,
+            header,
+            format!("the signal table has no row for `{name}` (handled: {src}:{line})"),
+        ));
+    }
+    found
+}
+
+/// The setting and hook tables of docs/configuration.md against the
+/// master's `Builder` methods (`pub fn NAME(mut self, ...) -> Builder`):
+/// each method has a row whose first cell names it (`` `close_other_fds(keep)` ``
+/// names `close_other_fds`), and each row names a method.
+pub(crate) fn builder_tables(file: &str, text: &str, sources: &[(String, String)]) -> Vec<Finding> {
+    let mut code: BTreeMap<&str, (&str, usize)> = BTreeMap::new();
+    for (src, body) in sources {
+        for (i, line) in body.lines().enumerate() {
+            let l = line.trim();
+            if let Some(rest) = l.strip_prefix("pub fn ")
+                && let Some((name, args)) = rest.split_once('(')
+                && args.starts_with("mut self")
+                && l.ends_with("-> Builder {")
+            {
+                code.insert(name, (src.as_str(), i + 1));
+            }
+        }
+    }
+    if code.is_empty() {
+        return vec![finding(
+            file,
+            1,
+            "found no `pub fn NAME(mut self, ..) -> Builder` in the master's sources: update the configuration check in xtask's tidy.rs".into(),
+        )];
+    }
+    let mut found = Vec::new();
+    let mut listed = BTreeSet::new();
+    let mut first_header = None;
+    for header in ["| setting |", "| hook |"] {
+        for (at, rows) in tables(text, header) {
+            first_header.get_or_insert(at);
+            for row in &rows {
+                let Some(span) = row.cells.first().and_then(|c| ticked(c).first().copied()) else {
+                    continue;
+                };
+                let name = span.split('(').next().unwrap_or(span);
+                listed.insert(name);
+                if !code.contains_key(name) {
+                    found.push(finding(
+                        file,
+                        row.line,
+                        format!("`{name}` is not a method of the master's Builder"),
+                    ));
+                }
+            }
+        }
+    }
+    for (name, (src, line)) in code.iter().filter(|(n, _)| !listed.contains(*n)) {
+        found.push(finding(
+            file,
+            first_header.unwrap_or(1),
+            format!("no setting or hook row for `Builder::{name}` ({src}:{line})"),
         ));
     }
     found
@@ -913,6 +1063,38 @@ mod tests {
             frame_kinds("H.md", text, &[]).len(),
             1,
             "no kinds found is a finding"
+        );
+    }
+
+    #[test]
+    fn the_signal_table_must_list_every_handled_signal() {
+        let code = "use libc::c_int;\npub(crate) const SIGNALS: &[c_int] = &[\n    libc::SIGQUIT,\n    libc::SIGHUP,\n];\nfn f() { libc::SIGKILL; }\n";
+        let sources = vec![("src/master.rs".to_string(), code.to_string())];
+        let text = "| signal | master |\n|---|---|\n| `QUIT` | stop |\n| `USR2` | x |\n| `KILL` (to a worker) | y |\n";
+        assert_eq!(
+            lines_of(&signal_table("S.md", text, &sources)),
+            [
+                "S.md:4: the signal table lists `USR2`, which the master's SIGNALS does not handle",
+                "S.md:1: the signal table has no row for `HUP` (handled: src/master.rs:4)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_configuration_tables_must_list_every_builder_method() {
+        let code = "impl Builder {\n    pub fn workers(mut self, n: usize) -> Builder {\n    }\n\
+                    pub fn on_phase(mut self, hook: impl FnMut(Phase) + 'static) -> Builder {\n    }\n\
+                    pub fn build(self) -> Result<Master, ConfigError> {\n    }\n\
+                    pub fn max_age(mut self, age: Duration) -> Builder {\n}\n}\n";
+        let sources = vec![("src/config.rs".to_string(), code.to_string())];
+        let text = "# c\n\n| setting | default |\n|---|---|\n| `workers` | 1 |\n| `gone` | 2 |\n\n\
+                    | hook | runs in |\n|---|---|\n| `on_phase(f)` | master |\n";
+        assert_eq!(
+            lines_of(&builder_tables("C.md", text, &sources)),
+            [
+                "C.md:6: `gone` is not a method of the master's Builder",
+                "C.md:3: no setting or hook row for `Builder::max_age` (src/config.rs:8)",
+            ]
         );
     }
 
