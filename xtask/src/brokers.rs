@@ -70,8 +70,8 @@ pub(crate) struct Spec {
     pub(crate) ready_within: Duration,
 }
 
-/// The brokers we know how to run. RabbitMQ (`rabbitmq-server`, see
-/// FACTS.md for its loopback recipe, stopped with `rabbitmqctl shutdown`)
+/// The brokers we know how to run. RabbitMQ (`rabbitmq-server` bound to
+/// loopback, stopped with `rabbitmqctl shutdown`)
 /// and tansu for Kafka (installed with `cargo install`) join this table when
 /// their adapter crates arrive.
 pub(crate) const SPECS: &[Spec] = &[

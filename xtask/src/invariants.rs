@@ -3,7 +3,9 @@
 //! The rules are tables at the top of this file: to add one, add a row.
 //! Dependency rules read `cargo tree -p CRATE -e normal` (what a user who
 //! takes that crate alone links); rules about crates that do not exist yet
-//! are skipped. Every violation is listed before the step fails.
+//! are skipped. The arrows between workspace crates are `arrows.rs`, the
+//! rules about what docs say `tidy.rs`; both also run as plain tests of
+//! this crate. Every violation is listed before the step fails.
 
 use std::path::{Path, PathBuf};
 
@@ -11,6 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::run::Ctx;
 use crate::workspace::{self, Package};
+use crate::{arrows, tidy};
 
 /// Broker client libraries: only adapter crates may link them.
 const BROKER_CLIENTS: &[&str] = &[
@@ -55,7 +58,7 @@ struct DepRule {
 const DEP_RULES: &[DepRule] = &[
     DepRule {
         krate: "prefork-selfpipe",
-        only_direct: Some(&["libc", "signal-hook", "mio"]),
+        only_direct: Some(&["libc", "mio"]),
         never: &[],
         why: "the self-pipe is a tiny low-level crate anyone can take alone",
     },
@@ -101,7 +104,12 @@ const UNSAFE_ALLOWED: &[(&str, &str)] = &[
 /// # Errors
 /// When any rule is violated (all are listed first), or a tool fails.
 pub(crate) fn check(ctx: &mut Ctx) -> Result<()> {
-    let mut bad = Vec::new();
+    let mut bad = arrows::violations(&ctx.ws, &ctx.root);
+    println!(
+        "arrows: {} workspace crates, {} violation(s)",
+        ctx.ws.packages.len(),
+        bad.len()
+    );
     deps(ctx, &mut bad)?;
     no_unsafe(ctx, &mut bad)?;
     tidy(ctx, &mut bad)?;
@@ -280,11 +288,15 @@ fn tidy(ctx: &Ctx, bad: &mut Vec<String>) -> Result<()> {
             }
         }
     }
+    let names: Vec<&str> = in_crates.iter().map(|p| p.name.as_str()).collect();
+    let found = tidy::check(&ctx.root, &names)?;
     println!(
-        "tidy: {} crates in crates/, {} Rust files checked",
+        "tidy: {} crates in crates/, {} Rust files checked, {} finding(s) about docs",
         in_crates.len(),
-        files.len()
+        files.len(),
+        found.len()
     );
+    bad.extend(found.iter().map(ToString::to_string));
     Ok(())
 }
 
@@ -324,7 +336,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Reads a file to a string, naming it on failure.
-fn read(path: &Path) -> Result<String> {
+pub(crate) fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("could not read {}", path.display()))
 }
 

@@ -23,11 +23,13 @@
 //! server exists (see `brokers.rs`).
 #![forbid(unsafe_code)]
 
+mod arrows;
 mod brokers;
 mod invariants;
 mod peers;
 mod run;
 mod steps;
+mod tidy;
 mod workspace;
 
 use anyhow::{Context, Result, bail};

@@ -1,6 +1,6 @@
 //! What the workspace holds, read from `cargo metadata --no-deps`: its
-//! packages and their targets; and the fuzz targets of the cargo-fuzz
-//! project in `fuzz/`.
+//! packages, their targets and the dependencies they declare; and the fuzz
+//! targets of the cargo-fuzz project in `fuzz/`.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -25,6 +25,17 @@ pub(crate) struct Package {
     pub(crate) dir: PathBuf,
     /// Its targets (lib, bins, tests, benches, examples).
     pub(crate) targets: Vec<Target>,
+    /// The dependencies its manifest declares (any kind, optional or not).
+    pub(crate) deps: Vec<Dep>,
+}
+
+/// One dependency a package declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dep {
+    /// The package depended on (its real name, even when renamed).
+    pub(crate) name: String,
+    /// Whether it is a dev-dependency (tests, examples and benches only).
+    pub(crate) dev: bool,
 }
 
 /// One target of a package.
@@ -149,10 +160,20 @@ fn package(p: &Value) -> Result<Package> {
             src_path: PathBuf::from(t["src_path"].as_str().unwrap_or_default()),
         })
         .collect();
+    let deps = p["dependencies"]
+        .as_array()
+        .context("package without dependencies")?
+        .iter()
+        .map(|d| Dep {
+            name: d["name"].as_str().unwrap_or_default().to_string(),
+            dev: d["kind"].as_str() == Some("dev"),
+        })
+        .collect();
     Ok(Package {
         name: name.to_string(),
         dir,
         targets,
+        deps,
     })
 }
 

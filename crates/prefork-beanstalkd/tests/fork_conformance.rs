@@ -17,8 +17,8 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use prefork_beanstalkd::{Beanstalkd, Config, URL_ENV};
-use prefork_broker::conformance::Kit;
 use prefork_broker::{Broker, Delivery, DeliveryId, ErrorKind};
+use prefork_conformance::Kit;
 use prefork_proc::Fork;
 use prefork_tests::harness::{Case, run};
 
@@ -447,7 +447,7 @@ fn main() {
             );
         }
     }
-    let mut cases: Vec<Case> = prefork_broker::conformance_cases!(Case::new, kit()).to_vec();
+    let mut cases: Vec<Case> = prefork_conformance::cases!(Case::new, kit()).to_vec();
     cases.extend([
         Case::new(
             "a_kill_mid_settle_leaves_no_job_buried",

@@ -1,5 +1,5 @@
-//! The broker adapter trait of prefork, the types it trades in, and (with
-//! the `conformance` feature) the test kit every adapter passes.
+//! The broker adapter trait of prefork and the types it trades in. The
+//! test kit every adapter passes is the `prefork-conformance` crate.
 //!
 //! The README below is the crate's guide; its example is compiled as a
 //! doctest.
@@ -10,16 +10,12 @@
 //! | [`Delivery`], [`DeliveryId`], [`DeadLetter`] | what a broker hands out |
 //! | [`BrokerError`], [`ErrorKind`], [`SettleError`] | errors that say whether retrying helps; settling errors hand the delivery back |
 //! | [`Connect`] | opens handles, after the fork, in the process that uses them |
-//! | `conformance` (feature) | the shared test suite run by every adapter against its live broker |
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 mod delivery;
 mod error;
-
-#[cfg(feature = "conformance")]
-pub mod conformance;
 
 use std::time::Duration;
 
@@ -81,8 +77,9 @@ pub use error::{BrokerError, ErrorKind, SettleError};
 ///    delayed retry as a republish to a delay queue plus an ack (RabbitMQ,
 ///    Kafka), dead letters as a separate queue, topic or list, the attempt
 ///    count in a header carried by the republished message.
-/// 5. Run the conformance kit (feature `conformance`) against a live broker
-///    from a `harness = false` test; every adapter passes all of it.
+/// 5. Run the conformance kit (the `prefork-conformance` crate, a
+///    dev-dependency) against a live broker from a `harness = false` test;
+///    every adapter passes all of it.
 ///
 /// # Examples
 ///
@@ -468,7 +465,8 @@ forward_broker!(Box<B>, &mut B);
 ///
 /// Call [`open`](Connect::open) after the fork, in the process that uses the
 /// handle (a worker, a feeder): client libraries that start threads or hold
-/// sockets must not cross a fork (DESIGN.md, principle 2).
+/// sockets must not cross a fork (ARCHITECTURE.md: a child never drops what
+/// its parent owns).
 ///
 /// Any `Fn(&str) -> Result<B, BrokerError>` is a `Connect`.
 ///

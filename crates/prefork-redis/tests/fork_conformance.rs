@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use prefork_broker::BrokerError;
-use prefork_broker::conformance::Kit;
+use prefork_conformance::Kit;
 use prefork_redis::{Options, Redis, RedisQueue};
 use prefork_tests::harness::{Case, run};
 
@@ -31,5 +31,5 @@ fn kit() -> Kit {
 fn main() {
     common::url_or_skip("prefork-redis conformance");
     kit().serve_role();
-    run(&prefork_broker::conformance_cases!(Case::new, kit()));
+    run(&prefork_conformance::cases!(Case::new, kit()));
 }

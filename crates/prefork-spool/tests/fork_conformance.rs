@@ -13,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use prefork_broker::conformance::Kit;
 use prefork_broker::{Broker, BrokerError, Delivery, DeliveryId, SettleError};
+use prefork_conformance::Kit;
 use prefork_spool::{Durability, Options, Queue, Spool};
 use prefork_tests::harness::{Case, run};
 
@@ -351,7 +351,7 @@ fn main() {
         // The runner itself (not a case, not a helper): start clean.
         let _ = std::fs::remove_dir_all(kit_root());
     }
-    let mut cases: Vec<Case> = prefork_broker::conformance_cases!(Case::new, kit()).to_vec();
+    let mut cases: Vec<Case> = prefork_conformance::cases!(Case::new, kit()).to_vec();
     cases.extend([
         Case::new("broken_ack_removes", || broken_kit().ack_removes()).hidden(),
         Case::new(

@@ -1,75 +1,9 @@
-//! The conformance kit: one test suite that every broker adapter runs
-//! against its live broker (feature `conformance`).
-//!
-//! Each case is a method of [`Kit`] that panics on failure. The kit proves
-//! what the [`Broker`] contract promises:
-//!
-//! | case | what it proves |
-//! |---|---|
-//! | `round_trip_bytes` | publish then fetch returns the exact bytes: empty, every byte value, 1 MiB |
-//! | `fetch_times_out_empty` | fetch on an empty queue returns an empty batch, not an error |
-//! | `batch_fetch_respects_max` | a batch never exceeds `max`; `max` 0 returns nothing |
-//! | `ack_removes` | an acked job never comes back, even after the claim timeout |
-//! | `ack_batch_removes_all` | [`Broker::ack_batch`] acks every delivery it is given: none comes back, to this handle or a fresh one |
-//! | `redelivered_after_holder_killed` | a job held by a SIGKILLed process is delivered again |
-//! | `retry_delay_hides_the_job` | a retried job is invisible until its delay passed, and counts an attempt |
-//! | `delayed_publish_hides_the_job` | a job published with a delay is invisible until then |
-//! | `release_returns_without_attempt` | a released job comes back with the same attempt number |
-//! | `dead_letters_kept_listed_redriven` | dead letters keep their reason, are listed, are not redelivered, and can be re-driven |
-//! | `claims_are_exclusive` | a second handle is not handed a job another handle holds |
-//! | `touch_keeps_the_claim` | renewing a claim keeps it past several claim timeouts |
-//! | `concurrent_consumers_ack_once` | three consumer processes: every job acked exactly once |
-//! | `restart_loses_nothing` | a consumer that stops mid-batch (acked some, released some, held some) loses nothing |
-//! | `taken_over_at_once` | the jobs of a SIGKILLed holder are handed to [`Broker::take_over`] at once, claimed, before their claim timeout |
-//! | `publish_batch_round_trip` | [`Broker::publish_batch`] adds every payload, immediate and delayed |
-//! | `large_payload_round_trip` | a 16 MiB job goes through publish, fetch, retry and dead letter intact |
-//! | `deferred_acks_hold` | [`Broker::ack_deferred`] and [`Broker::ack_batch_deferred`], then [`Broker::flush`]: those jobs never come back |
-//!
-//! # Using it
-//!
-//! Enable the feature in the adapter's dev-dependencies and add a
-//! `harness = false` test (`tests/fork_conformance.rs`, see the workspace's
-//! `prefork_tests::harness`) whose `main` first lets the kit take over the
-//! process when it was started as a helper (the kill and multi-consumer cases
-//! start the test binary again, with an environment variable naming the
-//! role), then runs every case, each in a process of its own:
-//!
-//! ```no_run
-//! use std::time::Duration;
-//! use prefork_broker::conformance::Kit;
-//! # struct MyBroker;
-//! # fn open_my_broker(_queue: &str) -> Result<Box<dyn prefork_broker::Broker>, prefork_broker::BrokerError> {
-//! #     Err(prefork_broker::BrokerError::new(prefork_broker::ErrorKind::Unsupported, "your adapter here"))
-//! # }
-//! # mod prefork_tests { pub mod harness {
-//! #   #[derive(Clone, Copy)] pub struct Case;
-//! #   impl Case { pub fn new(_: &'static str, _: fn()) -> Case { Case } }
-//! #   pub fn run(_: &[Case]) -> ! { loop {} }
-//! # } }
-//! use prefork_tests::harness::{run, Case};
-//!
-//! // A fresh handle on a (unique) queue, configured with a short claim timeout.
-//! fn kit() -> Kit {
-//!     Kit::new(open_my_broker).lease(Duration::from_secs(1))
-//! }
-//!
-//! fn main() {
-//!     kit().serve_role(); // returns unless this process is one of the kit's helpers
-//!     run(&prefork_broker::conformance_cases!(Case::new, kit()));
-//! }
-//! ```
-//!
-//! [`conformance_cases!`](crate::conformance_cases) lists every case, so an
-//! adapter picks up cases added to the kit later without editing its test.
-//!
-//! # Timing
-//!
-//! The kit never asserts that anything is fast. It waits for what must
-//! happen with generous deadlines ([`Kit::patience`]), and it asserts only
-//! lower bounds that the contract promises (a delayed job is not visible
-//! before its delay). The claim timeout you declare with [`Kit::lease`] is
-//! how the kit tells a legitimate redelivery (the claim expired because the
-//! machine stalled) from a double delivery.
+//! The conformance kit of prefork's broker adapters; the README below is
+//! its guide (the case table, how an adapter runs it), and its example is
+//! compiled as a doctest.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -79,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::{Broker, BrokerError, Delivery, DeliveryId, ErrorKind};
+use prefork_broker::{Broker, BrokerError, Delivery, DeliveryId, ErrorKind};
 
 /// Environment variable naming the helper role of a re-executed test binary.
 const ROLE_ENV: &str = "PREFORK_BROKER_KIT_ROLE";
@@ -112,7 +46,7 @@ impl fmt::Debug for Kit {
     }
 }
 
-/// The names of every case, in the order [`conformance_cases!`](crate::conformance_cases) lists them.
+/// The names of every case, in the order [`cases!`](crate::cases) lists them.
 pub const CASES: &[&str] = &[
     "round_trip_bytes",
     "fetch_times_out_empty",
@@ -137,24 +71,24 @@ pub const CASES: &[&str] = &[
 /// Expands to an array with one test case per conformance case: each element
 /// is `$case("name", || $kit.name())`, e.g. with
 /// `prefork_tests::harness::Case::new` as `$case` and a function call that
-/// builds the [`Kit`](crate::conformance::Kit) as `$kit` (closures that
+/// builds the [`Kit`](crate::Kit) as `$kit` (closures that
 /// capture nothing, so they coerce to `fn()`).
 ///
 /// # Examples
 ///
 /// ```no_run
-/// # use prefork_broker::conformance::Kit;
+/// # use prefork_conformance::Kit;
 /// # fn open(_queue: &str) -> Result<Box<dyn prefork_broker::Broker>, prefork_broker::BrokerError> {
 /// #     Err(prefork_broker::BrokerError::new(prefork_broker::ErrorKind::Unsupported, "your adapter here"))
 /// # }
 /// # fn kit() -> Kit { Kit::new(open) }
 /// # #[derive(Clone, Copy)] struct Case;
 /// # impl Case { fn new(_: &'static str, _: fn()) -> Case { Case } }
-/// let cases = prefork_broker::conformance_cases!(Case::new, kit());
-/// assert_eq!(cases.len(), prefork_broker::conformance::CASES.len());
+/// let cases = prefork_conformance::cases!(Case::new, kit());
+/// assert_eq!(cases.len(), prefork_conformance::CASES.len());
 /// ```
 #[macro_export]
-macro_rules! conformance_cases {
+macro_rules! cases {
     ($case:path, $kit:expr) => {
         [
             $case("round_trip_bytes", || $kit.round_trip_bytes()),
@@ -1161,7 +1095,7 @@ mod tests {
                 Case(name)
             }
         }
-        let names: Vec<&str> = crate::conformance_cases!(Case::new, kit())
+        let names: Vec<&str> = crate::cases!(Case::new, kit())
             .iter()
             .map(|c| c.0)
             .collect();
