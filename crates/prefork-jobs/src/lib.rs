@@ -16,16 +16,20 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod context;
 mod dispatch;
 mod enqueue;
 mod envelope;
+mod error;
 mod registry;
 mod retry;
 mod worker;
 
+pub use context::JobContext;
 pub use dispatch::{DispatchFeeder, DispatchWorker};
 pub use enqueue::{Enqueuer, enqueue};
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, new_id};
-pub use registry::{JobContext, JobError, Outcome, Prepared, Registration, Registry, TimeLimits};
+pub use error::JobError;
+pub use registry::{Outcome, Prepared, Registration, Registry, TimeLimits};
 pub use retry::RetryPolicy;
 pub use worker::{BATCH_WINDOW, JobEvent, JobWorker, MAX_AUTO_BATCH};

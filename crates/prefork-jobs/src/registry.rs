@@ -1,106 +1,17 @@
-//! Named job handlers with typed arguments, the context a handler gets, and
+//! Named job handlers with typed arguments, registered before the fork, and
 //! what running one delivery comes to (ack, retry, dead letter).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 
+use crate::context::JobContext;
 use crate::envelope::Envelope;
+use crate::error::{Failure, JobError};
 use crate::retry::RetryPolicy;
-
-/// Why a job failed, as its handler says; decides whether it is retried.
-///
-/// Any `std::error::Error` converts into a retryable `JobError`, so `?`
-/// works in handlers.
-///
-/// # Examples
-///
-/// ```
-/// use prefork_jobs::JobError;
-/// use std::time::Duration;
-///
-/// let e = JobError::new("smtp server busy");          // retried by the policy
-/// assert!(e.is_retryable());
-/// let e = JobError::fatal("no such user");             // dead letter at once
-/// assert!(!e.is_retryable());
-/// let e = JobError::retry_after("rate limited", Duration::from_secs(30));
-/// assert_eq!(e.delay(), Some(Duration::from_secs(30)));
-/// let e: JobError = "7x".parse::<u32>().unwrap_err().into();
-/// assert!(e.to_string().contains("invalid digit"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError {
-    message: String,
-    retry: bool,
-    delay: Option<Duration>,
-}
-
-impl JobError {
-    /// A failure the retry policy may retry.
-    pub fn new(message: impl Into<String>) -> JobError {
-        JobError {
-            message: message.into(),
-            retry: true,
-            delay: None,
-        }
-    }
-
-    /// A failure no retry can fix: the job goes to the dead letters now.
-    pub fn fatal(message: impl Into<String>) -> JobError {
-        JobError {
-            message: message.into(),
-            retry: false,
-            delay: None,
-        }
-    }
-
-    /// A retryable failure that asks for this delay instead of the policy's
-    /// (attempts are still counted against the policy's maximum).
-    pub fn retry_after(message: impl Into<String>, delay: Duration) -> JobError {
-        JobError {
-            message: message.into(),
-            retry: true,
-            delay: Some(delay),
-        }
-    }
-
-    /// Whether the retry policy may run the job again.
-    pub fn is_retryable(&self) -> bool {
-        self.retry
-    }
-
-    /// The delay asked for by [`retry_after`](JobError::retry_after).
-    pub fn delay(&self) -> Option<Duration> {
-        self.delay
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for JobError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
-    fn from(e: E) -> JobError {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        JobError::new(message)
-    }
-}
 
 /// Time limits of one job.
 ///
@@ -140,137 +51,7 @@ impl TimeLimits {
     }
 }
 
-/// What a running job can learn and do: who it is, how much time it has,
-/// and "I am alive" for long jobs.
-pub struct JobContext<'a> {
-    id: &'a str,
-    job: &'a str,
-    queue: &'a str,
-    attempt: u32,
-    max_attempts: u32,
-    enqueued_at_ms: u64,
-    started: Instant,
-    soft: Option<Instant>,
-    hard: Option<Instant>,
-    keepalive: Option<&'a mut dyn FnMut()>,
-}
-
-impl fmt::Debug for JobContext<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobContext")
-            .field("id", &self.id)
-            .field("job", &self.job)
-            .field("attempt", &self.attempt)
-            .field("max_attempts", &self.max_attempts)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<'a> JobContext<'a> {
-    /// A context outside any worker, for calling a handler in a unit test:
-    /// no time limits, `alive` does nothing.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use prefork_jobs::JobContext;
-    /// let ctx = JobContext::standalone("resize", 2);
-    /// assert_eq!(ctx.attempt(), 2);
-    /// assert!(!ctx.over_soft_limit());
-    /// ```
-    pub fn standalone(job: &'a str, attempt: u32) -> JobContext<'a> {
-        JobContext {
-            id: "standalone",
-            job,
-            queue: "",
-            attempt,
-            max_attempts: attempt,
-            enqueued_at_ms: 0,
-            started: Instant::now(),
-            soft: None,
-            hard: None,
-            keepalive: None,
-        }
-    }
-
-    /// The job's id (from its envelope).
-    pub fn id(&self) -> &str {
-        self.id
-    }
-
-    /// The job's registered name.
-    pub fn job(&self) -> &str {
-        self.job
-    }
-
-    /// The queue it came from.
-    pub fn queue(&self) -> &str {
-        self.queue
-    }
-
-    /// This attempt's number, from 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The most attempts the job's retry policy allows.
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    /// Whether a failure now is final.
-    pub fn is_last_attempt(&self) -> bool {
-        self.attempt >= self.max_attempts
-    }
-
-    /// When the job was enqueued (the Unix epoch when the producer did not
-    /// say).
-    pub fn enqueued_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.enqueued_at_ms)
-    }
-
-    /// How long this attempt has been running.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Time left before the soft limit (zero once past it); `None` without
-    /// a soft limit.
-    pub fn time_left(&self) -> Option<Duration> {
-        self.soft
-            .map(|s| s.saturating_duration_since(Instant::now()))
-    }
-
-    /// Whether the soft limit has passed: a well-behaved job wraps up and
-    /// returns (an `Err` to be retried, or `Ok` with partial work saved).
-    pub fn over_soft_limit(&self) -> bool {
-        self.soft.is_some_and(|s| Instant::now() >= s)
-    }
-
-    /// Time left before the hard limit kills the worker; `None` without one.
-    pub fn hard_time_left(&self) -> Option<Duration> {
-        self.hard
-            .map(|h| h.saturating_duration_since(Instant::now()))
-    }
-
-    /// Tells the supervisor and the broker that this job is still running:
-    /// sends the worker's heartbeat (at most every quarter heartbeat
-    /// interval) and renews the broker's claim on the job. Call it from
-    /// jobs that may run longer than the master's timeout or the broker's
-    /// claim timeout. It does not move the time limits.
-    pub fn alive(&mut self) {
-        if let Some(k) = self.keepalive.as_mut() {
-            k();
-        }
-    }
-}
-
 type Handler = Box<dyn Fn(&mut JobContext<'_>, serde_json::Value) -> Result<(), Failure>>;
-
-enum Failure {
-    Args(String),
-    Job(JobError),
-}
 
 struct Entry {
     handler: Handler,
