@@ -259,7 +259,7 @@ impl Registry {
             .max(1)
             .saturating_sub(1)
             .saturating_add(delivery_attempt.max(1));
-        let max = entry.retry.unwrap_or(self.retry).get_max_attempts();
+        let max = entry.retry.unwrap_or(self.retry).max_attempts();
         if attempt > max {
             let how = match entry.limits.unwrap_or(self.limits).hard {
                 Some(hard) => format!(
@@ -315,7 +315,7 @@ impl Registry {
             }
         };
         let (job, attempt) = (&prepared.envelope.job, prepared.attempt);
-        let max = prepared.retry_policy().get_max_attempts();
+        let max = prepared.retry_policy().max_attempts();
         if attempt < max {
             Outcome::Retry {
                 delay: Duration::ZERO,
@@ -377,7 +377,7 @@ impl Prepared<'_> {
             job: &e.job,
             queue: &e.queue,
             attempt: self.attempt,
-            max_attempts: policy.get_max_attempts(),
+            max_attempts: policy.max_attempts(),
             enqueued_at_ms: e.enqueued_at,
             started,
             soft: limits.soft.map(|d| started + d),
@@ -412,7 +412,7 @@ impl Prepared<'_> {
                     "job {:?} failed on attempt {} of {}: {failure}",
                     e.job,
                     self.attempt,
-                    policy.get_max_attempts()
+                    policy.max_attempts()
                 ),
             },
         }
@@ -554,7 +554,7 @@ mod tests {
             r.prepare(&env("io", serde_json::Value::Null), 1)
                 .unwrap()
                 .retry_policy()
-                .get_max_attempts(),
+                .max_attempts(),
             3
         );
         assert_eq!(r.names(), ["add", "boom", "flaky", "io"]);
