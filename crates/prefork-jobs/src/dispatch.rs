@@ -5,17 +5,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use prefork_broker::{Broker, Connect, Delivery, DeliveryId, ErrorKind, SettleError};
+use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Feeder, Job, Orphans, Settle, Worker};
 
-use crate::envelope::unix_ms;
 use crate::registry::{Outcome, Registry};
 use crate::retry::Jitter;
-use crate::worker::JobEvent;
-
-type Observer = Box<dyn FnMut(&JobEvent)>;
+use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 
 /// Dispatch mode's feeder: fetches from one queue only as many jobs as the
 /// master has idle workers, keeps each [`Delivery`] until its worker
@@ -110,25 +107,6 @@ impl DispatchFeeder {
                 tracing::warn!(delivery = %id, error = %e, "could not renew the claim of a running job");
             }
         }
-    }
-}
-
-/// Logs a settlement that failed in a way the broker recovers from (the
-/// claim was lost, or comes back when it expires); returns the others.
-fn settled(result: Result<(), SettleError>) -> Result<(), BoxError> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
-            let id = e.delivery().id();
-            tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
-            Ok(())
-        }
-        Err(e) if e.error().is_retryable() => {
-            let id = e.delivery().id();
-            tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
-            Ok(())
-        }
-        Err(e) => Err(e.into_error().into()),
     }
 }
 
@@ -367,45 +345,33 @@ impl Worker for DispatchWorker {
     }
 
     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
-        let Some(job) = ctx.next_job(self.poll) else {
+        let Some(mut job) = ctx.next_job(self.poll) else {
             return Ok(());
         };
-        let started = SystemTime::now();
-        let t0 = Instant::now();
-        let (outcome, name, id, enqueued_at_ms) =
-            match self.registry.prepare(&job.payload, job.attempt) {
-                Err(outcome) => (outcome, None, None, 0),
-                Ok(prepared) => {
-                    let e = prepared.envelope();
-                    let (name, id, enq) = (e.job.clone(), e.id.clone(), e.enqueued_at);
-                    ctx.set_activity(format!("{name} {id}"));
-                    if let Some(hard) = prepared.time_limits().hard {
-                        ctx.set_deadline(&job.id, Some(hard));
-                    }
-                    let mut keepalive = || ctx.alive();
-                    let outcome = prepared.run(Some(&mut keepalive), self.jitter.next());
-                    (outcome, Some(name), Some(id), enq)
-                }
-            };
-        let ran = t0.elapsed();
-        match &outcome {
+        let ran = run_one(&self.registry, &mut job, ctx, self.jitter.next());
+        match &ran.outcome {
             Outcome::Done => ctx.job_done(&job.id),
             Outcome::Retry { delay, reason } => ctx.job_failed(&job.id, reason, true, *delay),
             Outcome::Dead { reason } => ctx.job_failed(&job.id, reason, false, Duration::ZERO),
         }
         ctx.clear_activity();
-        if let Some(observer) = self.observer.as_mut() {
-            observer(&JobEvent {
-                job: name,
-                id,
-                delivery_attempt: job.attempt,
-                outcome,
-                enqueued_at_ms,
-                started_at_ms: unix_ms(started),
-                ran,
-                settled: true,
-            });
-        }
+        ran.observe(&mut self.observer, job.attempt, true);
         Ok(())
+    }
+}
+
+/// A job the master handed this worker: the feeder renews its claim, so
+/// being alive needs nothing more than the heartbeat.
+impl InHand for Job {
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn delivery_id(&self) -> &str {
+        &self.id
     }
 }

@@ -23,6 +23,7 @@ mod envelope;
 mod error;
 mod registry;
 mod retry;
+mod run;
 mod worker;
 
 pub use context::JobContext;
@@ -32,4 +33,5 @@ pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, new_id};
 pub use error::JobError;
 pub use registry::{Outcome, Prepared, Registration, Registry, TimeLimits};
 pub use retry::RetryPolicy;
-pub use worker::{BATCH_WINDOW, JobEvent, JobWorker, MAX_AUTO_BATCH};
+pub use run::JobEvent;
+pub use worker::{BATCH_WINDOW, JobWorker, MAX_AUTO_BATCH};
