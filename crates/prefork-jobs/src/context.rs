@@ -1,12 +1,14 @@
 //! [`JobContext`]: what a running job can learn (who it is, how much time
-//! it has) and do (say it is alive).
+//! it has), use (its worker's state) and do (say it is alive).
 
 use std::fmt;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// What a running job can learn and do: who it is, how much time it has,
-/// and "I am alive" for long jobs.
-pub struct JobContext<'a> {
+/// its worker's state `S` ([`state`](JobContext::state); `()` for a
+/// [`Registry::new`](crate::Registry::new)), and "I am alive" for long
+/// jobs.
+pub struct JobContext<'a, S = ()> {
     pub(crate) id: &'a str,
     pub(crate) job: &'a str,
     pub(crate) queue: &'a str,
@@ -17,9 +19,10 @@ pub struct JobContext<'a> {
     pub(crate) soft: Option<Instant>,
     pub(crate) hard: Option<Instant>,
     pub(crate) keepalive: Option<&'a mut dyn FnMut()>,
+    pub(crate) state: &'a mut S,
 }
 
-impl fmt::Debug for JobContext<'_> {
+impl<S> fmt::Debug for JobContext<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobContext")
             .field("id", &self.id)
@@ -43,6 +46,29 @@ impl<'a> JobContext<'a> {
     /// assert!(!ctx.over_soft_limit());
     /// ```
     pub fn standalone(job: &'a str, attempt: u32) -> JobContext<'a> {
+        // A `()` takes no memory: leaking a box of it allocates nothing.
+        JobContext::standalone_with_state(job, attempt, Box::leak(Box::new(())))
+    }
+}
+
+impl<'a, S> JobContext<'a, S> {
+    /// [`standalone`](JobContext::standalone) for a handler with a state:
+    /// the handler gets `state` as its worker's.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use prefork_jobs::JobContext;
+    /// let mut sent = Vec::<String>::new();
+    /// let mut ctx = JobContext::standalone_with_state("mail", 1, &mut sent);
+    /// ctx.state().push("hello".into());
+    /// assert_eq!(sent, ["hello"]);
+    /// ```
+    pub fn standalone_with_state(
+        job: &'a str,
+        attempt: u32,
+        state: &'a mut S,
+    ) -> JobContext<'a, S> {
         JobContext {
             id: "standalone",
             job,
@@ -54,7 +80,15 @@ impl<'a> JobContext<'a> {
             soft: None,
             hard: None,
             keepalive: None,
+            state,
         }
+    }
+
+    /// The worker's state: opened once in this worker process after the
+    /// fork (see [`Registry::with_state`](crate::Registry::with_state)),
+    /// the same value for every job the worker runs.
+    pub fn state(&mut self) -> &mut S {
+        self.state
     }
 
     /// The job's id (from its envelope).

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Feeder, Job, Orphans, Settle, Worker};
 
-use crate::registry::{Outcome, Registry};
+use crate::registry::{LostJobs, Outcome, Registry};
 use crate::retry::Jitter;
 use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 
@@ -29,7 +29,8 @@ use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 /// that no worker started.
 ///
 /// The registry is the same as the workers' (it is read here for the
-/// retry policy of lost jobs); pass a clone of the set-up or build it twice.
+/// retry policy of lost jobs; its state is never opened in the feeder);
+/// pass a clone of the set-up or build it twice.
 ///
 /// # Examples
 ///
@@ -54,7 +55,7 @@ use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct DispatchFeeder {
-    registry: Registry,
+    registry: Box<dyn LostJobs>,
     connect: Box<dyn Connect>,
     queue: String,
     broker: Option<Box<dyn Broker + Send>>,
@@ -77,9 +78,13 @@ impl fmt::Debug for DispatchFeeder {
 
 impl DispatchFeeder {
     /// A feeder of `queue`, opened through `connect` in the feeder process.
-    pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> DispatchFeeder {
+    pub fn new<S: 'static>(
+        registry: Registry<S>,
+        connect: impl Connect + 'static,
+        queue: &str,
+    ) -> DispatchFeeder {
         DispatchFeeder {
-            registry,
+            registry: Box::new(registry),
             connect: Box::new(connect),
             queue: queue.to_owned(),
             broker: None,
@@ -303,14 +308,16 @@ impl Feeder for DispatchFeeder {
 /// # Examples
 ///
 /// See [`DispatchFeeder`].
-pub struct DispatchWorker {
-    registry: Registry,
+pub struct DispatchWorker<S = ()> {
+    registry: Registry<S>,
+    /// The handlers' state, opened in [`Worker::start`].
+    state: Option<S>,
     poll: Duration,
     jitter: Jitter,
     observer: Option<Observer>,
 }
 
-impl fmt::Debug for DispatchWorker {
+impl<S> fmt::Debug for DispatchWorker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DispatchWorker")
             .field("registry", &self.registry)
@@ -318,11 +325,13 @@ impl fmt::Debug for DispatchWorker {
     }
 }
 
-impl DispatchWorker {
-    /// A worker running `registry`'s handlers.
-    pub fn new(registry: Registry) -> DispatchWorker {
+impl<S: 'static> DispatchWorker<S> {
+    /// A worker running `registry`'s handlers, with the registry's state
+    /// ([`Registry::with_state`]) opened in each worker process.
+    pub fn new(registry: Registry<S>) -> DispatchWorker<S> {
         DispatchWorker {
             registry,
+            state: None,
             poll: Duration::from_millis(200),
             jitter: Jitter::seeded(),
             observer: None,
@@ -332,23 +341,27 @@ impl DispatchWorker {
     /// Calls `f` in the worker process after each job is reported (the
     /// `settled` field says the report reached the master; the broker is
     /// told by the feeder).
-    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> DispatchWorker {
+    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> DispatchWorker<S> {
         self.observer = Some(Box::new(f));
         self
     }
 }
 
-impl Worker for DispatchWorker {
-    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+impl<S: 'static> Worker for DispatchWorker<S> {
+    fn start(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        self.state = Some(self.registry.open_state(ctx)?);
         self.jitter = Jitter::seeded();
         Ok(())
     }
 
     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        let Some(state) = self.state.as_mut() else {
+            return Err("DispatchWorker::execute before start".into());
+        };
         let Some(mut job) = ctx.next_job(self.poll) else {
             return Ok(());
         };
-        let ran = run_one(&self.registry, &mut job, ctx, self.jitter.next());
+        let ran = run_one(&self.registry, state, &mut job, ctx, self.jitter.next());
         match &ran.outcome {
             Outcome::Done => ctx.job_done(&job.id),
             Outcome::Retry { delay, reason } => ctx.job_failed(&job.id, reason, true, *delay),
@@ -357,6 +370,10 @@ impl Worker for DispatchWorker {
         ctx.clear_activity();
         ran.observe(&mut self.observer, job.attempt, true);
         Ok(())
+    }
+
+    fn stop(&mut self, _ctx: &mut Context) {
+        self.state = None;
     }
 }
 

@@ -6,6 +6,7 @@
 //! | item | what |
 //! |---|---|
 //! | [`Registry`] | named handlers `fn(&mut JobContext, Args) -> Result<(), JobError>`, per-job [`RetryPolicy`] and [`TimeLimits`] |
+//! | [`Registry::with_state`], [`JobContext::state`] | typed per-worker state (a DB pool, a client) opened in each worker after the fork |
 //! | [`Envelope`] | the JSON a job travels in (table in the README) |
 //! | [`enqueue`], [`Enqueuer`] | put jobs on a queue |
 //! | [`RetryPolicy`] | attempts, exponential backoff, cap, jitter (pure) |

@@ -99,7 +99,8 @@ impl Ran {
     }
 }
 
-/// Runs one delivery through `registry`, the same way in both modes: reads
+/// Runs one delivery through `registry` with the worker's `state`, the
+/// same way in both modes: reads
 /// its envelope (a payload that cannot run is a dead letter), gives the
 /// job's hard time limit to the master ([`Context::set_deadline`]), runs
 /// the handler with a [`JobContext`](crate::JobContext) whose `alive` sends
@@ -109,8 +110,9 @@ impl Ran {
 ///
 /// The caller tells the broker (pull) or the master (dispatch), then calls
 /// [`Context::clear_activity`] and [`Ran::observe`].
-pub(crate) fn run_one(
-    registry: &Registry,
+pub(crate) fn run_one<S: 'static>(
+    registry: &Registry<S>,
+    state: &mut S,
     held: &mut impl InHand,
     ctx: &mut Context,
     random: f64,
@@ -151,7 +153,7 @@ pub(crate) fn run_one(
         ctx.alive();
         held.alive(t0.elapsed());
     };
-    let outcome = prepared.run(Some(&mut keepalive), random);
+    let outcome = prepared.run_with(state, Some(&mut keepalive), random);
     Ran {
         outcome,
         job: Some((name, id)),

@@ -72,8 +72,10 @@ use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 /// # drop(report);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct JobWorker {
-    registry: Registry,
+pub struct JobWorker<S = ()> {
+    registry: Registry<S>,
+    /// The handlers' state, opened in [`Worker::start`].
+    state: Option<S>,
     connect: Box<dyn Connect>,
     queue: String,
     /// A fixed batch size, or `None` for the adaptive one.
@@ -102,7 +104,7 @@ pub const MAX_AUTO_BATCH: usize = 64;
 /// sibling may be idle, and their claims would age toward expiry.
 const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
 
-impl fmt::Debug for JobWorker {
+impl<S> fmt::Debug for JobWorker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobWorker")
             .field("registry", &self.registry)
@@ -114,13 +116,19 @@ impl fmt::Debug for JobWorker {
     }
 }
 
-impl JobWorker {
+impl<S: 'static> JobWorker<S> {
     /// A worker running `registry`'s handlers on jobs from `queue`, opened
-    /// through `connect` in each worker process. Adaptive batches, poll
-    /// interval 200 ms.
-    pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> JobWorker {
+    /// through `connect` in each worker process, as is the registry's
+    /// state ([`Registry::with_state`]). Adaptive batches, poll interval
+    /// 200 ms.
+    pub fn new(
+        registry: Registry<S>,
+        connect: impl Connect + 'static,
+        queue: &str,
+    ) -> JobWorker<S> {
         JobWorker {
             registry,
+            state: None,
             connect: Box::new(connect),
             queue: queue.to_owned(),
             prefetch: None,
@@ -138,21 +146,21 @@ impl JobWorker {
     /// the adaptive batch. More saves broker round trips; each claimed job
     /// waits for the ones before it, and a worker killed mid-batch delays
     /// the rest of its batch.
-    pub fn prefetch(mut self, n: usize) -> JobWorker {
+    pub fn prefetch(mut self, n: usize) -> JobWorker<S> {
         self.prefetch = Some(n.max(1));
         self
     }
 
     /// The longest a fetch waits for a job, which bounds how long an idle
     /// worker takes to see a stop request (at least 1 ms).
-    pub fn poll_interval(mut self, poll: Duration) -> JobWorker {
+    pub fn poll_interval(mut self, poll: Duration) -> JobWorker<S> {
         self.poll = poll.max(Duration::from_millis(1));
         self
     }
 
     /// Calls `f` in the worker process after each delivery is settled
     /// (for metrics, progress bars, tests).
-    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> JobWorker {
+    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> JobWorker<S> {
         self.observer = Some(Box::new(f));
         self
     }
@@ -172,16 +180,17 @@ impl JobWorker {
     }
 }
 
-impl Worker for JobWorker {
-    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+impl<S: 'static> Worker for JobWorker<S> {
+    fn start(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
         self.broker = Some(self.connect.open(&self.queue)?);
+        self.state = Some(self.registry.open_state(ctx)?);
         self.jitter = Jitter::seeded();
         Ok(())
     }
 
     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
         let batch = self.batch_size();
-        let Some(broker) = self.broker.as_mut() else {
+        let (Some(broker), Some(state)) = (self.broker.as_mut(), self.state.as_mut()) else {
             return Err("JobWorker::execute before start".into());
         };
         for orphans in ctx.take_orphans() {
@@ -213,7 +222,7 @@ impl Worker for JobWorker {
             buffered: &mut self.buffered,
             last_touch: None,
         };
-        let ran = run_one(&self.registry, &mut held, ctx, self.jitter.next());
+        let ran = run_one(&self.registry, state, &mut held, ctx, self.jitter.next());
         if ran.hard_limit {
             ctx.set_deadline("", None);
         }
@@ -237,6 +246,7 @@ impl Worker for JobWorker {
             tracing::warn!(error = %e, "could not confirm the last acks; those jobs may run again");
         }
         self.broker = None;
+        self.state = None;
     }
 }
 
