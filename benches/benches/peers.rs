@@ -35,7 +35,6 @@
 //! for prefork) in a process group of its own, and stops it with TERM to
 //! the group (KILL after 5 s).
 
-use std::cell::RefCell;
 use std::fmt::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -181,31 +180,29 @@ fn job_error(e: redis::RedisError) -> JobError {
     JobError::new(e.to_string())
 }
 
-/// The prefork job: `incr`, one `INCR` of [`KEY`] on a connection the
-/// worker opens on its first job (after the fork), and a time stamp when
-/// the counter reaches 1 or `n`.
-fn registry(url: &str, n: u64) -> Registry {
+/// The prefork job: `incr`, one `INCR` of [`KEY`] on the worker's own
+/// connection (the registry's state, opened in each worker after the fork),
+/// and a time stamp when the counter reaches 1 or `n`.
+fn registry(url: &str, n: u64) -> Registry<redis::Connection> {
     let client = redis::Client::open(url).unwrap();
-    let conn: RefCell<Option<redis::Connection>> = RefCell::new(None);
-    let mut r = Registry::new();
-    r.register("incr", move |_: &mut JobContext<'_>, ()| {
-        let mut slot = conn.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(client.get_connection().map_err(job_error)?);
-        }
-        let c = slot.as_mut().expect("opened above");
-        let v: u64 = redis::cmd("INCR").arg(KEY).query(c).map_err(job_error)?;
-        for (at, field) in [(1, "t_first"), (n, "t_last")] {
-            if v == at {
-                let () = redis::cmd("SET")
-                    .arg(format!("{KEY}:{field}"))
-                    .arg(now_us())
-                    .query(c)
-                    .map_err(job_error)?;
+    let mut r = Registry::with_state(move |_| Ok(client.get_connection()?));
+    r.register(
+        "incr",
+        move |ctx: &mut JobContext<'_, redis::Connection>, ()| {
+            let c = ctx.state();
+            let v: u64 = redis::cmd("INCR").arg(KEY).query(c).map_err(job_error)?;
+            for (at, field) in [(1, "t_first"), (n, "t_last")] {
+                if v == at {
+                    let () = redis::cmd("SET")
+                        .arg(format!("{KEY}:{field}"))
+                        .arg(now_us())
+                        .query(c)
+                        .map_err(job_error)?;
+                }
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     r
 }
 

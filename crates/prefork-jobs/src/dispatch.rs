@@ -5,17 +5,14 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use prefork_broker::{Broker, Connect, Delivery, DeliveryId, ErrorKind, SettleError};
+use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Feeder, Job, Orphans, Settle, Worker};
 
-use crate::envelope::unix_ms;
-use crate::registry::{Outcome, Registry};
+use crate::registry::{LostJobs, Outcome, Registry};
 use crate::retry::Jitter;
-use crate::worker::JobEvent;
-
-type Observer = Box<dyn FnMut(&JobEvent)>;
+use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 
 /// Dispatch mode's feeder: fetches from one queue only as many jobs as the
 /// master has idle workers, keeps each [`Delivery`] until its worker
@@ -32,7 +29,8 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 /// that no worker started.
 ///
 /// The registry is the same as the workers' (it is read here for the
-/// retry policy of lost jobs); pass a clone of the set-up or build it twice.
+/// retry policy of lost jobs; its state is never opened in the feeder);
+/// pass a clone of the set-up or build it twice.
 ///
 /// # Examples
 ///
@@ -57,7 +55,7 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct DispatchFeeder {
-    registry: Registry,
+    registry: Box<dyn LostJobs>,
     connect: Box<dyn Connect>,
     queue: String,
     broker: Option<Box<dyn Broker + Send>>,
@@ -80,9 +78,13 @@ impl fmt::Debug for DispatchFeeder {
 
 impl DispatchFeeder {
     /// A feeder of `queue`, opened through `connect` in the feeder process.
-    pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> DispatchFeeder {
+    pub fn new<S: 'static>(
+        registry: Registry<S>,
+        connect: impl Connect + 'static,
+        queue: &str,
+    ) -> DispatchFeeder {
         DispatchFeeder {
-            registry,
+            registry: Box::new(registry),
             connect: Box::new(connect),
             queue: queue.to_owned(),
             broker: None,
@@ -110,25 +112,6 @@ impl DispatchFeeder {
                 tracing::warn!(delivery = %id, error = %e, "could not renew the claim of a running job");
             }
         }
-    }
-}
-
-/// Logs a settlement that failed in a way the broker recovers from (the
-/// claim was lost, or comes back when it expires); returns the others.
-fn settled(result: Result<(), SettleError>) -> Result<(), BoxError> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
-            let id = e.delivery().id();
-            tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
-            Ok(())
-        }
-        Err(e) if e.error().is_retryable() => {
-            let id = e.delivery().id();
-            tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
-            Ok(())
-        }
-        Err(e) => Err(e.into_error().into()),
     }
 }
 
@@ -325,14 +308,16 @@ impl Feeder for DispatchFeeder {
 /// # Examples
 ///
 /// See [`DispatchFeeder`].
-pub struct DispatchWorker {
-    registry: Registry,
+pub struct DispatchWorker<S = ()> {
+    registry: Registry<S>,
+    /// The handlers' state, opened in [`Worker::start`].
+    state: Option<S>,
     poll: Duration,
     jitter: Jitter,
     observer: Option<Observer>,
 }
 
-impl fmt::Debug for DispatchWorker {
+impl<S> fmt::Debug for DispatchWorker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DispatchWorker")
             .field("registry", &self.registry)
@@ -340,11 +325,13 @@ impl fmt::Debug for DispatchWorker {
     }
 }
 
-impl DispatchWorker {
-    /// A worker running `registry`'s handlers.
-    pub fn new(registry: Registry) -> DispatchWorker {
+impl<S: 'static> DispatchWorker<S> {
+    /// A worker running `registry`'s handlers, with the registry's state
+    /// ([`Registry::with_state`]) opened in each worker process.
+    pub fn new(registry: Registry<S>) -> DispatchWorker<S> {
         DispatchWorker {
             registry,
+            state: None,
             poll: Duration::from_millis(200),
             jitter: Jitter::seeded(),
             observer: None,
@@ -354,58 +341,54 @@ impl DispatchWorker {
     /// Calls `f` in the worker process after each job is reported (the
     /// `settled` field says the report reached the master; the broker is
     /// told by the feeder).
-    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> DispatchWorker {
+    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> DispatchWorker<S> {
         self.observer = Some(Box::new(f));
         self
     }
 }
 
-impl Worker for DispatchWorker {
-    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+impl<S: 'static> Worker for DispatchWorker<S> {
+    fn start(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
+        self.state = Some(self.registry.open_state(ctx)?);
         self.jitter = Jitter::seeded();
         Ok(())
     }
 
     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
-        let Some(job) = ctx.next_job(self.poll) else {
+        let Some(state) = self.state.as_mut() else {
+            return Err("DispatchWorker::execute before start".into());
+        };
+        let Some(mut job) = ctx.next_job(self.poll) else {
             return Ok(());
         };
-        let started = SystemTime::now();
-        let t0 = Instant::now();
-        let (outcome, name, id, enqueued_at_ms) =
-            match self.registry.prepare(&job.payload, job.attempt) {
-                Err(outcome) => (outcome, None, None, 0),
-                Ok(prepared) => {
-                    let e = prepared.envelope();
-                    let (name, id, enq) = (e.job.clone(), e.id.clone(), e.enqueued_at);
-                    ctx.set_activity(format!("{name} {id}"));
-                    if let Some(hard) = prepared.time_limits().hard {
-                        ctx.set_deadline(&job.id, Some(hard));
-                    }
-                    let mut keepalive = || ctx.alive();
-                    let outcome = prepared.run(Some(&mut keepalive), self.jitter.next());
-                    (outcome, Some(name), Some(id), enq)
-                }
-            };
-        let ran = t0.elapsed();
-        match &outcome {
+        let ran = run_one(&self.registry, state, &mut job, ctx, self.jitter.next());
+        match &ran.outcome {
             Outcome::Done => ctx.job_done(&job.id),
             Outcome::Retry { delay, reason } => ctx.job_failed(&job.id, reason, true, *delay),
             Outcome::Dead { reason } => ctx.job_failed(&job.id, reason, false, Duration::ZERO),
         }
         ctx.clear_activity();
-        if let Some(observer) = self.observer.as_mut() {
-            observer(&JobEvent {
-                job: name,
-                id,
-                delivery_attempt: job.attempt,
-                outcome,
-                enqueued_at_ms,
-                started_at_ms: unix_ms(started),
-                ran,
-                settled: true,
-            });
-        }
+        ran.observe(&mut self.observer, job.attempt, true);
         Ok(())
+    }
+
+    fn stop(&mut self, _ctx: &mut Context) {
+        self.state = None;
+    }
+}
+
+/// A job the master handed this worker: the feeder renews its claim, so
+/// being alive needs nothing more than the heartbeat.
+impl InHand for Job {
+    fn payload(&self) -> &[u8] {
+        &self.payload
+    }
+
+    fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    fn delivery_id(&self) -> &str {
+        &self.id
     }
 }

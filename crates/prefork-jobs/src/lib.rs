@@ -6,6 +6,7 @@
 //! | item | what |
 //! |---|---|
 //! | [`Registry`] | named handlers `fn(&mut JobContext, Args) -> Result<(), JobError>`, per-job [`RetryPolicy`] and [`TimeLimits`] |
+//! | [`Registry::with_state`], [`JobContext::state`] | typed per-worker state (a DB pool, a client) opened in each worker after the fork |
 //! | [`Envelope`] | the JSON a job travels in (table in the README) |
 //! | [`enqueue`], [`Enqueuer`] | put jobs on a queue |
 //! | [`RetryPolicy`] | attempts, exponential backoff, cap, jitter (pure) |
@@ -16,16 +17,22 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod context;
 mod dispatch;
 mod enqueue;
 mod envelope;
+mod error;
 mod registry;
 mod retry;
+mod run;
 mod worker;
 
+pub use context::JobContext;
 pub use dispatch::{DispatchFeeder, DispatchWorker};
 pub use enqueue::{Enqueuer, enqueue};
 pub use envelope::{ENVELOPE_VERSION, Envelope, EnvelopeError, new_id};
-pub use registry::{JobContext, JobError, Outcome, Prepared, Registration, Registry, TimeLimits};
+pub use error::JobError;
+pub use registry::{Outcome, Prepared, Registration, Registry, TimeLimits};
 pub use retry::RetryPolicy;
-pub use worker::{BATCH_WINDOW, JobEvent, JobWorker, MAX_AUTO_BATCH};
+pub use run::JobEvent;
+pub use worker::{BATCH_WINDOW, JobWorker, MAX_AUTO_BATCH};

@@ -1,106 +1,19 @@
-//! Named job handlers with typed arguments, the context a handler gets, and
-//! what running one delivery comes to (ack, retry, dead letter).
+//! Named job handlers with typed arguments, registered before the fork,
+//! the typed per-worker state they share, and what running one delivery
+//! comes to (ack, retry, dead letter).
 
 use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use prefork_master::{BoxError, Context};
 use serde::de::DeserializeOwned;
 
+use crate::context::JobContext;
 use crate::envelope::Envelope;
+use crate::error::{Failure, JobError};
 use crate::retry::RetryPolicy;
-
-/// Why a job failed, as its handler says; decides whether it is retried.
-///
-/// Any `std::error::Error` converts into a retryable `JobError`, so `?`
-/// works in handlers.
-///
-/// # Examples
-///
-/// ```
-/// use prefork_jobs::JobError;
-/// use std::time::Duration;
-///
-/// let e = JobError::new("smtp server busy");          // retried by the policy
-/// assert!(e.is_retryable());
-/// let e = JobError::fatal("no such user");             // dead letter at once
-/// assert!(!e.is_retryable());
-/// let e = JobError::retry_after("rate limited", Duration::from_secs(30));
-/// assert_eq!(e.delay(), Some(Duration::from_secs(30)));
-/// let e: JobError = "7x".parse::<u32>().unwrap_err().into();
-/// assert!(e.to_string().contains("invalid digit"));
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobError {
-    message: String,
-    retry: bool,
-    delay: Option<Duration>,
-}
-
-impl JobError {
-    /// A failure the retry policy may retry.
-    pub fn new(message: impl Into<String>) -> JobError {
-        JobError {
-            message: message.into(),
-            retry: true,
-            delay: None,
-        }
-    }
-
-    /// A failure no retry can fix: the job goes to the dead letters now.
-    pub fn fatal(message: impl Into<String>) -> JobError {
-        JobError {
-            message: message.into(),
-            retry: false,
-            delay: None,
-        }
-    }
-
-    /// A retryable failure that asks for this delay instead of the policy's
-    /// (attempts are still counted against the policy's maximum).
-    pub fn retry_after(message: impl Into<String>, delay: Duration) -> JobError {
-        JobError {
-            message: message.into(),
-            retry: true,
-            delay: Some(delay),
-        }
-    }
-
-    /// Whether the retry policy may run the job again.
-    pub fn is_retryable(&self) -> bool {
-        self.retry
-    }
-
-    /// The delay asked for by [`retry_after`](JobError::retry_after).
-    pub fn delay(&self) -> Option<Duration> {
-        self.delay
-    }
-
-    /// The message.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-}
-
-impl fmt::Display for JobError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
-    fn from(e: E) -> JobError {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        JobError::new(message)
-    }
-}
 
 /// Time limits of one job.
 ///
@@ -140,146 +53,33 @@ impl TimeLimits {
     }
 }
 
-/// What a running job can learn and do: who it is, how much time it has,
-/// and "I am alive" for long jobs.
-pub struct JobContext<'a> {
-    id: &'a str,
-    job: &'a str,
-    queue: &'a str,
-    attempt: u32,
-    max_attempts: u32,
-    enqueued_at_ms: u64,
-    started: Instant,
-    soft: Option<Instant>,
-    hard: Option<Instant>,
-    keepalive: Option<&'a mut dyn FnMut()>,
-}
+type Handler<S> = Box<dyn Fn(&mut JobContext<'_, S>, serde_json::Value) -> Result<(), Failure>>;
 
-impl fmt::Debug for JobContext<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobContext")
-            .field("id", &self.id)
-            .field("job", &self.job)
-            .field("attempt", &self.attempt)
-            .field("max_attempts", &self.max_attempts)
-            .finish_non_exhaustive()
-    }
-}
+/// Opens a worker's state, in the worker process after the fork.
+type Opener<S> = Box<dyn Fn(&mut Context) -> Result<S, BoxError>>;
 
-impl<'a> JobContext<'a> {
-    /// A context outside any worker, for calling a handler in a unit test:
-    /// no time limits, `alive` does nothing.
-    ///
-    /// # Examples
-    ///
-    /// ```
-    /// use prefork_jobs::JobContext;
-    /// let ctx = JobContext::standalone("resize", 2);
-    /// assert_eq!(ctx.attempt(), 2);
-    /// assert!(!ctx.over_soft_limit());
-    /// ```
-    pub fn standalone(job: &'a str, attempt: u32) -> JobContext<'a> {
-        JobContext {
-            id: "standalone",
-            job,
-            queue: "",
-            attempt,
-            max_attempts: attempt,
-            enqueued_at_ms: 0,
-            started: Instant::now(),
-            soft: None,
-            hard: None,
-            keepalive: None,
-        }
-    }
-
-    /// The job's id (from its envelope).
-    pub fn id(&self) -> &str {
-        self.id
-    }
-
-    /// The job's registered name.
-    pub fn job(&self) -> &str {
-        self.job
-    }
-
-    /// The queue it came from.
-    pub fn queue(&self) -> &str {
-        self.queue
-    }
-
-    /// This attempt's number, from 1.
-    pub fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    /// The most attempts the job's retry policy allows.
-    pub fn max_attempts(&self) -> u32 {
-        self.max_attempts
-    }
-
-    /// Whether a failure now is final.
-    pub fn is_last_attempt(&self) -> bool {
-        self.attempt >= self.max_attempts
-    }
-
-    /// When the job was enqueued (the Unix epoch when the producer did not
-    /// say).
-    pub fn enqueued_at(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.enqueued_at_ms)
-    }
-
-    /// How long this attempt has been running.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// Time left before the soft limit (zero once past it); `None` without
-    /// a soft limit.
-    pub fn time_left(&self) -> Option<Duration> {
-        self.soft
-            .map(|s| s.saturating_duration_since(Instant::now()))
-    }
-
-    /// Whether the soft limit has passed: a well-behaved job wraps up and
-    /// returns (an `Err` to be retried, or `Ok` with partial work saved).
-    pub fn over_soft_limit(&self) -> bool {
-        self.soft.is_some_and(|s| Instant::now() >= s)
-    }
-
-    /// Time left before the hard limit kills the worker; `None` without one.
-    pub fn hard_time_left(&self) -> Option<Duration> {
-        self.hard
-            .map(|h| h.saturating_duration_since(Instant::now()))
-    }
-
-    /// Tells the supervisor and the broker that this job is still running:
-    /// sends the worker's heartbeat (at most every quarter heartbeat
-    /// interval) and renews the broker's claim on the job. Call it from
-    /// jobs that may run longer than the master's timeout or the broker's
-    /// claim timeout. It does not move the time limits.
-    pub fn alive(&mut self) {
-        if let Some(k) = self.keepalive.as_mut() {
-            k();
-        }
-    }
-}
-
-type Handler = Box<dyn Fn(&mut JobContext<'_>, serde_json::Value) -> Result<(), Failure>>;
-
-enum Failure {
-    Args(String),
-    Job(JobError),
-}
-
-struct Entry {
-    handler: Handler,
+struct Entry<S> {
+    handler: Handler<S>,
     retry: Option<RetryPolicy>,
     limits: Option<TimeLimits>,
 }
 
 /// The named job handlers of a pool, registered once in the master before
 /// the workers are forked (so every worker shares them copy-on-write).
+///
+/// `S` is the handlers' **per-worker state** (a database pool, an HTTP
+/// client): [`Registry::with_state`] says how to open it, each worker
+/// ([`JobWorker`], [`DispatchWorker`]) opens it once in its own process
+/// after the fork (in [`Worker::start`]), every job that worker runs gets it
+/// through [`JobContext::state`], and it is dropped when the worker stops
+/// ([`Worker::stop`]; a killed worker drops nothing). [`Registry::new`] is
+/// the registry without state (`S = ()`); its handlers take a
+/// `&mut JobContext<'_>`.
+///
+/// [`JobWorker`]: crate::JobWorker
+/// [`DispatchWorker`]: crate::DispatchWorker
+/// [`Worker::start`]: prefork_master::Worker::start
+/// [`Worker::stop`]: prefork_master::Worker::stop
 ///
 /// # Examples
 ///
@@ -304,14 +104,40 @@ struct Entry {
 /// let bad = prefork_jobs::Envelope::new("images", "resize", serde_json::json!({"path": "a.png", "width": 0}));
 /// assert!(matches!(jobs.run(&bad.to_bytes(), 1, 0.0), Outcome::Dead { .. }));
 /// ```
-#[derive(Default)]
-pub struct Registry {
-    handlers: HashMap<String, Entry>,
+///
+/// With a state, opened in each worker after the fork:
+///
+/// ```
+/// use prefork_jobs::{JobContext, JobError, Registry};
+///
+/// struct Db { queries: u64 } // a connection pool, say
+///
+/// let mut jobs = Registry::with_state(|_ctx| Ok(Db { queries: 0 }));
+/// jobs.register("charge", |ctx: &mut JobContext<'_, Db>, cents: u64| {
+///     let db = ctx.state();
+///     db.queries += 1; // the same Db for every job of this worker
+///     if cents == 0 { return Err(JobError::fatal("nothing to charge")); }
+///     Ok(())
+/// });
+/// # let payload = prefork_jobs::Envelope::new("q", "charge", serde_json::json!(5)).to_bytes();
+/// # let mut db = Db { queries: 0 };
+/// # assert_eq!(jobs.run_with(&mut db, &payload, 1, 0.0), prefork_jobs::Outcome::Done);
+/// # assert_eq!(db.queries, 1);
+/// ```
+pub struct Registry<S = ()> {
+    handlers: HashMap<String, Entry<S>>,
     retry: RetryPolicy,
     limits: TimeLimits,
+    open: Opener<S>,
 }
 
-impl fmt::Debug for Registry {
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::with_state(|_| Ok(()))
+    }
+}
+
+impl<S> fmt::Debug for Registry<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut names: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
         names.sort_unstable();
@@ -325,12 +151,19 @@ impl fmt::Debug for Registry {
 
 /// Per-job settings of a registered handler, returned by
 /// [`Registry::register`].
-#[derive(Debug)]
-pub struct Registration<'r> {
-    entry: &'r mut Entry,
+pub struct Registration<'r, S = ()> {
+    entry: &'r mut Entry<S>,
 }
 
-impl fmt::Debug for Entry {
+impl<S> fmt::Debug for Registration<'_, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("entry", &self.entry)
+            .finish()
+    }
+}
+
+impl<S> fmt::Debug for Entry<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("retry", &self.retry)
@@ -339,7 +172,7 @@ impl fmt::Debug for Entry {
     }
 }
 
-impl Registration<'_> {
+impl<S> Registration<'_, S> {
     /// This job's retry policy instead of the registry's default.
     pub fn retry(self, policy: RetryPolicy) -> Self {
         self.entry.retry = Some(policy);
@@ -374,14 +207,14 @@ pub enum Outcome {
 
 /// A delivery whose envelope was read and whose handler was found, ready
 /// to run: see [`Registry::prepare`].
-pub struct Prepared<'r> {
-    registry: &'r Registry,
-    entry: &'r Entry,
+pub struct Prepared<'r, S = ()> {
+    registry: &'r Registry<S>,
+    entry: &'r Entry<S>,
     envelope: Envelope,
     attempt: u32,
 }
 
-impl fmt::Debug for Prepared<'_> {
+impl<S> fmt::Debug for Prepared<'_, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Prepared")
             .field("envelope", &self.envelope)
@@ -391,33 +224,82 @@ impl fmt::Debug for Prepared<'_> {
 }
 
 impl Registry {
-    /// An empty registry with the default [`RetryPolicy`] and no time
-    /// limits.
+    /// An empty registry without state, with the default [`RetryPolicy`]
+    /// and no time limits.
     pub fn new() -> Registry {
         Registry::default()
     }
 
+    /// Runs one delivery start to end with no keep-alive: [`prepare`]
+    /// then [`Prepared::run`]. `random` in `[0, 1)` picks the jitter.
+    ///
+    /// [`prepare`]: Registry::prepare
+    pub fn run(&self, payload: &[u8], delivery_attempt: u32, random: f64) -> Outcome {
+        self.run_with(&mut (), payload, delivery_attempt, random)
+    }
+}
+
+impl<S: 'static> Registry<S> {
+    /// An empty registry whose handlers share a per-worker state `S`,
+    /// opened by `open` once in each worker process after the fork (see
+    /// [`open_state`](Registry::open_state)); default [`RetryPolicy`], no
+    /// time limits.
+    ///
+    /// `open` gets the worker's [`Context`] (its index, its name). An error
+    /// makes that worker fail to start: it exits and the master restarts
+    /// it with backoff. The feeder of dispatch mode never opens it.
+    ///
+    /// # Examples
+    ///
+    /// See [`Registry`].
+    pub fn with_state(open: impl Fn(&mut Context) -> Result<S, BoxError> + 'static) -> Registry<S> {
+        Registry {
+            handlers: HashMap::new(),
+            retry: RetryPolicy::default(),
+            limits: TimeLimits::default(),
+            open: Box::new(open),
+        }
+    }
+
+    /// Opens the state for this worker process: what [`JobWorker`] and
+    /// [`DispatchWorker`] call in [`Worker::start`]. A worker of your own
+    /// calls it once after the fork and passes the state to
+    /// [`Prepared::run_with`].
+    ///
+    /// # Errors
+    ///
+    /// Whatever the `open` given to [`with_state`](Registry::with_state)
+    /// returns.
+    ///
+    /// [`JobWorker`]: crate::JobWorker
+    /// [`DispatchWorker`]: crate::DispatchWorker
+    /// [`Worker::start`]: prefork_master::Worker::start
+    pub fn open_state(&self, ctx: &mut Context) -> Result<S, BoxError> {
+        (self.open)(ctx)
+    }
+
     /// Sets the retry policy of jobs registered without one.
-    pub fn default_retry(&mut self, policy: RetryPolicy) -> &mut Registry {
+    pub fn default_retry(&mut self, policy: RetryPolicy) -> &mut Registry<S> {
         self.retry = policy;
         self
     }
 
     /// Sets the time limits of jobs registered without their own.
-    pub fn default_time_limits(&mut self, limits: TimeLimits) -> &mut Registry {
+    pub fn default_time_limits(&mut self, limits: TimeLimits) -> &mut Registry<S> {
         self.limits = limits;
         self
     }
 
     /// Registers `handler` under `name`, replacing any handler of that
     /// name. Its arguments are the envelope's `args` deserialized into `A`
-    /// (`null` when absent, which `()` and `Option` accept).
-    pub fn register<A, F>(&mut self, name: &str, handler: F) -> Registration<'_>
+    /// (`null` when absent, which `()` and `Option` accept); the worker's
+    /// state is [`JobContext::state`].
+    pub fn register<A, F>(&mut self, name: &str, handler: F) -> Registration<'_, S>
     where
         A: DeserializeOwned,
-        F: Fn(&mut JobContext<'_>, A) -> Result<(), JobError> + 'static,
+        F: Fn(&mut JobContext<'_, S>, A) -> Result<(), JobError> + 'static,
     {
-        let handler: Handler = Box::new(move |ctx, value| {
+        let handler: Handler<S> = Box::new(move |ctx, value| {
             let args =
                 serde_json::from_value::<A>(value).map_err(|e| Failure::Args(e.to_string()))?;
             handler(ctx, args).map_err(Failure::Job)
@@ -464,7 +346,11 @@ impl Registry {
     /// cannot help). None of these is retried.
     ///
     /// [`Delivery::attempt`]: prefork_broker::Delivery::attempt
-    pub fn prepare(&self, payload: &[u8], delivery_attempt: u32) -> Result<Prepared<'_>, Outcome> {
+    pub fn prepare(
+        &self,
+        payload: &[u8],
+        delivery_attempt: u32,
+    ) -> Result<Prepared<'_, S>, Outcome> {
         let envelope = Envelope::from_bytes(payload).map_err(|e| Outcome::Dead {
             reason: e.to_string(),
         })?;
@@ -478,7 +364,7 @@ impl Registry {
             .max(1)
             .saturating_sub(1)
             .saturating_add(delivery_attempt.max(1));
-        let max = entry.retry.unwrap_or(self.retry).get_max_attempts();
+        let max = entry.retry.unwrap_or(self.retry).max_attempts();
         if attempt > max {
             let how = match entry.limits.unwrap_or(self.limits).hard {
                 Some(hard) => format!(
@@ -534,7 +420,7 @@ impl Registry {
             }
         };
         let (job, attempt) = (&prepared.envelope.job, prepared.attempt);
-        let max = prepared.retry_policy().get_max_attempts();
+        let max = prepared.retry_policy().max_attempts();
         if attempt < max {
             Outcome::Retry {
                 delay: Duration::ZERO,
@@ -547,19 +433,49 @@ impl Registry {
         }
     }
 
-    /// Runs one delivery start to end with no keep-alive: [`prepare`]
-    /// then [`Prepared::run`]. `random` in `[0, 1)` picks the jitter.
+    /// Runs one delivery start to end with no keep-alive, its handler
+    /// getting `state`: [`prepare`] then [`Prepared::run_with`]. `random`
+    /// in `[0, 1)` picks the jitter. For testing stateful handlers.
     ///
     /// [`prepare`]: Registry::prepare
-    pub fn run(&self, payload: &[u8], delivery_attempt: u32, random: f64) -> Outcome {
+    pub fn run_with(
+        &self,
+        state: &mut S,
+        payload: &[u8],
+        delivery_attempt: u32,
+        random: f64,
+    ) -> Outcome {
         match self.prepare(payload, delivery_attempt) {
-            Ok(p) => p.run(None, random),
+            Ok(p) => p.run_with(state, None, random),
             Err(outcome) => outcome,
         }
     }
 }
 
+/// The verdict on a lost job, which is all the dispatch feeder needs of a
+/// registry, whatever its state type.
+pub(crate) trait LostJobs {
+    /// [`Registry::lost`].
+    fn lost(&self, payload: &[u8], delivery_attempt: u32, reason: &str) -> Outcome;
+}
+
+impl<S: 'static> LostJobs for Registry<S> {
+    fn lost(&self, payload: &[u8], delivery_attempt: u32, reason: &str) -> Outcome {
+        Registry::lost(self, payload, delivery_attempt, reason)
+    }
+}
+
 impl Prepared<'_> {
+    /// Runs the handler of a registry without state: [`run_with`] with
+    /// `&mut ()`.
+    ///
+    /// [`run_with`]: Prepared::run_with
+    pub fn run(self, keepalive: Option<&mut dyn FnMut()>, random: f64) -> Outcome {
+        self.run_with(&mut (), keepalive, random)
+    }
+}
+
+impl<S> Prepared<'_, S> {
     /// The job's envelope.
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
@@ -580,13 +496,19 @@ impl Prepared<'_> {
         self.entry.limits.unwrap_or(self.registry.limits)
     }
 
-    /// Runs the handler, catching panics, and says what to tell the broker.
+    /// Runs the handler with the worker's `state` ([`JobContext::state`]),
+    /// catching panics, and says what to tell the broker.
     ///
     /// `keepalive` is what [`JobContext::alive`] calls; `random` in
     /// `[0, 1)` picks the retry jitter. Arguments that do not deserialize
     /// are a dead letter at once; a handler error or panic is retried by
     /// the policy, then dead-lettered with the last error.
-    pub fn run(self, mut keepalive: Option<&mut dyn FnMut()>, random: f64) -> Outcome {
+    pub fn run_with(
+        self,
+        state: &mut S,
+        mut keepalive: Option<&mut dyn FnMut()>,
+        random: f64,
+    ) -> Outcome {
         let policy = self.retry_policy();
         let limits = self.time_limits();
         let started = Instant::now();
@@ -596,12 +518,13 @@ impl Prepared<'_> {
             job: &e.job,
             queue: &e.queue,
             attempt: self.attempt,
-            max_attempts: policy.get_max_attempts(),
+            max_attempts: policy.max_attempts(),
             enqueued_at_ms: e.enqueued_at,
             started,
             soft: limits.soft.map(|d| started + d),
             hard: limits.hard.map(|d| started + d),
             keepalive: keepalive.as_mut().map(|k| &mut **k as &mut dyn FnMut()),
+            state,
         };
         let result = catch_unwind(AssertUnwindSafe(|| {
             (self.entry.handler)(&mut ctx, e.args.clone())
@@ -631,7 +554,7 @@ impl Prepared<'_> {
                     "job {:?} failed on attempt {} of {}: {failure}",
                     e.job,
                     self.attempt,
-                    policy.get_max_attempts()
+                    policy.max_attempts()
                 ),
             },
         }
@@ -773,7 +696,7 @@ mod tests {
             r.prepare(&env("io", serde_json::Value::Null), 1)
                 .unwrap()
                 .retry_policy()
-                .get_max_attempts(),
+                .max_attempts(),
             3
         );
         assert_eq!(r.names(), ["add", "boom", "flaky", "io"]);
@@ -797,6 +720,24 @@ mod tests {
         let p = r.prepare(&e.to_bytes(), 1).unwrap();
         assert_eq!(p.attempt(), 2);
         assert_eq!(p.run(None, 0.0), Outcome::Done);
+    }
+
+    #[test]
+    fn handlers_share_the_state_they_are_run_with() {
+        let mut r = Registry::with_state(|_| Ok(Vec::<u64>::new()));
+        r.register("push", |ctx: &mut JobContext<'_, Vec<u64>>, n: u64| {
+            ctx.state().push(n);
+            Ok(())
+        });
+        let mut state = Vec::new();
+        for n in 1..=3 {
+            let p = env("push", serde_json::json!(n));
+            assert_eq!(r.run_with(&mut state, &p, 1, 0.0), Outcome::Done);
+        }
+        assert_eq!(state, [1, 2, 3]);
+        let p = r.prepare(&env("push", serde_json::json!(4)), 1).unwrap();
+        assert_eq!(p.run_with(&mut state, None, 0.0), Outcome::Done);
+        assert_eq!(state, [1, 2, 3, 4]);
     }
 
     #[test]

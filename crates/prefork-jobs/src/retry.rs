@@ -48,7 +48,7 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The default policy with `max_attempts` attempts (at least 1).
     pub fn new(max_attempts: u32) -> RetryPolicy {
-        RetryPolicy::default().max_attempts(max_attempts)
+        RetryPolicy::default().with_max_attempts(max_attempts)
     }
 
     /// A policy that never retries: the first failure is final.
@@ -56,8 +56,10 @@ impl RetryPolicy {
         RetryPolicy::new(1)
     }
 
-    /// Sets the number of attempts (clamped to at least 1).
-    pub fn max_attempts(mut self, n: u32) -> RetryPolicy {
+    /// Sets the number of attempts (clamped to at least 1), as
+    /// [`new`](RetryPolicy::new) does; read it with
+    /// [`max_attempts`](RetryPolicy::max_attempts).
+    pub fn with_max_attempts(mut self, n: u32) -> RetryPolicy {
         self.max_attempts = n.max(1);
         self
     }
@@ -85,8 +87,9 @@ impl RetryPolicy {
         self
     }
 
-    /// The number of attempts.
-    pub fn get_max_attempts(&self) -> u32 {
+    /// The number of attempts: the first failure of attempt
+    /// `max_attempts()` is final.
+    pub fn max_attempts(&self) -> u32 {
         self.max_attempts
     }
 
@@ -169,7 +172,7 @@ mod tests {
 
         #[test]
         fn without_jitter_delays_grow_until_the_cap(p in policy(), attempt in 1u32..39) {
-            let p = p.jitter(0.0).max_attempts(40);
+            let p = p.jitter(0.0).with_max_attempts(40);
             let a = p.next_delay(attempt, 0.3).unwrap();
             let b = p.next_delay(attempt + 1, 0.3).unwrap();
             prop_assert!(b >= a);
@@ -178,7 +181,7 @@ mod tests {
 
         #[test]
         fn jitter_takes_off_at_most_its_fraction(p in policy(), attempt in 1u32..39, r in 0.0f64..1.0) {
-            let p = p.max_attempts(40);
+            let p = p.with_max_attempts(40);
             let full = p.jitter(0.0).next_delay(attempt, r).unwrap();
             let d = p.next_delay(attempt, r).unwrap();
             prop_assert!(d <= full);
@@ -198,6 +201,6 @@ mod tests {
     #[test]
     fn never_means_one_attempt() {
         assert_eq!(RetryPolicy::never().next_delay(1, 0.0), None);
-        assert_eq!(RetryPolicy::new(0).get_max_attempts(), 1);
+        assert_eq!(RetryPolicy::new(0).max_attempts(), 1);
     }
 }

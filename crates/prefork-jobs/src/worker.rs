@@ -4,42 +4,14 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use prefork_broker::{Broker, Connect, Delivery, DeliveryId, ErrorKind, SettleError};
+use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Orphans, Worker};
 
-use crate::envelope::unix_ms;
 use crate::registry::{Outcome, Registry};
 use crate::retry::Jitter;
-
-/// What happened to one delivery, handed to the
-/// [`on_outcome`](JobWorker::on_outcome) observer in the worker process
-/// after the broker was told.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct JobEvent {
-    /// The job's name, when the envelope could be read.
-    pub job: Option<String>,
-    /// The job's id, when the envelope could be read.
-    pub id: Option<String>,
-    /// The broker's delivery count.
-    pub delivery_attempt: u32,
-    /// What the worker told the broker.
-    pub outcome: Outcome,
-    /// When the envelope says the job was enqueued (ms since the epoch; 0
-    /// when unknown).
-    pub enqueued_at_ms: u64,
-    /// When this attempt started (ms since the epoch).
-    pub started_at_ms: u64,
-    /// How long the handler ran.
-    pub ran: Duration,
-    /// Whether the broker accepted the settlement (`false`: the claim was
-    /// lost or the broker failed; the job will be delivered again).
-    pub settled: bool,
-}
-
-type Observer = Box<dyn FnMut(&JobEvent)>;
+use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 
 /// A pull-mode job worker: each worker process opens its own broker handle
 /// in [`Worker::start`] (after the fork), then each
@@ -71,6 +43,10 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 ///   back as a new attempt; one that keeps being killed goes to the dead
 ///   letters once its attempts exceed the maximum (see
 ///   [`Registry::prepare`]), with its hard time limit in the reason.
+/// - **A settlement the broker refuses** (the one policy of both modes):
+///   a lost claim is a warning (the job runs again), a retryable broker
+///   error is logged (the job comes back when its claim expires), any other
+///   error ends the worker, which the master replaces.
 /// - **Long jobs** call [`JobContext::alive`](crate::JobContext::alive),
 ///   which sends the heartbeat and renews the broker's claim (at most once
 ///   a second); once the job has run 100 ms, it also gives the rest of the
@@ -96,8 +72,10 @@ type Observer = Box<dyn FnMut(&JobEvent)>;
 /// # drop(report);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct JobWorker {
-    registry: Registry,
+pub struct JobWorker<S = ()> {
+    registry: Registry<S>,
+    /// The handlers' state, opened in [`Worker::start`].
+    state: Option<S>,
     connect: Box<dyn Connect>,
     queue: String,
     /// A fixed batch size, or `None` for the adaptive one.
@@ -126,7 +104,7 @@ pub const MAX_AUTO_BATCH: usize = 64;
 /// sibling may be idle, and their claims would age toward expiry.
 const GIVE_BACK_AFTER: Duration = Duration::from_millis(100);
 
-impl fmt::Debug for JobWorker {
+impl<S> fmt::Debug for JobWorker<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JobWorker")
             .field("registry", &self.registry)
@@ -138,13 +116,19 @@ impl fmt::Debug for JobWorker {
     }
 }
 
-impl JobWorker {
+impl<S: 'static> JobWorker<S> {
     /// A worker running `registry`'s handlers on jobs from `queue`, opened
-    /// through `connect` in each worker process. Adaptive batches, poll
-    /// interval 200 ms.
-    pub fn new(registry: Registry, connect: impl Connect + 'static, queue: &str) -> JobWorker {
+    /// through `connect` in each worker process, as is the registry's
+    /// state ([`Registry::with_state`]). Adaptive batches, poll interval
+    /// 200 ms.
+    pub fn new(
+        registry: Registry<S>,
+        connect: impl Connect + 'static,
+        queue: &str,
+    ) -> JobWorker<S> {
         JobWorker {
             registry,
+            state: None,
             connect: Box::new(connect),
             queue: queue.to_owned(),
             prefetch: None,
@@ -162,21 +146,21 @@ impl JobWorker {
     /// the adaptive batch. More saves broker round trips; each claimed job
     /// waits for the ones before it, and a worker killed mid-batch delays
     /// the rest of its batch.
-    pub fn prefetch(mut self, n: usize) -> JobWorker {
+    pub fn prefetch(mut self, n: usize) -> JobWorker<S> {
         self.prefetch = Some(n.max(1));
         self
     }
 
     /// The longest a fetch waits for a job, which bounds how long an idle
     /// worker takes to see a stop request (at least 1 ms).
-    pub fn poll_interval(mut self, poll: Duration) -> JobWorker {
+    pub fn poll_interval(mut self, poll: Duration) -> JobWorker<S> {
         self.poll = poll.max(Duration::from_millis(1));
         self
     }
 
     /// Calls `f` in the worker process after each delivery is settled
     /// (for metrics, progress bars, tests).
-    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> JobWorker {
+    pub fn on_outcome(mut self, f: impl FnMut(&JobEvent) + 'static) -> JobWorker<S> {
         self.observer = Some(Box::new(f));
         self
     }
@@ -196,16 +180,17 @@ impl JobWorker {
     }
 }
 
-impl Worker for JobWorker {
-    fn start(&mut self, _ctx: &mut Context) -> Result<(), BoxError> {
+impl<S: 'static> Worker for JobWorker<S> {
+    fn start(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
         self.broker = Some(self.connect.open(&self.queue)?);
+        self.state = Some(self.registry.open_state(ctx)?);
         self.jitter = Jitter::seeded();
         Ok(())
     }
 
     fn execute(&mut self, ctx: &mut Context) -> Result<(), BoxError> {
         let batch = self.batch_size();
-        let Some(broker) = self.broker.as_mut() else {
+        let (Some(broker), Some(state)) = (self.broker.as_mut(), self.state.as_mut()) else {
             return Err("JobWorker::execute before start".into());
         };
         for orphans in ctx.take_orphans() {
@@ -231,71 +216,26 @@ impl Worker for JobWorker {
         let Some(mut delivery) = self.buffered.pop_front() else {
             return Ok(());
         };
-        let started = SystemTime::now();
-        let t0 = Instant::now();
-        let delivery_attempt = delivery.attempt();
-        let (outcome, job, id, enqueued_at_ms) = match self
-            .registry
-            .prepare(delivery.payload(), delivery_attempt)
-        {
-            Err(outcome) => (outcome, None, None, 0),
-            Ok(prepared) => {
-                let e = prepared.envelope();
-                let (job, id, enq) = (e.job.clone(), e.id.clone(), e.enqueued_at);
-                let hard = prepared.time_limits().hard;
-                if let Some(limit) = hard {
-                    // The master kills this worker if the job overruns; the
-                    // label is what its log line names.
-                    ctx.set_activity(format!("{job} {id}"));
-                    ctx.set_deadline(
-                        &format!("job {job} id {id} (delivery {})", delivery.id()),
-                        Some(limit),
-                    );
-                }
-                let mut last_touch = t0;
-                let buffered = &mut self.buffered;
-                let mut keepalive = || {
-                    ctx.set_activity(format!("{job} {id}"));
-                    ctx.alive();
-                    // A job that runs long keeps the rest of its batch
-                    // waiting (and their claims ageing): give them back
-                    // for an idle sibling to run.
-                    if !buffered.is_empty() && t0.elapsed() >= GIVE_BACK_AFTER {
-                        release_all(broker.as_mut(), buffered);
-                    }
-                    if last_touch.elapsed() >= Duration::from_secs(1) {
-                        last_touch = Instant::now();
-                        if let Err(e) = broker.touch(&mut delivery) {
-                            tracing::warn!(error = %e, "could not renew the claim of a running job");
-                        }
-                    }
-                };
-                let outcome = prepared.run(Some(&mut keepalive), self.jitter.next());
-                if hard.is_some() {
-                    ctx.set_deadline("", None);
-                }
-                (outcome, Some(job), Some(id), enq)
-            }
+        let mut held = Pulled {
+            delivery: &mut delivery,
+            broker: broker.as_mut(),
+            buffered: &mut self.buffered,
+            last_touch: None,
         };
-        let ran = t0.elapsed();
-        let settled = settle(broker.as_mut(), delivery, &outcome);
+        let ran = run_one(&self.registry, state, &mut held, ctx, self.jitter.next());
+        if ran.hard_limit {
+            ctx.set_deadline("", None);
+        }
+        let attempt = delivery.attempt();
+        let result = settle(broker.as_mut(), delivery, &ran.outcome);
+        let accepted = result.is_ok();
+        let verdict = settled(result);
         ctx.clear_activity();
         ctx.job_finished();
-        let took = t0.elapsed().as_micros() as f64;
+        let took = ran.t0.elapsed().as_micros() as f64;
         self.mean_job_us = 0.8 * self.mean_job_us + 0.2 * took;
-        if let Some(observer) = self.observer.as_mut() {
-            observer(&JobEvent {
-                job,
-                id,
-                delivery_attempt,
-                outcome,
-                enqueued_at_ms,
-                started_at_ms: unix_ms(started),
-                ran,
-                settled,
-            });
-        }
-        Ok(())
+        ran.observe(&mut self.observer, attempt, accepted);
+        verdict
     }
 
     fn stop(&mut self, _ctx: &mut Context) {
@@ -306,6 +246,7 @@ impl Worker for JobWorker {
             tracing::warn!(error = %e, "could not confirm the last acks; those jobs may run again");
         }
         self.broker = None;
+        self.state = None;
     }
 }
 
@@ -341,29 +282,61 @@ fn take_over(broker: &mut (dyn Broker + Send), orphans: &Orphans, into: &mut Vec
     }
 }
 
-/// Tells the broker what came of a delivery; `false` when it could not.
-fn settle(broker: &mut (dyn Broker + Send), delivery: Delivery, outcome: &Outcome) -> bool {
-    let id = delivery.id().clone();
-    let result: Result<(), SettleError> = match outcome {
+/// A pulled delivery while its handler runs: a long job renews its claim
+/// and gives the rest of the worker's batch back.
+struct Pulled<'a> {
+    delivery: &'a mut Delivery,
+    broker: &'a mut (dyn Broker + Send),
+    buffered: &'a mut VecDeque<Delivery>,
+    /// The last renewal of the claim (`None`: not since the job started).
+    last_touch: Option<Instant>,
+}
+
+impl InHand for Pulled<'_> {
+    fn payload(&self) -> &[u8] {
+        self.delivery.payload()
+    }
+
+    fn attempt(&self) -> u32 {
+        self.delivery.attempt()
+    }
+
+    fn delivery_id(&self) -> &str {
+        self.delivery.id().as_str()
+    }
+
+    fn alive(&mut self, running: Duration) {
+        // A job that runs long keeps the rest of its batch waiting (and
+        // their claims ageing): give them back for an idle sibling to run.
+        if !self.buffered.is_empty() && running >= GIVE_BACK_AFTER {
+            release_all(self.broker, self.buffered);
+        }
+        let since = self.last_touch.map_or(running, |t| t.elapsed());
+        if since >= Duration::from_secs(1) {
+            self.last_touch = Some(Instant::now());
+            if let Err(e) = self.broker.touch(self.delivery) {
+                tracing::warn!(error = %e, "could not renew the claim of a running job");
+            }
+        }
+    }
+}
+
+/// Tells the broker what came of a delivery (a `Done` is acked
+/// [deferred](Broker::ack_deferred)).
+fn settle(
+    broker: &mut (dyn Broker + Send),
+    delivery: Delivery,
+    outcome: &Outcome,
+) -> Result<(), SettleError> {
+    match outcome {
         Outcome::Done => broker.ack_deferred(delivery),
         Outcome::Retry { delay, reason } => {
-            tracing::info!(delivery = %id, ?delay, %reason, "job failed; retrying");
+            tracing::info!(delivery = %delivery.id(), ?delay, %reason, "job failed; retrying");
             broker.retry(delivery, *delay)
         }
         Outcome::Dead { reason } => {
-            tracing::warn!(delivery = %id, %reason, "job sent to the dead letters");
+            tracing::warn!(delivery = %delivery.id(), %reason, "job sent to the dead letters");
             broker.dead_letter(delivery, reason)
-        }
-    };
-    match result {
-        Ok(()) => true,
-        Err(e) if e.error().kind() == ErrorKind::LeaseLost => {
-            tracing::warn!(delivery = %id, "claim lost before the job was settled; it will run again");
-            false
-        }
-        Err(e) => {
-            tracing::error!(delivery = %id, error = %e.error(), "could not settle the job; it comes back when its claim expires");
-            false
         }
     }
 }
