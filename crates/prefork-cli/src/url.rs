@@ -174,7 +174,7 @@ impl BrokerUrl {
     /// [`parse_with_lease`](BrokerUrl::parse_with_lease)).
     pub fn lease(&self) -> Duration {
         match &self.kind {
-            Kind::Spool(_, o) => o.get_lease(),
+            Kind::Spool(_, o) => o.lease_time(),
             #[cfg(feature = "redis")]
             Kind::Redis(r) => r.options().lease_time(),
             #[cfg(feature = "beanstalkd")]

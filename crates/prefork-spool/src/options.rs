@@ -57,7 +57,7 @@ impl Clock for SystemClock {
 /// let o = Options::default()
 ///     .lease(Duration::from_secs(10))
 ///     .durability(Durability::Buffered);
-/// assert_eq!(o.get_lease(), Duration::from_secs(10));
+/// assert_eq!(o.lease_time(), Duration::from_secs(10));
 /// ```
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -89,8 +89,9 @@ impl Options {
         self
     }
 
-    /// The lease set by [`lease`](Options::lease).
-    pub fn get_lease(&self) -> Duration {
+    /// The lease set by [`lease`](Options::lease). (Named as
+    /// `prefork_redis::Options::lease_time`: `lease` is the setter.)
+    pub fn lease_time(&self) -> Duration {
         self.lease
     }
 
