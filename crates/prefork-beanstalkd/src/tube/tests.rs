@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::thread::{self, JoinHandle};
 
+use super::reading::{MAX_BLOCK_SECS, wait_plan};
 use super::*;
 
 /// One scripted exchange: the command line the client must send (a prefix
