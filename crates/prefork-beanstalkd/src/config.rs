@@ -69,17 +69,26 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Invalid`] for another scheme, an empty host, a bad port
-    /// or anything after the address.
+    /// [`ErrorKind::Invalid`] for another scheme, an empty host, a bad port,
+    /// a user or password (beanstalkd has no authentication) or anything
+    /// after the address. The message shows the URL through [`redact_url`].
     pub fn from_url(url: &str) -> Result<Config, BrokerError> {
         let bad = |why: &str| {
-            BrokerError::new(ErrorKind::Invalid, format!("beanstalkd URL {url:?}: {why}"))
+            BrokerError::new(
+                ErrorKind::Invalid,
+                format!("beanstalkd URL {:?}: {why}", redact_url(url)),
+            )
         };
         let rest = url
             .strip_prefix("beanstalk://")
             .or_else(|| url.strip_prefix("beanstalkd://"))
             .ok_or_else(|| bad("expected beanstalk://host[:port]"))?;
         let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains('@') {
+            return Err(bad(
+                "beanstalkd has no authentication: drop the user:password@ part",
+            ));
+        }
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['"))?;
             let port = match after {
@@ -233,4 +242,98 @@ impl Connect for Config {
 
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0))
+}
+
+/// `url` with the password of any `user:password@` part replaced by `***`
+/// (a bare `user@` becomes `***@`): how this crate's messages show a URL.
+/// beanstalkd has no authentication, so [`Config::from_url`] refuses such
+/// a URL; the redaction keeps a password typed there by mistake out of the
+/// error and the logs.
+///
+/// # Examples
+///
+/// ```
+/// use prefork_beanstalkd::redact_url;
+///
+/// assert_eq!(redact_url("beanstalk://10.0.0.1:11300"), "beanstalk://10.0.0.1:11300");
+/// assert_eq!(redact_url("beanstalk://ops:s3cret@h:11300"), "beanstalk://ops:***@h:11300");
+/// assert_eq!(redact_url("beanstalk://s3cret@h"), "beanstalk://***@h");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..end].rfind('@') else {
+        return url.to_owned();
+    };
+    let shown = match rest[..at].split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None => "***".to_owned(),
+    };
+    format!("{scheme}://{shown}{}", &rest[at..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_validated() {
+        let c = Config::from_url("beanstalk://10.0.0.1:1234").unwrap();
+        assert_eq!(c.address(), "10.0.0.1:1234");
+        assert_eq!(
+            Config::from_url("beanstalkd://h/").unwrap().address(),
+            "h:11300"
+        );
+        assert_eq!(
+            Config::from_url("beanstalk://[::1]:7").unwrap().address(),
+            "[::1]:7"
+        );
+        assert_eq!(
+            Config::from_url("beanstalk://[::1]").unwrap().address(),
+            "[::1]:11300"
+        );
+        for bad in [
+            "redis://h",
+            "beanstalk://",
+            "beanstalk://h:0",
+            "beanstalk://h:99999",
+            "beanstalk://h:x",
+            "beanstalk://::1:5",
+            "beanstalk://[::1",
+            "beanstalk://[::1]x",
+            "beanstalk://h/tube",
+            "beanstalk://u@h",
+        ] {
+            let e = Config::from_url(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
+            assert!(e.to_string().contains("beanstalkd URL"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_password_is_refused_and_never_shown() {
+        let e = Config::from_url("beanstalk://ops:s3cret@127.0.0.1:11300")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no authentication"), "{e}");
+        assert!(e.contains("ops:***@127.0.0.1:11300"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_only_the_userinfo() {
+        let cases = [
+            ("beanstalk://h:1", "beanstalk://h:1"),
+            ("beanstalk://u:pw@h:1/", "beanstalk://u:***@h:1/"),
+            ("beanstalk://:pw@h", "beanstalk://:***@h"),
+            ("beanstalk://pw@h", "beanstalk://***@h"),
+            ("beanstalk://h/a@b:c", "beanstalk://h/a@b:c"),
+            ("not a url", "not a url"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(redact_url(url), want, "{url}");
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`Config`] | server address, TTR, priority, timeouts; opens handles ([`Config::open`], or as a [`Connect`]) |
 //! | [`Beanstalkd`] | a handle on one tube: the [`Broker`] implementation |
+//! | [`redact_url`] | a URL with any password hidden, as this crate's messages show it |
 //! | [`proto`] | the wire protocol: [`proto::parse_response`] and its types |
 //!
 //! The README below is the crate's guide; its example is compiled as a
@@ -20,7 +21,7 @@ mod dead;
 pub mod proto;
 mod tube;
 
-pub use config::Config;
+pub use config::{Config, redact_url};
 pub use tube::Beanstalkd;
 
 /// The environment variable holding the server URL that tests and benches

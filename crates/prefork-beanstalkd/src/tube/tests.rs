@@ -155,39 +155,6 @@ fn unreachable_server_is_transient() {
 }
 
 #[test]
-fn urls_are_validated() {
-    let c = Config::from_url("beanstalk://10.0.0.1:1234").unwrap();
-    assert_eq!(c.address(), "10.0.0.1:1234");
-    assert_eq!(
-        Config::from_url("beanstalkd://h/").unwrap().address(),
-        "h:11300"
-    );
-    assert_eq!(
-        Config::from_url("beanstalk://[::1]:7").unwrap().address(),
-        "[::1]:7"
-    );
-    assert_eq!(
-        Config::from_url("beanstalk://[::1]").unwrap().address(),
-        "[::1]:11300"
-    );
-    for bad in [
-        "redis://h",
-        "beanstalk://",
-        "beanstalk://h:0",
-        "beanstalk://h:99999",
-        "beanstalk://h:x",
-        "beanstalk://::1:5",
-        "beanstalk://[::1",
-        "beanstalk://[::1]x",
-        "beanstalk://h/tube",
-        "beanstalk://u@h",
-    ] {
-        let e = Config::from_url(bad).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
-    }
-}
-
-#[test]
 fn bad_tube_names_are_refused_before_connecting() {
     // Port 1 on loopback: nothing listens, but validation comes first.
     for bad in ["", "-x", "a b", &"x".repeat(196)] {
