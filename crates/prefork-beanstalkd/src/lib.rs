@@ -4,8 +4,8 @@
 //!
 //! | item | what |
 //! |---|---|
-//! | [`Config`] | server address, TTR, priority, timeouts; opens handles ([`Config::open`], or as a [`Connect`]) |
-//! | [`Beanstalkd`] | a handle on one tube: the [`Broker`] implementation |
+//! | [`Config`] | server address, TTR, priority, timeouts; opens handles ([`Config::open`], or as a [`Connect`](prefork_broker::Connect)) |
+//! | [`Beanstalkd`] | a handle on one tube: the [`Broker`](prefork_broker::Broker) implementation |
 //! | [`redact_url`] | a URL with any password hidden, as this crate's messages show it |
 //! | [`proto`] | the wire protocol: [`proto::parse_response`] and its types |
 //!

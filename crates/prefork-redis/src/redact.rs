@@ -16,7 +16,10 @@
 ///
 /// assert_eq!(redact_url("redis://:s3cret@10.0.0.1:6379/2"), "redis://:***@10.0.0.1:6379/2");
 /// assert_eq!(redact_url("redis://alice:s3cret@h/0"), "redis://alice:***@h/0");
-/// assert_eq!(redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"), "redis+unix:///run/r.sock?db=1&pass=***");
+/// assert_eq!(
+///     redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"),
+///     "redis+unix:///run/r.sock?db=1&pass=***"
+/// );
 /// assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
 /// ```
 pub fn redact_url(url: &str) -> String {

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 #[non_exhaustive]
 pub enum Durability {
     /// `fsync` the job file before it becomes visible and the directory
-    /// after, so a job whose [`publish`](Broker::publish) returned, or a
-    /// dead letter whose [`dead_letter`](Broker::dead_letter) returned,
+    /// after, so a job whose [`publish`](prefork_broker::Broker::publish) returned, or a
+    /// dead letter whose [`dead_letter`](prefork_broker::Broker::dead_letter) returned,
     /// survives a power loss. Acks, claims and retries are not synced: after
     /// a power loss a job may run again (at-least-once), never vanish.
     #[default]
@@ -46,7 +46,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// Settings of a [`Spool`]; every queue opened from it shares them.
+/// Settings of a [`Spool`](crate::Spool); every queue opened from it shares them.
 ///
 /// # Examples
 ///
@@ -68,7 +68,7 @@ pub struct Options {
 }
 
 impl Default for Options {
-    /// A lease of 60 s, [`Durability::Fsync`], dead owners reclaimed, the
+    /// A lease of 60 s, [`Durability::Fsync`](crate::Durability::Fsync), dead owners reclaimed, the
     /// system clock.
     fn default() -> Options {
         Options {
@@ -82,7 +82,7 @@ impl Default for Options {
 
 impl Options {
     /// How long a fetched job stays claimed without a
-    /// [`touch`](Broker::touch) before any process may hand it out again
+    /// [`touch`](prefork_broker::Broker::touch) before any process may hand it out again
     /// (at least 1 ms).
     pub fn lease(mut self, lease: Duration) -> Options {
         self.lease = lease.max(Duration::from_millis(1));

@@ -38,7 +38,7 @@ pub struct Stats {
     pub quarantined: usize,
 }
 
-/// A handle on one queue of a [`Spool`]; implements [`Broker`].
+/// A handle on one queue of a [`Spool`](crate::Spool); implements [`Broker`].
 ///
 /// # On disk
 ///
@@ -226,7 +226,7 @@ impl Broker for Queue {
     }
 
     /// Writes every job file and `fdatasync`s each (with
-    /// [`Durability::Fsync`]), renames them into place, then `fsync`s the
+    /// [`Durability::Fsync`](crate::Durability::Fsync)), renames them into place, then `fsync`s the
     /// directory once for the whole batch instead of once per job; files
     /// are handled in chunks of 256 so a large batch stays within the fd
     /// limit. On an error, the jobs of the chunks before it are published.

@@ -44,9 +44,8 @@ pub mod jobs {
 }
 
 /// The broker adapter trait and its types: [`prefork_broker`], re-exported
-/// whole. The adapters are the modules [`spool`](crate::spool),
-/// [`redis`](crate::redis) and [`beanstalkd`](crate::beanstalkd), behind
-/// the features of the same names.
+/// whole. The adapters are the modules [`spool`], [`redis`] and
+/// [`beanstalkd`], behind the features of the same names.
 pub mod broker {
     pub use prefork_broker::*;
 }

@@ -13,8 +13,8 @@ use crate::scripts::Script;
 impl RedisQueue {
     /// Publishes many jobs in one round trip (pipelined `XADD`s, or
     /// delayed entries when `delay` is not zero). Same semantics as
-    /// [`Broker::publish`] for each; on an error, some of them may have been
-    /// added.
+    /// [`Broker::publish`](prefork_broker::Broker::publish) for each; on an
+    /// error, some of them may have been added.
     ///
     /// # Examples
     ///
@@ -28,7 +28,7 @@ impl RedisQueue {
     ///
     /// # Errors
     ///
-    /// As [`Broker::publish`].
+    /// As [`Broker::publish`](prefork_broker::Broker::publish).
     pub fn publish_batch(
         &mut self,
         payloads: &[&[u8]],

@@ -17,7 +17,7 @@ use crate::scripts::Script;
 impl RedisQueue {
     /// Acks many deliveries in one round trip (one script call); returns
     /// those that could not be acked, each with its reason, or an empty
-    /// `Vec`. Same semantics as [`Broker::ack`] for each.
+    /// `Vec`. Same semantics as [`Broker::ack`](prefork_broker::Broker::ack) for each.
     ///
     /// # Examples
     ///
@@ -99,8 +99,9 @@ impl RedisQueue {
     }
 
     /// Sends one ack script call for `sent` without reading its reply (see
-    /// [`Broker::ack_deferred`]); when it cannot be sent, queues the
-    /// receipts for after the reconnect. Connects first when it may.
+    /// [`Broker::ack_deferred`](prefork_broker::Broker::ack_deferred)); when
+    /// it cannot be sent, queues the receipts for after the reconnect.
+    /// Connects first when it may.
     pub(super) fn send_acks(&mut self, sent: Sent) {
         if sent.is_empty() {
             return;
