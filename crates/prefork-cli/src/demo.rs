@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use prefork_broker::Broker;
-use prefork_jobs::Enqueuer;
+use prefork::Enqueuer;
+use prefork::broker::Broker;
+use prefork::spool::{Durability, Options, Spool};
 
 use crate::Mode;
 use crate::events::{Tail, unix_us};
@@ -156,10 +157,7 @@ pub fn run(opts: &DemoOptions) -> anyhow::Result<Summary> {
 }
 
 fn run_in(opts: &DemoOptions, dir: &Path) -> anyhow::Result<Summary> {
-    let spool = prefork_spool::Spool::with_options(
-        dir,
-        prefork_spool::Options::default().durability(prefork_spool::Durability::Buffered),
-    )?;
+    let spool = Spool::with_options(dir, Options::default().durability(Durability::Buffered))?;
     let queue = "demo";
     let mut enq = Enqueuer::new(spool.queue(queue)?);
     let before = enq.broker().stats()?;

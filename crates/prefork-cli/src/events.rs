@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prefork_jobs::{JobEvent, Outcome};
+use prefork::jobs::{JobEvent, Outcome};
 
 /// Microseconds since the Unix epoch, now.
 pub fn unix_us() -> u64 {
@@ -27,8 +27,8 @@ pub fn unix_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-/// An observer for [`prefork_jobs::JobWorker::on_outcome`] (or
-/// [`prefork_jobs::DispatchWorker::on_outcome`]) that appends events to
+/// An observer for [`prefork::jobs::JobWorker::on_outcome`] (or
+/// [`prefork::jobs::DispatchWorker::on_outcome`]) that appends events to
 /// `path`. The file is opened in the worker process on its first
 /// event (nothing is opened in the master).
 pub fn writer(path: PathBuf) -> impl FnMut(&JobEvent) + 'static {
@@ -60,7 +60,7 @@ pub fn writer(path: PathBuf) -> impl FnMut(&JobEvent) + 'static {
 }
 
 /// Appends the pool-running line (`P {unix_us}`) to `path`; called by the
-/// master's [`on_phase`](prefork_master::Builder::on_phase) hook.
+/// master's [`on_phase`](prefork::master::Builder::on_phase) hook.
 ///
 /// # Errors
 ///

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::Duration;
 
-use prefork_jobs::{JobContext, JobError, Registry, RetryPolicy};
+use prefork::jobs::{JobContext, JobError, Registry, RetryPolicy};
 use serde::Deserialize;
 
 /// Arguments of `sleep`.
@@ -108,7 +108,7 @@ pub fn registry(retry_base: Duration) -> Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prefork_jobs::{Envelope, Outcome};
+    use prefork::jobs::{Envelope, Outcome};
 
     #[test]
     fn examples_behave_as_documented() {

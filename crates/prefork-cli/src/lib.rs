@@ -1,12 +1,13 @@
-//! The library half of the `prefork` command: broker URLs, the example job
-//! handlers, the progress events and the demo. The binary (`src/main.rs`)
-//! is argument parsing over these.
+//! The library half of the `prefork` command: the example job handlers,
+//! the progress events and the demo. The binary (`src/main.rs`) is
+//! argument parsing over these; broker URLs are the facade's
+//! ([`prefork::broker_url`]).
 //!
 //! ```
-//! let url = prefork_cli::BrokerUrl::parse("spool:///tmp/prefork-doc")?;
-//! assert_eq!(url.spool_dir(), Some(std::path::Path::new("/tmp/prefork-doc")));
-//! assert_eq!(url.broker_name(), "spool");
-//! # Ok::<(), anyhow::Error>(())
+//! let url = prefork::broker_url("spool:///tmp/prefork-doc")?;
+//! let spool = url.spool().expect("a spool URL");
+//! assert_eq!(spool.root(), std::path::Path::new("/tmp/prefork-doc"));
+//! # Ok::<(), prefork::broker::BrokerError>(())
 //! ```
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
@@ -15,20 +16,17 @@
 pub mod demo;
 pub mod events;
 pub mod examples;
-mod url;
-
-pub use url::BrokerUrl;
 
 /// How a pool gets its jobs (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Mode {
     /// Each worker owns a broker connection and fetches for itself
-    /// (`prefork_jobs::JobWorker`).
+    /// (`prefork::JobWorker`).
     #[default]
     Pull,
     /// One feeder process owns the broker connection and fetches only for
     /// idle workers; the master hands each job to an idle worker
-    /// (`prefork_jobs::DispatchFeeder` + `prefork_jobs::DispatchWorker`).
+    /// (`prefork::DispatchFeeder` + `prefork::DispatchWorker`).
     Dispatch,
 }
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use prefork_broker::{Broker, DeliveryId};
-use prefork_cli::{BrokerUrl, Mode, demo, events, examples};
-use prefork_jobs::{DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
+use prefork::broker::{Broker, DeliveryId};
+use prefork::{BrokerUrl, DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
+use prefork_cli::{Mode, demo, events, examples};
 
 /// Pre-forking job workers on a broker (the embedded spool by default).
 #[derive(Debug, Parser)]
@@ -159,14 +159,16 @@ fn init_logs() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = match (&cli.broker, cli.lease) {
-        (Some(u), lease) => BrokerUrl::parse_with_lease(u, lease)?,
-        (None, None) => BrokerUrl::default_spool(),
-        (None, lease) => {
-            let dir = BrokerUrl::default_spool().spool_dir().map(|d| d.to_owned());
-            let dir = dir.context("the default broker is a spool")?;
-            BrokerUrl::parse_with_lease(&format!("spool://{}", dir.display()), lease)?
+    let url = match &cli.broker {
+        Some(u) => prefork::broker_url(u)?,
+        None => {
+            let dir = std::env::temp_dir().join("prefork-spool");
+            prefork::broker_url(&format!("spool://{}", dir.display()))?
         }
+    };
+    let url = match cli.lease {
+        Some(lease) => url.with_lease(lease),
+        None => url,
     };
     match cli.command {
         Cmd::Demo {
@@ -181,8 +183,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 mode,
                 dir: match cli.broker {
                     Some(_) => Some(
-                        url.spool_dir()
+                        url.spool()
                             .context("the demo runs on the embedded spool only (spool://DIR)")?
+                            .root()
                             .to_owned(),
                     ),
                     None => None,
@@ -220,13 +223,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // worker; the workers (or the feeder) open their own handles
             // after the fork.
             url.check(&cli.queue)?;
-            let mut master = prefork_master::Master::builder()
+            let mut master = prefork::Master::builder()
                 .name("prefork")
                 .workers(workers)
                 .timeout(Duration::from_secs(timeout));
             if let Some(path) = events.clone() {
                 master = master.on_phase(move |phase| {
-                    if phase == prefork_master::Phase::Running
+                    if phase == prefork::Phase::Running
                         && let Err(e) = events::write_running(&path)
                     {
                         tracing::warn!(error = %e, path = %path.display(), "cannot write the events file");
@@ -318,7 +321,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stats => {
-            let s = url.spool()?.queue(&cli.queue)?.stats()?;
+            let s = spool_only(&url)?.queue(&cli.queue)?.stats()?;
             println!(
                 "ready {}\ndelayed {}\nclaimed {}\ndead {}\nquarantined {}",
                 s.ready, s.delayed, s.claimed, s.dead, s.quarantined
@@ -326,4 +329,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The spool of `url`, or the error of a command that works on the spool
+/// only.
+fn spool_only(url: &BrokerUrl) -> anyhow::Result<&prefork::spool::Spool> {
+    url.spool().with_context(|| {
+        format!("broker {url}: this command works on the embedded spool only (spool://DIR)")
+    })
 }

@@ -9,6 +9,7 @@
 //! | [`Redis`] | a server URL and [`Options`]; opens [`RedisQueue`]s (a [`Connect`]) |
 //! | [`RedisQueue`] | a handle on one queue: the [`Broker`] implementation |
 //! | [`Options`] | group, consumer, lease, block time, poison limit, timeouts, backoff |
+//! | [`redact_url`] | a Redis URL with its password hidden, as every message shows it |
 //!
 //! The README below is the crate's guide (design, guarantees, figures); its
 //! examples are compiled as doctests (`no_run`: they need a server).
@@ -30,6 +31,7 @@ use prefork_broker::{Broker, BrokerError, Connect, ErrorKind};
 
 pub use options::Options;
 pub use queue::RedisQueue;
+pub use redact::redact_url;
 
 /// A Redis server and how to use it: opens [`RedisQueue`] handles.
 ///
@@ -89,7 +91,7 @@ impl Redis {
     ///
     /// As [`Redis::new`].
     pub fn with_options(url: &str, options: Options) -> Result<Redis, BrokerError> {
-        let shown = redact::redact(url);
+        let shown = redact_url(url);
         let client = redis::Client::open(url)
             .map_err(|e| BrokerError::new(ErrorKind::Invalid, format!("redis URL {shown}: {e}")))?;
         Ok(Redis {
@@ -107,6 +109,24 @@ impl Redis {
     /// The options handles are opened with.
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    /// Replaces the options handles are opened with (the URL stays).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use prefork_redis::Redis;
+    ///
+    /// let mut redis = Redis::new("redis://127.0.0.1:6379/0")?; // does not connect
+    /// let longer = redis.options().clone().lease(Duration::from_secs(90));
+    /// redis.set_options(longer);
+    /// assert_eq!(redis.options().lease_time(), Duration::from_secs(90));
+    /// # Ok::<(), prefork_broker::BrokerError>(())
+    /// ```
+    pub fn set_options(&mut self, options: Options) {
+        self.options = options;
     }
 
     /// Opens a handle on queue `name`: connects, loads the scripts, creates
@@ -132,5 +152,35 @@ impl Redis {
 impl Connect for Redis {
     fn open(&self, queue: &str) -> Result<Box<dyn Broker + Send>, BrokerError> {
         Ok(Box::new(self.queue(queue)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_without_connecting() {
+        // Port 1 on loopback: nothing listens; parsing must not notice.
+        let r = Redis::new("redis://:s3cret@127.0.0.1:1/3").unwrap();
+        assert_eq!(r.url(), "redis://:***@127.0.0.1:1/3");
+        assert!(!format!("{r:?}").contains("s3cret"));
+        assert!(Redis::new("redis+unix:///tmp/none.sock?db=1").is_ok());
+    }
+
+    #[test]
+    fn malformed_urls_are_clear_errors_without_the_password() {
+        for bad in [
+            "redis://:s3cret@127.0.0.1:notaport/0",
+            "redis://:s3cret@127.0.0.1:6379/notadb",
+            "http://:s3cret@127.0.0.1/",
+            "",
+        ] {
+            let e = Redis::new(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}: {e}");
+            let msg = e.to_string();
+            assert!(msg.contains("redis URL"), "{bad}: {msg}");
+            assert!(!msg.contains("s3cret"), "{bad}: {msg}");
+        }
     }
 }

@@ -1,10 +1,28 @@
 //! Redis URLs with their secrets hidden, for logs, `Debug` and errors.
 
 /// `url` with any password (the userinfo after `user:`, a bare userinfo,
-/// a `password`/`pass` query value) replaced by `***`.
+/// a `password`/`pass` query value) replaced by `***`: the form of a Redis
+/// URL that [`Redis`](crate::Redis)'s `Debug`, [`url`](crate::Redis::url)
+/// and error messages show. It parses nothing, so it also hides the
+/// password of a URL too malformed to open.
+///
 /// Everything before the last `@` is taken as userinfo: an `@` elsewhere
 /// (a query value) only makes it hide more than it needs to.
-pub(crate) fn redact(url: &str) -> String {
+///
+/// # Examples
+///
+/// ```
+/// use prefork_redis::redact_url;
+///
+/// assert_eq!(redact_url("redis://:s3cret@10.0.0.1:6379/2"), "redis://:***@10.0.0.1:6379/2");
+/// assert_eq!(redact_url("redis://alice:s3cret@h/0"), "redis://alice:***@h/0");
+/// assert_eq!(
+///     redact_url("redis+unix:///run/r.sock?db=1&pass=s3cret"),
+///     "redis+unix:///run/r.sock?db=1&pass=***"
+/// );
+/// assert_eq!(redact_url("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+/// ```
+pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = match url.find("://") {
         Some(i) => (&url[..i + 3], &url[i + 3..]),
         None => ("", url),
@@ -59,7 +77,7 @@ pub(crate) fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::redact_url as redact;
     use proptest::prelude::*;
 
     #[test]

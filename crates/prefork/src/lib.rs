@@ -8,8 +8,24 @@
 //! [`DispatchFeeder`] and [`DispatchWorker`] for dispatch mode, ...),
 //! re-exported from [`jobs`]. The parts below them are reachable as modules
 //! for those who need a lower level ([`broker`] for adapters).
+//!
+//! A broker is one URL away: [`broker_url`] turns `spool:///dir`,
+//! `redis://...` or `beanstalk://...` into a [`BrokerUrl`], a
+//! [`Connect`](broker::Connect) that each worker opens after the fork. The
+//! adapters themselves are the modules [`spool`], [`redis`] and
+//! [`beanstalkd`], one cargo feature each:
+//!
+//! | feature | module | default |
+//! |---|---|---|
+//! | `spool` | [`spool`]: the embedded broker, a directory | on |
+//! | `redis` | [`redis`]: Redis Streams (links the `redis` client crate) | off |
+//! | `beanstalkd` | [`beanstalkd`]: beanstalkd, with its own small client | off |
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+mod url;
+
+pub use url::{BrokerUrl, broker_url};
 
 pub use prefork_master::{
     BoxError, Builder, Cause, ConfigError, Context, ExitStatus, FnWorker, MAX_WORKERS, MIN_MEMORY,
@@ -28,10 +44,31 @@ pub mod jobs {
 }
 
 /// The broker adapter trait and its types: [`prefork_broker`], re-exported
-/// whole. Adapters (`prefork-spool`, `prefork-redis`, ...) are separate
-/// dependencies.
+/// whole. The adapters are the modules [`spool`], [`redis`] and
+/// [`beanstalkd`], behind the features of the same names.
 pub mod broker {
     pub use prefork_broker::*;
+}
+
+/// The embedded broker, a durable queue in a directory: [`prefork_spool`],
+/// re-exported whole (feature `spool`, on by default).
+#[cfg(feature = "spool")]
+pub mod spool {
+    pub use prefork_spool::*;
+}
+
+/// The Redis Streams adapter: [`prefork_redis`], re-exported whole
+/// (feature `redis`).
+#[cfg(feature = "redis")]
+pub mod redis {
+    pub use prefork_redis::*;
+}
+
+/// The beanstalkd adapter: [`prefork_beanstalkd`], re-exported whole
+/// (feature `beanstalkd`).
+#[cfg(feature = "beanstalkd")]
+pub mod beanstalkd {
+    pub use prefork_beanstalkd::*;
 }
 
 /// The supervisor: [`prefork_master`], re-exported whole.

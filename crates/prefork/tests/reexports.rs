@@ -67,3 +67,39 @@ fn the_job_layer_and_the_broker_trait_are_reachable() {
     fn takes_connect(_: Option<&dyn prefork::broker::Connect>) {}
     takes_connect(None);
 }
+
+#[test]
+fn the_adapters_are_reachable_by_module_and_by_url() {
+    fn takes_connect(_: &dyn prefork::broker::Connect) {}
+    #[cfg(feature = "spool")]
+    {
+        let s: prefork_spool::Spool = prefork::spool::Spool::from_url("spool:///tmp/q").unwrap();
+        assert_eq!(s.root(), std::path::Path::new("/tmp/q"));
+        let url: prefork::BrokerUrl = prefork::broker_url("spool:///tmp/q").unwrap();
+        assert_eq!(url.spool().map(prefork::spool::Spool::root), Some(s.root()));
+        takes_connect(&url);
+    }
+    #[cfg(feature = "redis")]
+    {
+        let r: prefork_redis::Redis = prefork::redis::Redis::new("redis://127.0.0.1/").unwrap();
+        takes_connect(&r);
+        assert_eq!(
+            prefork::redis::redact_url("redis://:pw@h/0"),
+            prefork_redis::redact_url("redis://:pw@h/0")
+        );
+        assert_eq!(
+            prefork::broker_url("redis://127.0.0.1/")
+                .unwrap()
+                .broker_name(),
+            "redis"
+        );
+    }
+    #[cfg(feature = "beanstalkd")]
+    {
+        let c: prefork_beanstalkd::Config =
+            prefork::beanstalkd::Config::from_url("beanstalk://127.0.0.1").unwrap();
+        takes_connect(&c);
+        let url = prefork::broker_url("beanstalk://127.0.0.1").unwrap();
+        assert_eq!(url.to_string(), format!("beanstalk://{}", c.address()));
+    }
+}

@@ -7,6 +7,15 @@ use std::sync::atomic::AtomicU64;
 use proptest::prelude::*;
 
 use super::*;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use prefork_broker::Connect;
+
+use super::publishing::{BATCH_FILES, ONE_WRITE};
+use super::settling::claimed_name;
+use crate::name::Claimed;
+use crate::{Clock, Durability, holder, record};
 
 /// A clock that moves only when told.
 #[derive(Debug)]

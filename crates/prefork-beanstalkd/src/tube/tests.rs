@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::thread::{self, JoinHandle};
 
+use super::reading::{MAX_BLOCK_SECS, wait_plan};
 use super::*;
 
 /// One scripted exchange: the command line the client must send (a prefix
@@ -154,39 +155,6 @@ fn unreachable_server_is_transient() {
 }
 
 #[test]
-fn urls_are_validated() {
-    let c = Config::from_url("beanstalk://10.0.0.1:1234").unwrap();
-    assert_eq!(c.address(), "10.0.0.1:1234");
-    assert_eq!(
-        Config::from_url("beanstalkd://h/").unwrap().address(),
-        "h:11300"
-    );
-    assert_eq!(
-        Config::from_url("beanstalk://[::1]:7").unwrap().address(),
-        "[::1]:7"
-    );
-    assert_eq!(
-        Config::from_url("beanstalk://[::1]").unwrap().address(),
-        "[::1]:11300"
-    );
-    for bad in [
-        "redis://h",
-        "beanstalk://",
-        "beanstalk://h:0",
-        "beanstalk://h:99999",
-        "beanstalk://h:x",
-        "beanstalk://::1:5",
-        "beanstalk://[::1",
-        "beanstalk://[::1]x",
-        "beanstalk://h/tube",
-        "beanstalk://u@h",
-    ] {
-        let e = Config::from_url(bad).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Invalid, "{bad}");
-    }
-}
-
-#[test]
 fn bad_tube_names_are_refused_before_connecting() {
     // Port 1 on loopback: nothing listens, but validation comes first.
     for bad in ["", "-x", "a b", &"x".repeat(196)] {
@@ -258,11 +226,11 @@ fn oversized_payload_is_refused_without_sending_it() {
     let mut b = config.open("t").unwrap();
     assert_eq!(
         b.max_job_size(),
-        1000 - HEADROOM,
+        1000 - crate::HEADROOM,
         "the headroom is kept back"
     );
     let e = b
-        .publish(&[0; 1001 - HEADROOM], Duration::ZERO)
+        .publish(&[0; 1001 - crate::HEADROOM], Duration::ZERO)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Invalid);
     assert!(e.message().contains("max-job-size"), "{e}");
