@@ -4,8 +4,8 @@
 //! The protocol is line based: a command is one `\r\n`-terminated line,
 //! followed for `put` by `<bytes>` of body and `\r\n`; a response is one
 //! line, followed for `RESERVED`, `FOUND` and `OK` by a body of the length
-//! the line announces and `\r\n`. See the protocol document shipped with
-//! beanstalkd (`doc/protocol.txt`).
+//! the line announces and `\r\n`. See beanstalkd's protocol document,
+//! <https://github.com/beanstalkd/beanstalkd/blob/master/doc/protocol.txt>.
 //!
 //! [`parse_response`] is a pure function over a byte buffer: it never
 //! panics, never allocates more than the body limit it is given, and says

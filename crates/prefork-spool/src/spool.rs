@@ -67,7 +67,7 @@ impl Spool {
     ///
     /// assert_eq!(Spool::from_url("spool:///var/lib/jobs")?.root(), Path::new("/var/lib/jobs"));
     /// assert_eq!(Spool::from_url("spool:jobs")?.root(), Path::new("jobs"));
-    /// assert_eq!(Spool::from_url("/srv/q")?.root(), Path::new("/srv/q"));
+    /// assert_eq!(Spool::from_url("/var/spool/q")?.root(), Path::new("/var/spool/q"));
     /// assert!(Spool::from_url("spool://").is_err());
     /// assert!(Spool::from_url("redis://127.0.0.1/").is_err());
     /// # Ok::<(), prefork_broker::BrokerError>(())
