@@ -1,5 +1,5 @@
 //! The dispatch-mode hand-off: what the master adds to each job it routes
-//! (feeder sends `Job` → master routes → worker; worker sends `Done` →
+//! (feeder sends `Job` → master routes → worker; worker sends `Finished` →
 //! master → feeder, plus the `Want` credit), against a bare socketpair
 //! ping-pong between two processes, in the same run (interleaved rounds,
 //! medians: quote the ratios).
@@ -7,7 +7,7 @@
 //! - **hand-off**: no-op jobs through a real `Master::run_dispatch` pool
 //!   with 1 worker, whose feeder makes jobs in memory (no broker) and
 //!   whose worker reports each job done at once (`Context::next_job` +
-//!   `Context::job_done`): one job at a time, so µs per job is the latency
+//!   `Context::finish_job`): one job at a time, so µs per job is the latency
 //!   of the whole loop;
 //! - the same with `prefork-jobs`' `DispatchWorker` running a `noop`
 //!   handler from a JSON envelope (what the job layer adds on the worker);
@@ -79,7 +79,7 @@ impl Feeder for Memory {
     }
 
     fn settle(&mut self, settle: Settle, _: &mut Context) -> Result<(), BoxError> {
-        if !matches!(settle, Settle::Done { .. }) {
+        if !matches!(&settle, Settle::Finished { report, .. } if report.is_empty()) {
             return Err(format!("a no-op job was not done: {settle:?}").into());
         }
         self.settled += 1;
@@ -140,7 +140,7 @@ fn pool_main() {
             feeder,
             prefork_master::from_fn(|ctx| {
                 if let Some(job) = ctx.next_job(Duration::from_millis(200)) {
-                    ctx.job_done(&job.id);
+                    ctx.finish_job(&job.id, b"");
                 }
                 Ok(())
             }),
@@ -323,7 +323,7 @@ fn main() {
     }
     let (jobs, rounds) = parse_args();
     let rows: [(&str, &str, usize); 5] = [
-        ("hand-off, 1 worker (bare next_job + job_done)", "bare", 1),
+        ("hand-off, 1 worker (bare next_job + finish_job)", "bare", 1),
         ("same, dispatch_lookahead(1)", "bare:1", 1),
         (
             "hand-off, 1 worker (DispatchWorker, noop handler)",

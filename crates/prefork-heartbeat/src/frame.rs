@@ -26,8 +26,8 @@ pub const HEADER_LEN: usize = 6;
 const KIND_READY: u8 = 1;
 const KIND_HEARTBEAT: u8 = 2;
 const KIND_JOB: u8 = 3;
-const KIND_DONE: u8 = 4;
-const KIND_FAILED: u8 = 5;
+const KIND_FINISHED: u8 = 4;
+// 5 was `Failed`, folded into `Finished`.
 const KIND_STATS: u8 = 6;
 const KIND_CONTROL: u8 = 7;
 const KIND_WANT: u8 = 8;
@@ -52,8 +52,10 @@ const MAX_READ: usize = 64 * 1024;
 
 /// One message between the master and a worker.
 ///
-/// `#[non_exhaustive]`: later versions add kinds. A peer that receives a
-/// kind it does not know gets [`Message::Unknown`] instead of an error.
+/// Both ends of a channel are the same binary (workers are forks of the
+/// master), so there is one version of every kind: a kind, a tag or a body
+/// length this version does not know is a [`DecodeError`], not something to
+/// skip. `#[non_exhaustive]`: later versions add kinds.
 ///
 /// # Examples
 ///
@@ -84,27 +86,18 @@ pub enum Message {
         id: String,
         /// The job's bytes, opaque to this crate.
         payload: Vec<u8>,
-        /// The broker's delivery count, from 1 (a frame from a peer that
-        /// predates this field decodes as 1).
+        /// The broker's delivery count, from 1.
         attempt: u32,
     },
-    /// Worker -> master: the job finished and is acknowledged (or may be).
-    Done {
-        /// The delivery id from [`Message::Job`] (or the worker's own, in pull mode).
+    /// Worker -> master -> feeder: the worker is done with the job, and
+    /// `report` says how it went. The report is opaque here and to the
+    /// master: the job layer encodes it in the worker and decodes it in the
+    /// feeder (succeeded, retry after a delay, dead-letter, and why).
+    Finished {
+        /// The delivery id from [`Message::Job`].
         id: String,
-    },
-    /// Worker -> master: the job failed.
-    Failed {
-        /// The delivery id.
-        id: String,
-        /// Why, for the log and the dead-letter place.
-        reason: String,
-        /// Whether the retry policy may run the job again.
-        retry: bool,
-        /// With `retry`: how long to wait before the next attempt, in
-        /// milliseconds (a frame from a peer that predates this field
-        /// decodes as 0).
-        delay_ms: u64,
+        /// The worker's verdict, for the feeder.
+        report: Vec<u8>,
     },
     /// Worker -> master: resource usage.
     Stats(Stats),
@@ -158,22 +151,6 @@ pub enum Message {
         /// See above.
         ids: Vec<String>,
     },
-    /// A frame of a kind this version does not know, from a newer peer: kept,
-    /// not an error (forward compatibility).
-    ///
-    /// A frame of a known kind whose tag byte is unknown (a [`Progress`] or
-    /// [`Control`] added by a later version) decodes to this too, with the
-    /// known kind and the whole body.
-    ///
-    /// Encoding `Unknown` writes `kind` and `body` as they are, so a frame can
-    /// be relayed. Encoding it with a kind this version knows produces a frame
-    /// that decodes as that kind (or fails to, if the body does not fit it).
-    Unknown {
-        /// The kind byte of the frame.
-        kind: u8,
-        /// The body, as received.
-        body: Vec<u8>,
-    },
 }
 
 impl Message {
@@ -184,15 +161,14 @@ impl Message {
     /// ```
     /// use prefork_heartbeat::Message;
     /// assert_eq!(Message::Ready { pid: 7 }.kind(), 1);
-    /// assert_eq!(Message::Unknown { kind: 200, body: vec![] }.kind(), 200);
+    /// assert_eq!(Message::Want { n: 3 }.kind(), 8);
     /// ```
     pub fn kind(&self) -> u8 {
         match self {
             Message::Ready { .. } => KIND_READY,
             Message::Heartbeat(_) => KIND_HEARTBEAT,
             Message::Job { .. } => KIND_JOB,
-            Message::Done { .. } => KIND_DONE,
-            Message::Failed { .. } => KIND_FAILED,
+            Message::Finished { .. } => KIND_FINISHED,
             Message::Stats(_) => KIND_STATS,
             Message::Control(_) => KIND_CONTROL,
             Message::Want { .. } => KIND_WANT,
@@ -200,7 +176,6 @@ impl Message {
             Message::Lost { .. } => KIND_LOST,
             Message::Deadline { .. } => KIND_DEADLINE,
             Message::Orphaned { .. } => KIND_ORPHANED,
-            Message::Unknown { kind, .. } => *kind,
         }
     }
 }
@@ -224,8 +199,7 @@ pub enum Progress {
 /// A plain struct with public fields, built with
 /// `Stats { rss_bytes, ..Stats::default() }`. It is not `#[non_exhaustive]`
 /// so that callers can build it that way; a field added later is a new major
-/// version of this crate, while on the wire it is appended to the body, which
-/// older peers ignore (see the compatibility rules in the README).
+/// version of this crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Stats {
     /// Resident set size, in bytes.
@@ -260,7 +234,10 @@ pub enum DecodeError {
     Version(u8),
     /// The frame announces a body of this many bytes, more than the maximum.
     TooLarge(usize),
-    /// The body does not match its kind; the text says how.
+    /// The frame's kind is none this version has.
+    Kind(u8),
+    /// The body does not match its kind (too short, too long, a tag or a
+    /// string it cannot hold); the text says how.
     Malformed(&'static str),
 }
 
@@ -274,6 +251,7 @@ impl fmt::Display for DecodeError {
                 )
             }
             DecodeError::TooLarge(n) => write!(f, "frame body of {n} bytes exceeds the maximum"),
+            DecodeError::Kind(k) => write!(f, "frame kind {k} is not one this peer knows"),
             DecodeError::Malformed(why) => write!(f, "malformed frame: {why}"),
         }
     }
@@ -321,17 +299,10 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             put_bytes(out, payload);
             out.extend_from_slice(&attempt.to_le_bytes());
         }
-        Message::Done { id } | Message::Release { id } => put_bytes(out, id.as_bytes()),
-        Message::Failed {
-            id,
-            reason,
-            retry,
-            delay_ms,
-        } => {
+        Message::Release { id } => put_bytes(out, id.as_bytes()),
+        Message::Finished { id, report } => {
             put_bytes(out, id.as_bytes());
-            put_bytes(out, reason.as_bytes());
-            out.push(u8::from(*retry));
-            out.extend_from_slice(&delay_ms.to_le_bytes());
+            put_bytes(out, report);
         }
         Message::Want { n } => out.extend_from_slice(&n.to_le_bytes()),
         Message::Lost { id, reason } => {
@@ -359,7 +330,6 @@ pub fn encode(msg: &Message, out: &mut Vec<u8>) {
             Control::Stop => CONTROL_STOP,
             Control::ReopenLogs => CONTROL_REOPEN_LOGS,
         }),
-        Message::Unknown { body, .. } => out.extend_from_slice(body),
     }
     let len = u32::try_from(out.len() - start - HEADER_LEN).expect("frame body exceeds u32::MAX");
     out[start + 2..start + HEADER_LEN].copy_from_slice(&len.to_le_bytes());
@@ -410,23 +380,6 @@ impl<'a> Body<'a> {
         self.take(len, what)
     }
 
-    /// A field appended by a later version: absent (`None`) when the body
-    /// ends here, else it must be whole.
-    fn optional_u32(&mut self, what: &'static str) -> Result<Option<u32>, DecodeError> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        self.u32(what).map(Some)
-    }
-
-    /// As [`optional_u32`](Body::optional_u32), for a `u64`.
-    fn optional_u64(&mut self, what: &'static str) -> Result<Option<u64>, DecodeError> {
-        if self.rest.is_empty() {
-            return Ok(None);
-        }
-        self.u64(what).map(Some)
-    }
-
     fn string(&mut self, what: &'static str) -> Result<String, DecodeError> {
         let b = self.bytes(what)?;
         std::str::from_utf8(b)
@@ -435,13 +388,10 @@ impl<'a> Body<'a> {
     }
 }
 
-/// Decodes the body of one complete frame. Trailing bytes are ignored.
+/// Decodes the body of one complete frame, which must hold its kind's
+/// fields and nothing more.
 fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
     let mut b = Body { rest: body };
-    let unknown = || Message::Unknown {
-        kind,
-        body: body.to_vec(),
-    };
     let msg = match kind {
         KIND_READY => Message::Ready {
             pid: b.u32("ready: truncated pid")?,
@@ -453,25 +403,16 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
                 let job = b.string("heartbeat: truncated job id")?;
                 Message::Heartbeat(Progress::Busy { job, since_unix_ms })
             }
-            _ => unknown(),
+            _ => return Err(DecodeError::Malformed("heartbeat: unknown progress tag")),
         },
         KIND_JOB => Message::Job {
             id: b.string("job: truncated id")?,
             payload: b.bytes("job: truncated payload")?.to_vec(),
-            attempt: b.optional_u32("job: truncated attempt")?.unwrap_or(1),
+            attempt: b.u32("job: truncated attempt")?,
         },
-        KIND_DONE => Message::Done {
-            id: b.string("done: truncated id")?,
-        },
-        KIND_FAILED => Message::Failed {
-            id: b.string("failed: truncated id")?,
-            reason: b.string("failed: truncated reason")?,
-            retry: match b.u8("failed: missing retry flag")? {
-                0 => false,
-                1 => true,
-                _ => return Err(DecodeError::Malformed("failed: retry flag is not 0 or 1")),
-            },
-            delay_ms: b.optional_u64("failed: truncated delay")?.unwrap_or(0),
+        KIND_FINISHED => Message::Finished {
+            id: b.string("finished: truncated id")?,
+            report: b.bytes("finished: truncated report")?.to_vec(),
         },
         KIND_STATS => Message::Stats(Stats {
             rss_bytes: b.u64("stats: truncated")?,
@@ -482,7 +423,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
         KIND_CONTROL => match b.u8("control: missing request")? {
             CONTROL_STOP => Message::Control(Control::Stop),
             CONTROL_REOPEN_LOGS => Message::Control(Control::ReopenLogs),
-            _ => unknown(),
+            _ => return Err(DecodeError::Malformed("control: unknown request")),
         },
         KIND_WANT => Message::Want {
             n: b.u32("want: truncated count")?,
@@ -514,8 +455,13 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
             }
             Message::Orphaned { pid, ids }
         }
-        _ => unknown(),
+        other => return Err(DecodeError::Kind(other)),
     };
+    if !b.rest.is_empty() {
+        return Err(DecodeError::Malformed(
+            "trailing bytes after the last field",
+        ));
+    }
     Ok(msg)
 }
 
@@ -534,14 +480,14 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
 /// use prefork_heartbeat::{Decoder, Message, encode};
 ///
 /// let mut bytes = Vec::new();
-/// encode(&Message::Done { id: "7".into() }, &mut bytes);
+/// encode(&Message::Release { id: "7".into() }, &mut bytes);
 ///
 /// let mut decoder = Decoder::new();
 /// for byte in &bytes {
 ///     assert_eq!(decoder.next_message().unwrap(), None);
 ///     decoder.feed(std::slice::from_ref(byte));
 /// }
-/// assert_eq!(decoder.next_message().unwrap(), Some(Message::Done { id: "7".into() }));
+/// assert_eq!(decoder.next_message().unwrap(), Some(Message::Release { id: "7".into() }));
 /// assert_eq!(decoder.next_message().unwrap(), None);
 /// ```
 #[derive(Debug, Clone)]

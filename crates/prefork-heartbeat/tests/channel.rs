@@ -23,14 +23,13 @@ fn sample() -> Vec<Message> {
             job: "delivery-1".into(),
             since_unix_ms: 1_700_000_000_123,
         }),
-        Message::Done {
+        Message::Finished {
             id: "delivery-1".into(),
+            report: Vec::new(),
         },
-        Message::Failed {
+        Message::Finished {
             id: "d2".into(),
-            reason: "handler panicked: index out of bounds".into(),
-            retry: true,
-            delay_ms: 1500,
+            report: b"retry in 1500 ms: handler panicked".to_vec(),
         },
         Message::Stats(Stats {
             rss_bytes: 50 << 20,
@@ -38,10 +37,6 @@ fn sample() -> Vec<Message> {
             ..Stats::default()
         }),
         Message::Control(Control::ReopenLogs),
-        Message::Unknown {
-            kind: 99,
-            body: vec![1, 2, 3],
-        },
     ]
 }
 
@@ -136,16 +131,16 @@ fn reads_of_a_trickled_large_frame_in_small_chunks() {
 fn eof_is_reported_after_the_last_complete_message() {
     let (mut a, mut b) = Channel::pair().unwrap();
     a.send(&Message::Ready { pid: 1 }).unwrap();
-    a.send(&Message::Done { id: "x".into() }).unwrap();
+    a.send(&Message::Release { id: "x".into() }).unwrap();
     // Half a frame, then the peer goes away: the half is dropped.
     let mut raw = UnixStream::from(a.into_fd());
     let mut partial = Vec::new();
-    encode(&Message::Done { id: "never".into() }, &mut partial);
+    encode(&Message::Release { id: "never".into() }, &mut partial);
     raw.write_all(&partial[..partial.len() - 1]).unwrap();
     drop(raw);
 
     assert_eq!(b.recv().unwrap(), Some(Message::Ready { pid: 1 }));
-    assert_eq!(b.recv().unwrap(), Some(Message::Done { id: "x".into() }));
+    assert_eq!(b.recv().unwrap(), Some(Message::Release { id: "x".into() }));
     assert!(matches!(b.recv(), Err(ChannelError::Closed)));
     assert!(matches!(b.recv(), Err(ChannelError::Closed)));
     assert!(matches!(
@@ -186,7 +181,7 @@ fn a_body_above_the_maximum_is_refused_before_queueing() {
 fn a_receiver_refuses_an_oversized_frame_from_its_peer() {
     let (mut a, mut b) = Channel::pair().unwrap();
     b.set_max_frame(10);
-    a.send(&Message::Done {
+    a.send(&Message::Release {
         id: "longer than ten bytes".into(),
     })
     .unwrap();

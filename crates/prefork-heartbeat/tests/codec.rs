@@ -27,7 +27,7 @@ fn control() -> impl Strategy<Value = Control> {
     prop_oneof![Just(Control::Stop), Just(Control::ReopenLogs)]
 }
 
-/// Every message kind, with `Unknown` limited to kinds this version does not know.
+/// Every message kind.
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u32>().prop_map(|pid| Message::Ready { pid }),
@@ -42,15 +42,8 @@ fn message() -> impl Strategy<Value = Message> {
                 payload,
                 attempt
             }),
-        ".*".prop_map(|id| Message::Done { id }),
-        (".*", ".*", any::<bool>(), any::<u64>()).prop_map(|(id, reason, retry, delay_ms)| {
-            Message::Failed {
-                id,
-                reason,
-                retry,
-                delay_ms,
-            }
-        }),
+        (".*", proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(id, report)| Message::Finished { id, report }),
         any::<u32>().prop_map(|n| Message::Want { n }),
         ".*".prop_map(|id| Message::Release { id }),
         (".*", ".*").prop_map(|(id, reason)| Message::Lost { id, reason }),
@@ -59,11 +52,6 @@ fn message() -> impl Strategy<Value = Message> {
             .prop_map(|(pid, ids)| Message::Orphaned { pid, ids }),
         stats().prop_map(Message::Stats),
         control().prop_map(Message::Control),
-        (
-            prop_oneof![Just(0_u8), 13_u8..=255],
-            proptest::collection::vec(any::<u8>(), 0..64)
-        )
-            .prop_map(|(kind, body)| Message::Unknown { kind, body }),
     ]
 }
 
@@ -142,10 +130,12 @@ proptest! {
     }
 
     #[test]
-    fn trailing_body_bytes_from_a_newer_peer_are_ignored(
-        msg in message().prop_filter("known kinds", |m| !matches!(m, Message::Unknown { .. })),
+    fn trailing_body_bytes_are_an_error(
+        msg in message(),
         extra in proptest::collection::vec(any::<u8>(), 1..32),
     ) {
+        // Both ends are the same binary: a body longer than its kind's
+        // fields is garbage, not a newer peer's extra field.
         let mut bytes = Vec::new();
         encode(&msg, &mut bytes);
         bytes.extend_from_slice(&extra);
@@ -153,7 +143,20 @@ proptest! {
         bytes[2..6].copy_from_slice(&len.to_le_bytes());
         let mut d = Decoder::new();
         d.feed(&bytes);
-        prop_assert_eq!(d.next_message(), Ok(Some(msg)));
+        prop_assert!(matches!(d.next_message(), Err(DecodeError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_kind_this_version_lacks_is_an_error(
+        kind in prop_oneof![Just(0_u8), Just(5_u8), 13_u8..=255],
+        body in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let mut frame = vec![VERSION, kind];
+        frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
+        frame.extend_from_slice(&body);
+        let mut d = Decoder::new();
+        d.feed(&frame);
+        prop_assert_eq!(d.next_message(), Err(DecodeError::Kind(kind)));
     }
 
     #[test]
@@ -214,36 +217,25 @@ proptest! {
 }
 
 #[test]
-fn unknown_tags_of_known_kinds_are_kept_for_newer_peers() {
-    // A newer master's control request 9, and a newer worker's progress 5.
-    for (kind, body) in [(7_u8, vec![9_u8]), (2, vec![5, 1, 2, 3])] {
-        let mut frame = vec![VERSION, kind];
-        frame.extend_from_slice(&u32::try_from(body.len()).unwrap().to_le_bytes());
-        frame.extend_from_slice(&body);
-        let mut d = Decoder::new();
-        d.feed(&frame);
-        assert_eq!(d.next_message(), Ok(Some(Message::Unknown { kind, body })));
-    }
-}
-
-#[test]
 fn malformed_bodies_are_errors() {
     let cases: &[(u8, &[u8])] = &[
-        (1, &[1, 2, 3]),                      // pid needs 4 bytes
-        (2, &[]),                             // no progress tag
-        (2, &[1, 0, 0]),                      // busy without its start time
-        (3, &[5, 0, 0, 0, b'a']),             // id says 5 bytes, 1 present
-        (3, &[1, 0, 0, 0, b'a']),             // no payload length
-        (4, &[2, 0, 0, 0, 0xff, 0xfe]),       // id not UTF-8
-        (5, &[0, 0, 0, 0, 0, 0, 0, 0, 2]),    // retry flag 2
-        (6, &[0; 31]),                        // stats need 32 bytes
-        (7, &[]),                             // no control request
-        (3, &[0, 0, 0, 0, 0, 0, 0, 0, 1]),    // half an attempt
-        (5, &[0, 0, 0, 0, 0, 0, 0, 0, 1, 7]), // half a delay
-        (8, &[1, 0]),                         // want needs 4 bytes
-        (9, &[]),                             // release without an id
-        (10, &[0, 0, 0, 0]),                  // lost without a reason
-        (11, &[0, 0, 0, 0, 1, 2, 3]),         // deadline needs 8 bytes
+        (1, &[1, 2, 3]),                   // pid needs 4 bytes
+        (2, &[]),                          // no progress tag
+        (2, &[1, 0, 0]),                   // busy without its start time
+        (3, &[5, 0, 0, 0, b'a']),          // id says 5 bytes, 1 present
+        (3, &[1, 0, 0, 0, b'a']),          // no payload length
+        (4, &[2, 0, 0, 0, 0xff, 0xfe]),    // id not UTF-8
+        (4, &[0, 0, 0, 0, 9, 0, 0, 0, 1]), // report says 9 bytes, 1 present
+        (6, &[0; 31]),                     // stats need 32 bytes
+        (7, &[]),                          // no control request
+        (3, &[0, 0, 0, 0, 0, 0, 0, 0, 1]), // half an attempt
+        (3, &[0, 0, 0, 0, 0, 0, 0, 0]),    // no attempt at all
+        (7, &[9]),                         // control request 9
+        (2, &[5, 1, 2, 3]),                // progress tag 5
+        (8, &[1, 0]),                      // want needs 4 bytes
+        (9, &[]),                          // release without an id
+        (10, &[0, 0, 0, 0]),               // lost without a reason
+        (11, &[0, 0, 0, 0, 1, 2, 3]),      // deadline needs 8 bytes
     ];
     for &(kind, body) in cases {
         let mut frame = vec![VERSION, kind];
@@ -274,34 +266,4 @@ fn a_body_exactly_at_the_maximum_is_accepted() {
     let mut d = Decoder::with_max_frame(body - 1);
     d.feed(&bytes);
     assert_eq!(d.next_message(), Err(DecodeError::TooLarge(body)));
-}
-
-#[test]
-fn frames_from_peers_that_predate_the_appended_fields_decode_with_defaults() {
-    // A Job without its attempt, a Failed without its delay (version 1 as
-    // first published).
-    let old_job = [VERSION, 3, 10, 0, 0, 0, 1, 0, 0, 0, b'j', 1, 0, 0, 0, b'p'];
-    let old_failed = [
-        VERSION, 5, 11, 0, 0, 0, 1, 0, 0, 0, b'j', 1, 0, 0, 0, b'r', 1,
-    ];
-    let mut d = Decoder::new();
-    d.feed(&old_job);
-    d.feed(&old_failed);
-    assert_eq!(
-        d.next_message(),
-        Ok(Some(Message::Job {
-            id: "j".into(),
-            payload: b"p".to_vec(),
-            attempt: 1
-        }))
-    );
-    assert_eq!(
-        d.next_message(),
-        Ok(Some(Message::Failed {
-            id: "j".into(),
-            reason: "r".into(),
-            retry: true,
-            delay_ms: 0
-        }))
-    );
 }

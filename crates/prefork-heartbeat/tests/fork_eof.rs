@@ -81,7 +81,7 @@ fn messages_sent_before_sigkill_arrive_before_eof() {
             since_unix_ms: 5,
         }))
         .unwrap();
-        ch.send_blocking(&Message::Done { id: "j1".into() })
+        ch.send_blocking(&Message::Release { id: "j1".into() })
             .unwrap();
         // Dies with the master's control request unread in its socket, the
         // case where the kernel reports ECONNRESET rather than a plain EOF.
@@ -112,7 +112,7 @@ fn messages_sent_before_sigkill_arrive_before_eof() {
                 job: "j1".into(),
                 since_unix_ms: 5
             }),
-            Message::Done { id: "j1".into() },
+            Message::Release { id: "j1".into() },
         ]
     );
 }
@@ -120,8 +120,8 @@ fn messages_sent_before_sigkill_arrive_before_eof() {
 fn sigkill_in_the_middle_of_a_frame_is_eof() {
     let (pid, mut master) = spawn(|ch| {
         let mut bytes = Vec::new();
-        encode(&Message::Done { id: "x".into() }, &mut bytes);
-        encode(&Message::Done { id: "half".into() }, &mut bytes);
+        encode(&Message::Release { id: "x".into() }, &mut bytes);
+        encode(&Message::Release { id: "half".into() }, &mut bytes);
         let fd = ch.into_fd();
         let cut = bytes.len() - 3;
         assert_eq!(nix::unistd::write(&fd, &bytes[..cut]).unwrap(), cut);
@@ -129,7 +129,7 @@ fn sigkill_in_the_middle_of_a_frame_is_eof() {
     });
     assert_eq!(
         master.recv_timeout(WAIT).unwrap(),
-        Some(Message::Done { id: "x".into() })
+        Some(Message::Release { id: "x".into() })
     );
     assert!(matches!(
         master.recv_timeout(WAIT),

@@ -11,6 +11,7 @@ use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Feeder, Job, Orphans, Settle, Worker};
 
 use crate::registry::{LostJobs, Outcome, Registry};
+use crate::report;
 use crate::retry::Jitter;
 use crate::run::{InHand, JobEvent, Observer, run_one, settled};
 
@@ -171,47 +172,46 @@ impl Feeder for DispatchFeeder {
             return Err("DispatchFeeder used before start".into());
         };
         let id = delivery.id().clone();
-        let result: Result<(), SettleError> = match settle {
-            Settle::Done { .. } => broker.ack(delivery),
-            Settle::Failed {
-                retry: true,
-                delay,
-                reason,
-                ..
-            } => {
-                tracing::info!(delivery = %id, ?delay, %reason, "job failed; retrying");
-                broker.retry(delivery, delay)
-            }
-            Settle::Failed { reason, .. } => {
-                tracing::warn!(delivery = %id, %reason, "job sent to the dead letters");
-                broker.dead_letter(delivery, &reason)
-            }
-            Settle::Release { .. } => broker.release(delivery),
-            Settle::Lost { reason, .. } => {
-                match self
-                    .registry
-                    .lost(delivery.payload(), delivery.attempt(), &reason)
-                {
-                    Outcome::Retry { delay, reason } => {
-                        tracing::warn!(delivery = %id, %reason, "job lost with its worker; running it again");
-                        broker.retry(delivery, delay)
+        let outcome = match settle {
+            Settle::Finished { report, .. } => match report::decode(&report) {
+                Ok(outcome) => outcome,
+                Err(why) => {
+                    tracing::error!(delivery = %id, why, "a worker's report does not decode (a bug): the job runs again");
+                    Outcome::Retry {
+                        delay: Duration::ZERO,
+                        reason: format!("its worker's report did not decode: {why}"),
                     }
-                    Outcome::Dead { reason } => {
-                        tracing::warn!(delivery = %id, %reason, "job lost with its worker; sent to the dead letters");
-                        broker.dead_letter(delivery, &reason)
-                    }
-                    Outcome::Done => broker.ack(delivery),
                 }
+            },
+            Settle::Release { .. } => return settled(broker.release(delivery)),
+            Settle::Refused { reason, .. } => Outcome::Dead { reason },
+            Settle::Lost { reason, .. } => {
+                let outcome = self
+                    .registry
+                    .lost(delivery.payload(), delivery.attempt(), &reason);
+                tracing::warn!(delivery = %id, %reason, ?outcome, "job lost with its worker");
+                outcome
             }
             other => {
                 tracing::warn!(delivery = %id, ?other, "unknown settlement: released");
-                broker.release(delivery)
+                return settled(broker.release(delivery));
+            }
+        };
+        let result: Result<(), SettleError> = match outcome {
+            Outcome::Done => broker.ack(delivery),
+            Outcome::Retry { delay, reason } => {
+                tracing::info!(delivery = %id, ?delay, %reason, "job failed; retrying");
+                broker.retry(delivery, delay)
+            }
+            Outcome::Dead { reason } => {
+                tracing::warn!(delivery = %id, %reason, "job sent to the dead letters");
+                broker.dead_letter(delivery, &reason)
             }
         };
         settled(result)
     }
 
-    /// Acks the `Done` reports of one inbox drain with one
+    /// Acks the succeeded reports of one inbox drain with one
     /// [`Broker::ack_batch_deferred`] (sent at once, their replies read
     /// with the next fetch's: one script call and no round trip of their
     /// own on Redis); settles the others one by one.
@@ -223,7 +223,9 @@ impl Feeder for DispatchFeeder {
         let mut rest = Vec::new();
         for settle in settles {
             match settle {
-                Settle::Done { id } if self.held.contains_key(&id) => {
+                Settle::Finished { id, report }
+                    if report.is_empty() && self.held.contains_key(&id) =>
+                {
                     acks.extend(self.held.remove(&id));
                 }
                 other => rest.push(other),
@@ -362,11 +364,7 @@ impl<S: 'static> Worker for DispatchWorker<S> {
             return Ok(());
         };
         let ran = run_one(&self.registry, state, &mut job, ctx, self.jitter.next());
-        match &ran.outcome {
-            Outcome::Done => ctx.job_done(&job.id),
-            Outcome::Retry { delay, reason } => ctx.job_failed(&job.id, reason, true, *delay),
-            Outcome::Dead { reason } => ctx.job_failed(&job.id, reason, false, Duration::ZERO),
-        }
+        ctx.finish_job(&job.id, &report::encode(&ran.outcome));
         ctx.clear_activity();
         ran.observe(&mut self.observer, job.attempt, true);
         Ok(())

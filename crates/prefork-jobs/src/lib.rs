@@ -23,6 +23,7 @@ mod enqueue;
 mod envelope;
 mod error;
 mod registry;
+mod report;
 mod retry;
 mod run;
 mod worker;

@@ -46,27 +46,30 @@ impl Job {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Settle {
-    /// The worker finished it: acknowledge.
-    Done {
+    /// The worker is done with it: `report` is its verdict (succeeded,
+    /// retry, dead letter, and why), as the worker's
+    /// [`Context::finish_job`] sent it. The master relays it unread: the
+    /// layer that wrote it in the worker reads it here.
+    Finished {
         /// The delivery id.
         id: String,
-    },
-    /// The worker's handler failed.
-    Failed {
-        /// The delivery id.
-        id: String,
-        /// Why.
-        reason: String,
-        /// `true`: retry after `delay`; `false`: dead letter with `reason`.
-        retry: bool,
-        /// How long before the next attempt.
-        delay: Duration,
+        /// The worker's verdict.
+        report: Vec<u8>,
     },
     /// No worker started it (graceful shutdown): give it back without
     /// counting an attempt.
     Release {
         /// The delivery id.
         id: String,
+    },
+    /// The master will not carry it to a worker, ever (it is larger than
+    /// [`MAX_JOB_BYTES`]): dead-letter it with `reason`, which says why
+    /// and what to do instead. No worker ran it.
+    Refused {
+        /// The delivery id.
+        id: String,
+        /// Why, for the dead letter.
+        reason: String,
     },
     /// Its worker died while running it (crash, SIGKILL, hard time limit):
     /// a failed attempt; retry under the retry policy (with its backoff) or
@@ -83,27 +86,16 @@ impl Settle {
     /// The delivery id this is about.
     pub fn id(&self) -> &str {
         match self {
-            Settle::Done { id }
-            | Settle::Failed { id, .. }
+            Settle::Finished { id, .. }
             | Settle::Release { id }
+            | Settle::Refused { id, .. }
             | Settle::Lost { id, .. } => id,
         }
     }
 
-    fn from_message(msg: Message) -> Option<Settle> {
+    pub(crate) fn from_message(msg: Message) -> Option<Settle> {
         Some(match msg {
-            Message::Done { id } => Settle::Done { id },
-            Message::Failed {
-                id,
-                reason,
-                retry,
-                delay_ms,
-            } => Settle::Failed {
-                id,
-                reason,
-                retry,
-                delay: Duration::from_millis(delay_ms),
-            },
+            Message::Finished { id, report } => Settle::Finished { id, report },
             Message::Release { id } => Settle::Release { id },
             Message::Lost { id, reason } => Settle::Lost { id, reason },
             _ => return None,
@@ -206,7 +198,7 @@ pub trait Feeder {
     /// Settles every report the master sent since the last call, in the
     /// order they came (one call per drain of the feeder's inbox), so a
     /// feeder can settle many jobs in one broker round trip (e.g. ack all
-    /// the `Done` ones with one call). The provided method calls
+    /// the succeeded ones with one call). The provided method calls
     /// [`settle`](Feeder::settle) for each, stopping at the first error.
     ///
     /// # Errors
@@ -310,15 +302,7 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
                             "job of {size} bytes is larger than dispatch mode carries \
                              ({MAX_JOB_BYTES} bytes); run it in pull mode or make it smaller"
                         );
-                        feeder.settle(
-                            Settle::Failed {
-                                id: job.id,
-                                reason,
-                                retry: false,
-                                delay: Duration::ZERO,
-                            },
-                            ctx,
-                        )?;
+                        feeder.settle(Settle::Refused { id: job.id, reason }, ctx)?;
                         continue;
                     }
                     ctx.queue(&Message::Job {

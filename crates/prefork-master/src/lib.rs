@@ -33,4 +33,4 @@ pub use config::{Builder, ConfigError, MAX_WORKERS, MIN_MEMORY, MIN_TIMEOUT};
 pub use feeder::{Feeder, Job, Settle};
 pub use master::{MAX_JOB_BYTES, Master};
 pub use report::{Cause, ExitStatus, Phase, Report, Role, Shutdown, WorkerExit, WorkerInfo};
-pub use worker::{BoxError, Context, FnWorker, Orphans, Worker, from_fn};
+pub use worker::{BoxError, Context, FnWorker, MAX_REPORT, Orphans, Worker, from_fn};

@@ -174,7 +174,8 @@ impl Master {
     /// process that talks to the broker). The master asks the feeder for
     /// as many jobs as it has idle workers, hands each job to an idle
     /// worker over its socket ([`Context::next_job`]), relays the workers'
-    /// reports back ([`Context::job_done`], [`Context::job_failed`]), and
+    /// reports back ([`Context::finish_job`]: a verdict the master relays
+    /// unread, [`Settle::Finished`]), and
     /// knows at every moment which worker holds which job:
     ///
     /// - a worker that dies holding a job (crash, SIGKILL, OOM, hard time
@@ -210,7 +211,7 @@ impl Master {
     ///
     /// let worker = prefork_master::from_fn(|ctx| {
     ///     if let Some(job) = ctx.next_job(Duration::from_millis(100)) {
-    ///         ctx.job_done(&job.id);
+    ///         ctx.finish_job(&job.id, b"");
     ///     }
     ///     Ok(())
     /// });
@@ -609,23 +610,8 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     self.sup.alive(now, serial);
                     self.router.job_from_feeder(Job::new(id, payload, attempt));
                 }
-                Message::Done { id } => {
+                report @ Message::Finished { .. } => {
                     self.sup.job_deadline(now, serial, String::new(), 0);
-                    self.finished(serial, Route::Done(id));
-                }
-                Message::Failed {
-                    id,
-                    reason,
-                    retry,
-                    delay_ms,
-                } => {
-                    self.sup.job_deadline(now, serial, String::new(), 0);
-                    let report = Route::Failed {
-                        id,
-                        reason,
-                        retry,
-                        delay_ms,
-                    };
                     self.finished(serial, report);
                 }
                 Message::Deadline { id, in_ms } => self.sup.job_deadline(now, serial, id, in_ms),
@@ -659,8 +645,8 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         }
     }
 
-    /// A worker reported the end of its job.
-    fn finished(&mut self, serial: Serial, report: Route) {
+    /// A worker reported the end of its job (a `Finished` message).
+    fn finished(&mut self, serial: Serial, report: Message) {
         if self.feeder.is_none() {
             return;
         }
@@ -681,38 +667,16 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         self.router.drain_routes_into(&mut routes);
         for route in routes.drain(..) {
             let (to, msg) = match route {
-                Route::ToWorker(serial, job) => (
-                    {
-                        self.handed.insert(serial, Instant::now());
-                        Some(serial)
-                    },
-                    Message::Job {
+                Route::ToWorker(serial, job) => {
+                    self.handed.insert(serial, Instant::now());
+                    let msg = Message::Job {
                         id: job.id,
                         payload: job.payload,
                         attempt: job.attempt,
-                    },
-                ),
-                Route::Want(n) => (self.feeder_at, Message::Want { n }),
-                Route::Done(id) => (self.feeder_at, Message::Done { id }),
-                Route::Failed {
-                    id,
-                    reason,
-                    retry,
-                    delay_ms,
-                } => (
-                    self.feeder_at,
-                    Message::Failed {
-                        id,
-                        reason,
-                        retry,
-                        delay_ms,
-                    },
-                ),
-                Route::Release(id) => (self.feeder_at, Message::Release { id }),
-                Route::Lost { id, reason } => (self.feeder_at, Message::Lost { id, reason }),
-                Route::Orphaned { pid, running } => {
-                    (self.feeder_at, Message::Orphaned { pid, ids: running })
+                    };
+                    (Some(serial), msg)
                 }
+                Route::ToFeeder(msg) => (self.feeder_at, msg),
             };
             match to {
                 Some(serial) => self.send_message(serial, &msg),

@@ -18,6 +18,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use prefork_heartbeat::Message;
+
 use crate::feeder::Job;
 use crate::supervisor::Serial;
 
@@ -26,39 +28,26 @@ use crate::supervisor::Serial;
 pub(crate) enum Route {
     /// Hand this job to this worker.
     ToWorker(Serial, Job),
-    /// Ask the feeder for this many more jobs.
-    Want(u32),
-    /// To the feeder: a worker finished the job.
-    Done(String),
-    /// To the feeder: a worker's job failed.
-    Failed {
-        id: String,
-        reason: String,
-        retry: bool,
-        delay_ms: u64,
-    },
-    /// To the feeder: give this unstarted job back, no attempt counted.
-    Release(String),
-    /// To the feeder: the job's worker died; a failed attempt.
-    Lost { id: String, reason: String },
-    /// To the (next) feeder: the feeder `pid` died; take its claims over,
-    /// and hold those in `running` (still running on workers, or finished
-    /// with their report to follow) rather than hand them out.
-    Orphaned { pid: u32, running: Vec<String> },
+    /// Tell the feeder: `Want` (credits), a worker's `Finished` report
+    /// (relayed unread), `Release` (an unstarted job, no attempt counted),
+    /// `Lost` (its worker died: a failed attempt), `Orphaned` (the feeder
+    /// `pid` died: take its claims over, and hold `ids`, still running on
+    /// workers or finished with their report to follow, rather than hand
+    /// them out).
+    ToFeeder(Message),
 }
 
 impl Route {
     fn is_for_feeder(&self) -> bool {
-        !matches!(self, Route::ToWorker(..))
+        matches!(self, Route::ToFeeder(_))
     }
 
     /// The job a report to the feeder is about.
     fn report_id(&self) -> Option<&str> {
         match self {
-            Route::Done(id)
-            | Route::Failed { id, .. }
-            | Route::Release(id)
-            | Route::Lost { id, .. } => Some(id),
+            Route::ToFeeder(
+                Message::Finished { id, .. } | Message::Release { id } | Message::Lost { id, .. },
+            ) => Some(id),
             _ => None,
         }
     }
@@ -200,29 +189,29 @@ impl Router {
     }
 
     /// The worker is gone. Returns the job it held, which the feeder is
-    /// told about at once as [`Route::Lost`] with `reason`.
+    /// told about at once (`Lost`, with `reason`).
     pub(crate) fn worker_gone(&mut self, serial: Serial, reason: &str) -> Option<String> {
         self.idle.remove(&serial);
         let job = self.workers.remove(&serial)?.job;
         if let Some(id) = &job {
-            self.emit(Route::Lost {
+            self.emit(Route::ToFeeder(Message::Lost {
                 id: id.clone(),
                 reason: reason.to_owned(),
-            });
+            }));
         }
         self.pump();
         job
     }
 
-    /// A worker reported the end of job `id` (a `Done` or `Failed` route,
-    /// forwarded to the feeder). Returns false when the worker did not hold
-    /// that job (the report is forwarded anyway: the feeder settles what it
-    /// knows).
-    pub(crate) fn worker_finished(&mut self, serial: Serial, report: Route) -> bool {
-        let id = match &report {
-            Route::Done(id) | Route::Failed { id, .. } => id.clone(),
-            _ => return false,
+    /// A worker reported the end of its job (`report` is its `Finished`
+    /// message, forwarded to the feeder unread). Returns false when the
+    /// worker did not hold that job (the report is forwarded anyway: the
+    /// feeder settles what it knows).
+    pub(crate) fn worker_finished(&mut self, serial: Serial, report: Message) -> bool {
+        let Message::Finished { id, .. } = &report else {
+            return false;
         };
+        let id = id.clone();
         let held = match self.workers.get_mut(&serial) {
             Some(slot) if slot.job.as_deref() == Some(id.as_str()) => {
                 slot.job = None;
@@ -236,7 +225,7 @@ impl Router {
         // The worker's next job first, then the report: the worker starts
         // while the feeder settles.
         self.hand_out();
-        self.emit(report);
+        self.emit(Route::ToFeeder(report));
         self.top_up();
         held
     }
@@ -245,7 +234,7 @@ impl Router {
     pub(crate) fn job_from_feeder(&mut self, job: Job) {
         self.asked = self.asked.saturating_sub(1);
         if self.stopped {
-            self.emit(Route::Release(job.id));
+            self.emit(Route::ToFeeder(Message::Release { id: job.id }));
             return;
         }
         self.queue.push_back(job);
@@ -269,7 +258,7 @@ impl Router {
     /// (they are its claims: the next feeder takes them over and hands
     /// them out again). The next feeder is told, before anything else that
     /// follows, which of the dead one's jobs still run on workers
-    /// ([`Route::Orphaned`]). `pid` is `None` for a feeder that stopped
+    /// (`Orphaned`). `pid` is `None` for a feeder that stopped
     /// cleanly (it gave its claims back). Returns how many were dropped.
     pub(crate) fn feeder_gone(&mut self, pid: Option<u32>) -> usize {
         self.feeder_ready = false;
@@ -307,7 +296,7 @@ impl Router {
                     hold.push(id.to_owned());
                 }
             }
-            self.emit(Route::Orphaned { pid, running: hold });
+            self.emit(Route::ToFeeder(Message::Orphaned { pid, ids: hold }));
             for route in resend {
                 self.emit(route);
             }
@@ -321,7 +310,7 @@ impl Router {
     pub(crate) fn stop_fetching(&mut self) {
         self.stopped = true;
         while let Some(job) = self.queue.pop_front() {
-            self.emit(Route::Release(job.id));
+            self.emit(Route::ToFeeder(Message::Release { id: job.id }));
         }
     }
 
@@ -376,8 +365,8 @@ impl Router {
             let want = (self.idle.len() + self.lookahead).saturating_sub(have);
             if want > 0 && (have < self.idle.len() || want >= self.chunk()) {
                 self.asked += want;
-                self.out
-                    .push(Route::Want(u32::try_from(want).unwrap_or(u32::MAX)));
+                let n = u32::try_from(want).unwrap_or(u32::MAX);
+                self.out.push(Route::ToFeeder(Message::Want { n }));
             }
         }
     }
@@ -400,6 +389,33 @@ mod tests {
     use proptest::prelude::*;
     use std::collections::{HashMap, HashSet};
 
+    fn want(n: u32) -> Route {
+        Route::ToFeeder(Message::Want { n })
+    }
+
+    fn done(id: String) -> Message {
+        Message::Finished {
+            id,
+            report: Vec::new(),
+        }
+    }
+
+    fn to_feeder(m: Message) -> Route {
+        Route::ToFeeder(m)
+    }
+
+    fn release(id: String) -> Route {
+        Route::ToFeeder(Message::Release { id })
+    }
+
+    fn lost(id: String, reason: String) -> Route {
+        Route::ToFeeder(Message::Lost { id, reason })
+    }
+
+    fn orphaned(pid: u32, ids: Vec<String>) -> Route {
+        Route::ToFeeder(Message::Orphaned { pid, ids })
+    }
+
     fn job(n: u64) -> Job {
         Job::new(format!("j{n}"), vec![], 1)
     }
@@ -410,14 +426,14 @@ mod tests {
         r.feeder_ready();
         r.worker_ready(1);
         r.worker_ready(2);
-        assert_eq!(r.take_routes(), [Route::Want(1), Route::Want(1)]);
+        assert_eq!(r.take_routes(), [want(1), want(1)]);
         r.job_from_feeder(job(1));
         assert_eq!(r.take_routes(), [Route::ToWorker(1, job(1))]);
         assert_eq!(r.job_of(1), Some("j1"));
-        assert!(r.worker_finished(1, Route::Done("j1".into())));
+        assert!(r.worker_finished(1, done("j1".into())));
         assert_eq!(
             r.take_routes(),
-            [Route::Done("j1".into()), Route::Want(1)],
+            [to_feeder(done("j1".into())), want(1)],
             "one credit is still out, for worker 2"
         );
     }
@@ -427,18 +443,18 @@ mod tests {
         let mut r = Router::new(1);
         r.feeder_ready();
         r.worker_ready(1);
-        assert_eq!(r.take_routes(), [Route::Want(1), Route::Want(1)]);
+        assert_eq!(r.take_routes(), [want(1), want(1)]);
         r.job_from_feeder(job(1));
         r.job_from_feeder(job(2));
         assert_eq!(r.take_routes(), [Route::ToWorker(1, job(1))]);
         assert_eq!(r.queued(), 1, "the second job waits for worker 1");
-        assert!(r.worker_finished(1, Route::Done("j1".into())));
+        assert!(r.worker_finished(1, done("j1".into())));
         assert_eq!(
             r.take_routes(),
             [
                 Route::ToWorker(1, job(2)),
-                Route::Done("j1".into()),
-                Route::Want(1)
+                to_feeder(done("j1".into())),
+                want(1)
             ],
             "the next job goes out before the report, then the queue is refilled"
         );
@@ -449,7 +465,7 @@ mod tests {
         let mut r = Router::new(2);
         r.feeder_ready();
         r.worker_ready(1);
-        assert_eq!(r.take_routes(), [Route::Want(2), Route::Want(1)]);
+        assert_eq!(r.take_routes(), [want(2), want(1)]);
         for n in 1..=3 {
             r.job_from_feeder(job(n));
         }
@@ -461,10 +477,10 @@ mod tests {
             "unstarted: the broker gives them back"
         );
         r.feeder_ready();
-        assert_eq!(r.take_routes(), [Route::Want(2)]);
+        assert_eq!(r.take_routes(), [want(2)]);
         r.job_from_feeder(job(4));
         r.stop_fetching();
-        assert_eq!(r.take_routes(), [Route::Release("j4".into())]);
+        assert_eq!(r.take_routes(), [release("j4".into())]);
         assert_eq!(r.job_of(1), Some("j1"));
     }
 
@@ -478,10 +494,7 @@ mod tests {
         assert_eq!(r.worker_gone(1, "killed by SIGKILL"), Some("j1".into()));
         assert_eq!(
             r.take_routes(),
-            [Route::Lost {
-                id: "j1".into(),
-                reason: "killed by SIGKILL".into()
-            }]
+            [lost("j1".into(), "killed by SIGKILL".into())]
         );
         r.job_from_feeder(job(2)); // no worker: it waits
         assert_eq!(r.queued(), 1);
@@ -492,15 +505,9 @@ mod tests {
         assert_eq!(
             r.take_routes(),
             [
-                Route::Orphaned {
-                    pid: 77,
-                    running: vec!["j1".into()]
-                },
-                Route::Lost {
-                    id: "j1".into(),
-                    reason: "killed by SIGKILL".into()
-                },
-                Route::Want(1)
+                orphaned(77, vec!["j1".into()]),
+                lost("j1".into(), "killed by SIGKILL".into()),
+                want(1)
             ],
             "the next feeder holds the job whose report it may have missed, then hears it"
         );
@@ -521,7 +528,7 @@ mod tests {
             .take_routes()
             .iter()
             .map(|x| match x {
-                Route::Want(n) => *n,
+                Route::ToFeeder(Message::Want { n }) => *n,
                 other => panic!("{other:?}"),
             })
             .sum();
@@ -537,21 +544,21 @@ mod tests {
             r.take_routes()
                 .iter()
                 .filter_map(|x| match x {
-                    Route::Want(n) => Some(*n),
+                    Route::ToFeeder(Message::Want { n }) => Some(*n),
                     _ => None,
                 })
                 .collect()
         };
         for n in 1..=5 {
             let w = if n % 2 == 1 { 1 } else { 2 };
-            assert!(r.worker_finished(w, Route::Done(format!("j{n}"))));
+            assert!(r.worker_finished(w, done(format!("j{n}"))));
         }
         assert_eq!(
             wants(&mut r),
             Vec::<u32>::new(),
             "7 short of 16: under a chunk"
         );
-        assert!(r.worker_finished(2, Route::Done("j6".into())));
+        assert!(r.worker_finished(2, done("j6".into())));
         assert_eq!(wants(&mut r), [8], "a chunk of 8 once 8 were used");
         for _ in 0..50 {
             r.observe(std::time::Duration::from_secs(1));
@@ -567,18 +574,15 @@ mod tests {
         r.job_from_feeder(job(1));
         r.feeder_gone(Some(9));
         r.take_routes();
-        r.worker_finished(1, Route::Done("j1".into()));
+        r.worker_finished(1, done("j1".into()));
         assert_eq!(r.take_routes(), []);
         r.feeder_ready();
         assert_eq!(
             r.take_routes(),
             [
-                Route::Orphaned {
-                    pid: 9,
-                    running: vec!["j1".into()]
-                },
-                Route::Done("j1".into()),
-                Route::Want(1)
+                orphaned(9, vec!["j1".into()]),
+                to_feeder(done("j1".into())),
+                want(1)
             ],
             "the adoption names the running job before its report"
         );
@@ -592,12 +596,10 @@ mod tests {
         r.worker_ready(2);
         r.job_from_feeder(job(1));
         r.job_from_feeder(job(2));
-        r.worker_finished(1, Route::Done("j1".into()));
-        let failed = Route::Failed {
+        r.worker_finished(1, done("j1".into()));
+        let failed = Message::Finished {
             id: "j2".into(),
-            reason: "x".into(),
-            retry: true,
-            delay_ms: 0,
+            report: b"retry: x".to_vec(),
         };
         r.worker_finished(2, failed);
         // The feeder retried j2 and handed it out again (same id) before
@@ -610,12 +612,9 @@ mod tests {
         assert_eq!(
             r.take_routes(),
             [
-                Route::Orphaned {
-                    pid: 5,
-                    running: vec!["j2".into(), "j1".into()]
-                },
-                Route::Done("j1".into()),
-                Route::Want(1)
+                orphaned(5, vec!["j2".into(), "j1".into()]),
+                to_feeder(done("j1".into())),
+                want(1)
             ]
         );
     }
@@ -632,10 +631,10 @@ mod tests {
         r.job_from_feeder(job(3)); // already on its way
         assert_eq!(
             r.take_routes(),
-            [Route::Release("j2".into()), Route::Release("j3".into())]
+            [release("j2".into()), release("j3".into())]
         );
-        r.worker_finished(1, Route::Done("j1".into()));
-        assert_eq!(r.take_routes(), [Route::Done("j1".into())]);
+        r.worker_finished(1, done("j1".into()));
+        assert_eq!(r.take_routes(), [to_feeder(done("j1".into()))]);
     }
 
     #[derive(Debug, Clone)]
@@ -707,8 +706,8 @@ mod tests {
                         prop_assert_eq!(lost, holding.remove(&s));
                     },
                     Ev::Finish(w, ok) => if let Some(&s) = serial_of.get(&w) && let Some(id) = holding.remove(&s) {
-                        let report = if ok { Route::Done(id) } else {
-                            Route::Failed { id, reason: "x".into(), retry: true, delay_ms: 5 }
+                        let report = if ok { done(id) } else {
+                            Message::Finished { id, report: b"retry in 5 ms: x".to_vec() }
                         };
                         prop_assert!(r.worker_finished(s, report));
                     },
@@ -736,27 +735,28 @@ mod tests {
                             prop_assert!(holding.insert(s, j.id.clone()).is_none(), "worker {} given two jobs", s);
                             prop_assert!(handed.insert(j.id));
                         }
-                        Route::Want(n) => {
+                        Route::ToFeeder(Message::Want { n }) => {
                             prop_assert!(feeder);
                             credits += n as usize;
                             let (asked, queued, idle) = r.counts();
                             prop_assert!(asked + queued <= idle + lookahead, "credits {} + queued {} > idle {} + lookahead {}", asked, queued, idle, lookahead);
                         }
-                        Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => {
+                        Route::ToFeeder(Message::Finished { id, .. } | Message::Lost { id, .. }) => {
                             prop_assert!(handed.contains(&id));
                             prop_assert!(ended.insert(id.clone()) || ended_before_gone.contains(&id), "{} reported twice", id);
                         }
-                        Route::Release(id) => {
+                        Route::ToFeeder(Message::Release { id }) => {
                             prop_assert!(!handed.contains(&id), "{} released after it started", id);
                             prop_assert!(released.insert(id.clone()) || ended_before_gone.contains(&id) || released_before_gone.contains(&id));
                         }
-                        Route::Orphaned { running, .. } => {
+                        Route::ToFeeder(Message::Orphaned { ids: running, .. }) => {
                             let expected = orphans_expected.take();
                             prop_assert!(expected.is_some(), "an adoption without a feeder death");
                             for id in expected.unwrap() {
                                 prop_assert!(running.contains(&id), "the adoption does not name {}, running when the feeder died", id);
                             }
                         }
+                        Route::ToFeeder(other) => prop_assert!(false, "unexpected {:?}", other),
                     }
                 }
                 let (asked, queued, idle) = r.counts();
@@ -777,14 +777,14 @@ mod tests {
             let serials: Vec<Serial> = holding.keys().copied().collect();
             for s in serials {
                 let id = holding.remove(&s).unwrap();
-                r.worker_finished(s, Route::Done(id));
+                r.worker_finished(s, done(id));
             }
             if !feeder { r.feeder_ready(); }
             for route in r.take_routes() {
                 match route {
-                    Route::Done(id) | Route::Failed { id, .. } | Route::Lost { id, .. } => { prop_assert!(ended.insert(id.clone()) || ended_before_gone.contains(&id)); }
-                    Route::Release(id) => { prop_assert!(released.insert(id.clone()) || released_before_gone.contains(&id)); }
-                    other => prop_assert!(matches!(other, Route::Want(_) | Route::Orphaned { .. }), "{:?}", other),
+                    Route::ToFeeder(Message::Finished { id, .. } | Message::Lost { id, .. }) => { prop_assert!(ended.insert(id.clone()) || ended_before_gone.contains(&id)); }
+                    Route::ToFeeder(Message::Release { id }) => { prop_assert!(released.insert(id.clone()) || released_before_gone.contains(&id)); }
+                    other => prop_assert!(matches!(other, Route::ToFeeder(Message::Want { .. } | Message::Orphaned { .. })), "{:?}", other),
                 }
             }
             prop_assert_eq!(&handed, &ended, "every job handed out ended");

@@ -301,8 +301,8 @@ impl Context {
     /// is asked to stop (check [`shutting_down`](Context::shutting_down)).
     ///
     /// The master hands a worker one job at a time and no other until it
-    /// reports this one with [`job_done`](Context::job_done) or
-    /// [`job_failed`](Context::job_failed). A worker that dies holding a job
+    /// reports this one with [`finish_job`](Context::finish_job). A worker
+    /// that dies holding a job
     /// has it settled as a failed attempt (the log names the job and the
     /// signal). Outside dispatch mode no job ever comes.
     pub fn next_job(&mut self, timeout: Duration) -> Option<crate::Job> {
@@ -336,34 +336,27 @@ impl Context {
         }
     }
 
-    /// Dispatch mode: tells the master the job `id` (from
-    /// [`next_job`](Context::next_job)) succeeded, to be acknowledged; the
-    /// worker can take the next one. Counts a job done.
-    pub fn job_done(&mut self, id: &str) {
+    /// Dispatch mode: tells the master this worker is done with the job
+    /// `id` (from [`next_job`](Context::next_job)), and can take the next
+    /// one. `report` is the verdict for the feeder (how it went: succeeded,
+    /// retry, dead letter, why), relayed unread: the job layer encodes it
+    /// here and decodes it in its [`Feeder`](crate::Feeder)'s
+    /// [`Settle::Finished`](crate::Settle::Finished). At most
+    /// [`MAX_REPORT`] bytes are sent (a longer report is cut). Counts a job
+    /// finished.
+    pub fn finish_job(&mut self, id: &str, report: &[u8]) {
         self.job_finished();
-        self.send(&Message::Done { id: id.to_owned() });
-        self.flush();
-    }
-
-    /// Dispatch mode: tells the master the job `id` failed: retried after
-    /// `delay` when `retry` (else dead-lettered with `reason`). Counts a
-    /// job done.
-    pub fn job_failed(&mut self, id: &str, reason: &str, retry: bool, delay: Duration) {
-        self.job_finished();
-        self.send(&Message::Failed {
+        self.send(&Message::Finished {
             id: id.to_owned(),
-            reason: truncated(reason, MAX_REASON).to_owned(),
-            retry,
-            delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            report: report[..report.len().min(MAX_REPORT)].to_vec(),
         });
         self.flush();
     }
 
     /// Counts one job finished (any outcome); the count goes to the master
     /// with the next heartbeat (as `Stats::jobs_finished`) and is logged when
-    /// the worker exits. [`job_done`](Context::job_done) and
-    /// [`job_failed`](Context::job_failed) count for themselves; pull-mode
-    /// workers call this.
+    /// the worker exits. [`finish_job`](Context::finish_job) counts for
+    /// itself; pull-mode workers call this.
     pub fn job_finished(&mut self) {
         self.jobs_finished += 1;
     }
@@ -378,7 +371,7 @@ impl Context {
     /// master kills the worker with SIGKILL, logs the job, and (dispatch
     /// mode) settles it as a failed attempt under its retry policy; the
     /// worker is replaced. `None` clears the limit; in dispatch mode a
-    /// report ([`job_done`](Context::job_done), ...) clears it too. It is
+    /// report ([`finish_job`](Context::finish_job)) clears it too. It is
     /// separate from the liveness timeout: heartbeats do not move it.
     pub fn set_deadline(&mut self, what: &str, limit: Option<Duration>) {
         let in_ms = limit.map_or(0, |l| {
@@ -455,8 +448,7 @@ impl Context {
             Message::Control(Control::ReopenLogs) => self.reopen_pending = true,
             m @ (Message::Job { .. }
             | Message::Want { .. }
-            | Message::Done { .. }
-            | Message::Failed { .. }
+            | Message::Finished { .. }
             | Message::Release { .. }
             | Message::Lost { .. }
             | Message::Orphaned { .. }) => self.inbox.push_back(m),
@@ -648,9 +640,10 @@ impl Orphans {
     }
 }
 
-/// The longest failure reason a worker sends (the frames a worker sends
-/// are small: see `MAX_FRAME_FROM_WORKER`); longer ones are cut.
-const MAX_REASON: usize = 16 * 1024;
+/// The longest report a worker sends with
+/// [`finish_job`](Context::finish_job): the frames a worker sends are small
+/// (a 64 KiB frame at most), so a worker cannot make the master buffer much.
+pub const MAX_REPORT: usize = 16 * 1024;
 
 /// The longest activity label a heartbeat carries.
 const MAX_ACTIVITY: usize = 1024;
