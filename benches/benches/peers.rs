@@ -17,6 +17,13 @@
 //! db 15 of the server; the table shows medians and the ratio to Sidekiq's
 //! jobs/s. Only ratios within one run mean anything on a shared VM.
 //!
+//! Each round also runs `redis-benchmark -c 2 INCR` on the same server
+//! when it is on `PATH`: two clients, each waiting for one round trip at a
+//! time, the rate two workers doing one `INCR` a job and nothing else would
+//! reach. The table shows it as a last row, and each system's share of it:
+//! no job runner with two workers doing these jobs one at a time can pass
+//! it.
+//!
 //! How to run it: `cargo xtask bench peers [--jobs N] [--rounds N]` installs
 //! the peers when missing (Debian's `ruby-sidekiq`; Celery 5 with pip into
 //! `target/peers-venv`), starts a redis-server and runs this bench, which
@@ -579,6 +586,29 @@ fn machine_note(bench: &mut Bench) -> String {
     )
 }
 
+/// The physical bound of the job shape, measured beside the systems in
+/// each round: `redis-benchmark -c 2 -n N INCR` on the same server, two
+/// clients each waiting for one round trip at a time, which is what two
+/// workers doing one `INCR` a job (and nothing else) would reach. `None`
+/// when `redis-benchmark` is not on `PATH` or its output does not parse.
+fn incr_bound(url: &str, n: u64) -> Option<f64> {
+    let authority = url.strip_prefix("redis://")?.split(['/', '?']).next()?;
+    let authority = authority.rsplit('@').next()?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let out = Command::new("redis-benchmark")
+        .args(["-h", host, "-p", port, "-c", "2", "-n"])
+        .arg(n.to_string())
+        .args(["-q", "--csv", "INCR", "peers:bound"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    // `--csv`: a header line, then "INCR peers:bound","<rps>",...
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(',').nth(1))
+        .find_map(|v| v.trim_matches('"').parse::<f64>().ok())
+}
+
 /// Prints why the bench cannot run, then exits: 1 when the xtask asked
 /// for everything (`PEERS_REQUIRE=1`), else 0 (a skip).
 fn skip(why: &str) -> ! {
@@ -630,7 +660,17 @@ fn main() {
         bench.args.jobs, bench.args.rounds, bench.url
     );
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); System::ALL.len()];
+    let mut bounds = Vec::new();
     for round in 1..=bench.args.rounds {
+        if let Some(rps) = incr_bound(&bench.url, bench.args.jobs) {
+            println!(
+                "round {round}/{}: {:<40} run {:>7} INCR/s",
+                bench.args.rounds,
+                "redis-benchmark -c 2 INCR (the bound)",
+                thousands(rps)
+            );
+            bounds.push(rps);
+        }
         for &s in &systems {
             match bench.measure(s) {
                 Ok(sample) => {
@@ -681,6 +721,23 @@ fn main() {
         if let Some((b, _)) = base {
             enqueue_ratios.push(format!("{s:?} {:.2}x", enq / b));
         }
+    }
+    if !bounds.is_empty() {
+        let bound = median(bounds);
+        let ratio = base.map_or("-".to_owned(), |(_, b)| format!("{:.2}x", bound / b));
+        let _ = writeln!(
+            table,
+            "| redis-benchmark -c 2 INCR: the bound (2 clients, one round trip at a time, nothing else) | - | {} | {ratio} |",
+            thousands(bound)
+        );
+        let shares: Vec<String> = systems
+            .iter()
+            .filter_map(|&s| {
+                let (_, run) = medians[s as usize]?;
+                Some(format!("{s:?} {:.0}%", 100.0 * run / bound))
+            })
+            .collect();
+        let _ = writeln!(table, "\nshare of the bound: {}", shares.join(", "));
     }
     let note = machine_note(&mut bench);
     println!("\n{note}\n\n{table}");
