@@ -1,16 +1,21 @@
-//! [`Master`]: the single-threaded `mio` loop that carries out the
-//! supervisor's decisions (fork, signal, send) and the router's (which
-//! worker runs which job). The child side of a fork is in `child.rs`.
+//! [`Master`]: the single-threaded `mio` loop that reports what it sees to
+//! the supervisor and carries out what the supervisor decides. The child
+//! side of a fork is in `child.rs`.
 //!
 //! # One turn of the loop
 //!
-//! The supervisor (`supervisor.rs`) and the router (`router.rs`) decide;
-//! they never touch a descriptor. This loop is the only code that does I/O,
-//! and one turn of it is:
+//! The supervisor (`supervisor.rs`, which drives the dispatch router of
+//! `router.rs`) decides everything and never touches a descriptor. This
+//! loop is the only code that does I/O, and it interprets nothing: what
+//! it sees goes to `Supervisor::handle` as one closed `Event` (a fork
+//! done, a message as it came, a failed channel, a reaped child, a
+//! signal, the clock), and what comes back is a flat list of `Action`s
+//! (fork, send a message to a serial, signal a process, run a hook). One
+//! turn is:
 //!
-//! 1. **Carry out** what the supervisor decided (`carry_out`): fork, signal,
-//!    send a control message. A fork's parent side registers the new
-//!    channel in the poll; the child side never returns here.
+//! 1. **Carry out** the actions (`carry_out`). A fork's parent side
+//!    registers the new channel in the poll and answers `Spawned`; the
+//!    child side never returns here. A send only queues the frame.
 //! 2. **Stop** if the supervisor has a final [`Report`].
 //! 3. **Flush** every channel written to during the last turn
 //!    (`flush_pending`): a worker's next job, the feeder's copy of the
@@ -21,12 +26,10 @@
 //!    timeout, a kill's grace period, a restart's backoff), or not at all
 //!    when some channel still has unread input (below).
 //! 5. **Read**: signals from the self-pipe (SIGCHLD reaps; the others are
-//!    the supervisor's to judge), then each readable channel, at most
-//!    `MESSAGES_PER_TURN` messages each, so a flooding worker cannot starve
-//!    the others. Each message goes to the supervisor (liveness, progress)
-//!    and, in dispatch mode, to the router, whose routes are queued at once
-//!    (`route`).
-//! 6. **Tick** the supervisor's clock: timeouts, recycling, scaling.
+//!    handed in), then each readable channel, at most `MESSAGES_PER_TURN`
+//!    messages each, so a flooding worker cannot starve the others; each
+//!    message is handed in as it is read.
+//! 6. **Tick**: hand in the time, for timeouts, recycling and scaling.
 //!
 //! **The draining rule.** The poll is edge-triggered: a channel reports
 //! readable once per arrival of data, not while data remains. A channel
@@ -38,8 +41,9 @@
 //! one busy peer costs the others at most one batch of latency a turn.
 //!
 //! **Death is read to the end.** A reaped worker's channel is drained
-//! (`drain_worker`) before its death is handled, so a report it wrote just
-//! before exiting settles its job instead of releasing it as a failure.
+//! (`drain`) and its messages handed in before its `Reaped` event, so a
+//! report it wrote just before exiting settles its job instead of being
+//! lost as a failed attempt.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};

@@ -202,12 +202,10 @@ pub(crate) struct Supervisor {
 
 impl Supervisor {
     pub(crate) fn new(settings: Settings, rng: XorShift) -> Supervisor {
-        let router = settings
-            .feeder
-            .then(|| match settings.dispatch_lookahead {
-                Some(n) => Router::new(n),
-                None => Router::adaptive(settings.workers),
-            });
+        let router = settings.feeder.then(|| match settings.dispatch_lookahead {
+            Some(n) => Router::new(n),
+            None => Router::adaptive(settings.workers),
+        });
         Supervisor {
             target: settings.workers,
             s: settings,

@@ -75,10 +75,22 @@ impl Sim {
                     Action::Spawn { serial, .. } => {
                         if self.fail_spawns > 0 {
                             self.fail_spawns -= 1;
-                            self.sup.handle(self.now, Event::Spawned { serial: *serial, pid: None });
+                            self.sup.handle(
+                                self.now,
+                                Event::Spawned {
+                                    serial: *serial,
+                                    pid: None,
+                                },
+                            );
                         } else {
                             self.next_pid += 1;
-                            self.sup.handle(self.now, Event::Spawned { serial: *serial, pid: Some(self.next_pid) });
+                            self.sup.handle(
+                                self.now,
+                                Event::Spawned {
+                                    serial: *serial,
+                                    pid: Some(self.next_pid),
+                                },
+                            );
                         }
                     }
                     Action::Kill { pid, signal, .. } => self.kills.push((*pid, *signal)),
@@ -292,7 +304,7 @@ fn term_is_quick_and_escalates_to_kill() {
         sim.kills,
         pids.iter().map(|p| (*p, libc::SIGTERM)).collect::<Vec<_>>()
     );
-    assert!(!sim.log.iter().any(|a| is_stop(a)));
+    assert!(!sim.log.iter().any(is_stop));
     sim.advance(SEC);
     let kills: Vec<_> = sim.kills[2..].to_vec();
     assert_eq!(
@@ -525,19 +537,13 @@ fn recycling_by_iterations_memory_and_age_waits_for_the_replacement() {
     sim.pump();
     assert_eq!(sim.spawns(), 4, "one replacement at a time");
     assert!(
-        !sim.log.iter().any(|x| is_stop(x)),
+        !sim.log.iter().any(is_stop),
         "old stays until the new is ready"
     );
     let new = *sim.serials().last().unwrap();
     sim.tell(new, Message::Ready { pid: 0 });
     sim.pump();
-    assert_eq!(
-        sim.log
-            .iter()
-            .filter(|x| is_stop(x))
-            .count(),
-        1
-    );
+    assert_eq!(sim.log.iter().filter(|x| is_stop(x)).count(), 1);
     assert!(sim.log.contains(&stop(a)));
     sim.obey();
     assert_eq!(sim.spawns(), 5, "then the next one");
@@ -589,8 +595,20 @@ fn garbage_and_closed_channels_get_the_worker_killed() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
     let [a, b] = sim.serials()[..] else { panic!() };
-    sim.sup.handle(sim.now, Event::ChannelFailed { serial: a, protocol: true });
-    sim.sup.handle(sim.now, Event::ChannelFailed { serial: b, protocol: false });
+    sim.sup.handle(
+        sim.now,
+        Event::ChannelFailed {
+            serial: a,
+            protocol: true,
+        },
+    );
+    sim.sup.handle(
+        sim.now,
+        Event::ChannelFailed {
+            serial: b,
+            protocol: false,
+        },
+    );
     sim.pump();
     assert_eq!(sim.kills.len(), 2);
     assert_eq!(
@@ -776,10 +794,7 @@ fn graceful_shutdown_stops_the_feeder_after_the_last_worker() {
     assert!(!sim.log.contains(&stop(feeder)));
     sim.exit(workers[1], ExitStatus::Exited(0));
     sim.pump();
-    assert!(
-        sim.log.contains(&stop(feeder)),
-        "the feeder goes last"
-    );
+    assert!(sim.log.contains(&stop(feeder)), "the feeder goes last");
     sim.exit(feeder, ExitStatus::Exited(0));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopped);
@@ -790,9 +805,27 @@ fn a_job_past_its_hard_limit_kills_its_worker_but_a_cleared_one_does_not() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
     let s = sim.serials();
-    sim.tell(s[0], Message::Deadline { id: "job-1".into(), in_ms: 3_000 });
-    sim.tell(s[1], Message::Deadline { id: "job-2".into(), in_ms: 3_000 });
-    sim.tell(s[1], Message::Deadline { id: String::new(), in_ms: 0 });
+    sim.tell(
+        s[0],
+        Message::Deadline {
+            id: "job-1".into(),
+            in_ms: 3_000,
+        },
+    );
+    sim.tell(
+        s[1],
+        Message::Deadline {
+            id: "job-2".into(),
+            in_ms: 3_000,
+        },
+    );
+    sim.tell(
+        s[1],
+        Message::Deadline {
+            id: String::new(),
+            in_ms: 0,
+        },
+    );
     assert_eq!(sim.sup.next_deadline(), Some(sim.now + 3 * SEC));
     sim.advance(2 * SEC);
     sim.beat_all(); // heartbeats do not move a hard limit
@@ -949,7 +982,11 @@ fn dispatch_mode_the_adaptive_lookahead_learns_the_run_time_on_the_simulated_clo
         sim.tell(worker, finished(&id));
         sim.beat_all();
     }
-    assert_eq!(lookahead(&sim), 0, "slow jobs: fetched only for idle workers");
+    assert_eq!(
+        lookahead(&sim),
+        0,
+        "slow jobs: fetched only for idle workers"
+    );
     sim.pump();
     assert!(sim.kills.is_empty());
 }
