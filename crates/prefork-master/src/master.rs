@@ -1,16 +1,21 @@
-//! [`Master`]: the single-threaded `mio` loop that carries out the
-//! supervisor's decisions (fork, signal, send) and the router's (which
-//! worker runs which job). The child side of a fork is in `child.rs`.
+//! [`Master`]: the single-threaded `mio` loop that reports what it sees to
+//! the supervisor and carries out what the supervisor decides. The child
+//! side of a fork is in `child.rs`.
 //!
 //! # One turn of the loop
 //!
-//! The supervisor (`supervisor.rs`) and the router (`router.rs`) decide;
-//! they never touch a descriptor. This loop is the only code that does I/O,
-//! and one turn of it is:
+//! The supervisor (`supervisor.rs`, which drives the dispatch router of
+//! `router.rs`) decides everything and never touches a descriptor. This
+//! loop is the only code that does I/O, and it interprets nothing: what
+//! it sees goes to `Supervisor::handle` as one closed `Event` (a fork
+//! done, a message as it came, a failed channel, a reaped child, a
+//! signal, the clock), and what comes back is a flat list of `Action`s
+//! (fork, send a message to a serial, signal a process, run a hook). One
+//! turn is:
 //!
-//! 1. **Carry out** what the supervisor decided (`carry_out`): fork, signal,
-//!    send a control message. A fork's parent side registers the new
-//!    channel in the poll; the child side never returns here.
+//! 1. **Carry out** the actions (`carry_out`). A fork's parent side
+//!    registers the new channel in the poll and answers `Spawned`; the
+//!    child side never returns here. A send only queues the frame.
 //! 2. **Stop** if the supervisor has a final [`Report`].
 //! 3. **Flush** every channel written to during the last turn
 //!    (`flush_pending`): a worker's next job, the feeder's copy of the
@@ -21,12 +26,10 @@
 //!    timeout, a kill's grace period, a restart's backoff), or not at all
 //!    when some channel still has unread input (below).
 //! 5. **Read**: signals from the self-pipe (SIGCHLD reaps; the others are
-//!    the supervisor's to judge), then each readable channel, at most
-//!    `MESSAGES_PER_TURN` messages each, so a flooding worker cannot starve
-//!    the others. Each message goes to the supervisor (liveness, progress)
-//!    and, in dispatch mode, to the router, whose routes are queued at once
-//!    (`route`).
-//! 6. **Tick** the supervisor's clock: timeouts, recycling, scaling.
+//!    handed in), then each readable channel, at most `MESSAGES_PER_TURN`
+//!    messages each, so a flooding worker cannot starve the others; each
+//!    message is handed in as it is read.
+//! 6. **Tick**: hand in the time, for timeouts, recycling and scaling.
 //!
 //! **The draining rule.** The poll is edge-triggered: a channel reports
 //! readable once per arrival of data, not while data remains. A channel
@@ -38,17 +41,18 @@
 //! one busy peer costs the others at most one batch of latency a turn.
 //!
 //! **Death is read to the end.** A reaped worker's channel is drained
-//! (`drain_worker`) before its death is handled, so a report it wrote just
-//! before exiting settles its job instead of releasing it as a failure.
+//! (`drain`) and its messages handed in before its `Reaped` event, so a
+//! report it wrote just before exiting settles its job instead of being
+//! lost as a failed attempt.
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use libc::c_int;
 use mio::{Events, Interest, Poll, Token};
-use prefork_heartbeat::{Channel, ChannelError, Control, Message, Progress};
+use prefork_heartbeat::{Channel, ChannelError, Message};
 use prefork_proc::{Child, Fork};
 use prefork_selfpipe::SignalQueue;
 
@@ -56,11 +60,9 @@ use crate::backoff::XorShift;
 use crate::child;
 use crate::config::{Builder, Hooks, Settings};
 use crate::feeder::{Feeder, Job, Settle};
-use crate::report::Role;
-use crate::report::{Phase, Report, WorkerInfo};
-use crate::router::{Route, Router};
-use crate::supervisor::{Action, Activity, Serial, Supervisor};
-use crate::worker::{BoxError, Context, Orphans, Worker};
+use crate::report::{Phase, Report, Role, WorkerInfo};
+use crate::supervisor::{Action, Event, Serial, Supervisor, signal_name};
+use crate::worker::{BoxError, Context, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
 pub(crate) const SIGNALS: &[c_int] = &[
@@ -247,10 +249,6 @@ impl Master {
             .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
         let rng = XorShift::from_entropy();
         let sup = Supervisor::new(self.settings.clone(), rng);
-        let router = match self.settings.dispatch_lookahead {
-            Some(n) => Router::new(n),
-            None => Router::adaptive(self.settings.workers),
-        };
         let mut m = Loop {
             settings: self.settings,
             hooks: self.hooks,
@@ -264,11 +262,7 @@ impl Master {
             pending_output: BTreeSet::new(),
             master_pid: std::process::id(),
             feeder,
-            feeder_at: None,
-            orphans: Vec::new(),
-            router,
-            handed: HashMap::new(),
-            routes: Vec::new(),
+            actions: Vec::new(),
         };
         let report = m.run();
         // Close the workers' channels before the queue restores the
@@ -293,7 +287,6 @@ impl Feeder for NoFeeder {
 /// A worker (or feeder) process as the loop holds it: the child to signal
 /// and reap, and the master's end of its channel.
 struct Peer {
-    role: Role,
     child: Child,
     channel: Channel,
     /// Still registered in the poll (false after EOF or a protocol error).
@@ -316,16 +309,9 @@ struct Loop<W, F> {
     master_pid: u32,
     /// Dispatch mode: what the feeder process runs.
     feeder: Option<F>,
-    /// Where feeder-bound routes go: the live feeder process, once forked.
-    feeder_at: Option<Serial>,
-    router: Router,
-    /// Scratch space for the router's decisions.
-    routes: Vec<Route>,
-    /// Pull mode: claims of dead workers, for the next worker to be ready.
-    orphans: Vec<Orphans>,
-    /// Dispatch mode: when each busy worker was handed its job (the
-    /// router's adaptive lookahead learns the run time from it).
-    handed: HashMap<Serial, Instant>,
+    /// Scratch space for the supervisor's actions (kept between turns: no
+    /// allocation per job).
+    actions: Vec<Action>,
 }
 
 fn token(serial: Serial) -> Token {
@@ -386,146 +372,76 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 }
             }
             for serial in readable {
-                self.read_worker(serial);
+                self.read(serial);
             }
-            self.sup.tick(Instant::now());
+            self.sup.handle(Instant::now(), Event::Tick);
         }
     }
 
     fn on_signal(&mut self, sig: c_int) {
-        match sig {
-            libc::SIGCHLD => self.reap(),
-            libc::SIGUSR2 => {
-                tracing::warn!("USR2 (binary upgrade) is not supported by this version; ignored")
-            }
-            _ => {
-                tracing::info!(signal = signal_name(sig), "signal received");
-                self.sup.signal(Instant::now(), sig);
-            }
+        if sig == libc::SIGCHLD {
+            self.reap();
+        } else {
+            self.sup.handle(Instant::now(), Event::Signal(sig));
         }
         self.carry_out();
     }
 
+    /// Reaps every child that exited. A worker's channel is read to the end
+    /// first: what it wrote before it died (its last report, its last
+    /// stats) reaches the supervisor before its death does.
     fn reap(&mut self) {
-        match prefork_proc::reap() {
-            Ok(reaped) => {
-                for r in reaped {
-                    if let Some(&serial) = self.pids.get(&r.pid) {
-                        // What it wrote before it died comes first: its
-                        // last report, its last stats.
-                        self.drain_worker(serial);
-                    }
-                    let now = Instant::now();
-                    if let Some(serial) = self.pids.remove(&r.pid) {
-                        let mut role = None;
-                        if let Some(mut p) = self.procs.remove(&serial) {
-                            role = Some(p.role);
-                            if p.open {
-                                let _ = self.poll().registry().deregister(&mut p.channel);
-                            }
-                        }
-                        self.backlog.remove(&serial);
-                        self.pending_output.remove(&serial);
-                        self.handed.remove(&serial);
-                        let clean = r.status == prefork_proc::ExitStatus::Exited(0);
-                        // A process that did not stop cleanly may have left
-                        // broker claims: a live one takes them over.
-                        let orphaned = u32::try_from(r.pid).ok().filter(|_| !clean);
-                        if role == Some(Role::Feeder) {
-                            self.feeder_at = None;
-                            let dropped = self.router.feeder_gone(orphaned);
-                            if dropped == 0 && clean {
-                                tracing::debug!(pid = r.pid, "the feeder stopped");
-                            } else {
-                                tracing::warn!(pid = r.pid, status = %r.status, dropped, "feeder gone: the next feeder takes its claims over");
-                            }
-                        } else {
-                            if self.feeder.is_none()
-                                && let Some(pid) = orphaned
-                            {
-                                self.orphans.push(Orphans::new(pid, Vec::new()));
-                            }
-                            let role = role.unwrap_or(Role::Worker(usize::MAX));
-                            let cause = match self.sup.time_limit_ms(serial) {
-                                Some(ms) => format!(" (hard time limit of {ms} ms)"),
-                                None => self
-                                    .sup
-                                    .kill_cause(serial)
-                                    .map(|c| format!(" ({c})"))
-                                    .unwrap_or_default(),
-                            };
-                            let reason = format!(
-                                "worker {role} (pid {}) {}{cause} while running the job",
-                                r.pid, r.status
-                            );
-                            if let Some(job) = self.router.worker_gone(serial, &reason) {
-                                tracing::warn!(
-                                    worker = %role,
-                                    pid = r.pid,
-                                    job = %job,
-                                    status = %r.status,
-                                    "worker {role} (pid {}) {} holding job {job}: released to the feeder as a failed attempt",
-                                    r.pid,
-                                    r.status
-                                );
-                            }
-                        }
-                    }
-                    if !self.sup.reaped(now, r.pid, r.status) {
-                        tracing::debug!(pid = r.pid, status = %r.status, "reaped a child that is not a worker");
-                    }
-                }
-                self.route();
+        let reaped = match prefork_proc::reap() {
+            Ok(reaped) => reaped,
+            Err(e) => {
+                tracing::error!(error = %e, "reaping failed");
+                return;
             }
-            Err(e) => tracing::error!(error = %e, "reaping failed"),
+        };
+        for r in reaped {
+            if let Some(serial) = self.pids.remove(&r.pid) {
+                self.drain(serial);
+                if let Some(mut p) = self.procs.remove(&serial)
+                    && p.open
+                {
+                    let _ = self.poll().registry().deregister(&mut p.channel);
+                }
+                self.backlog.remove(&serial);
+                self.pending_output.remove(&serial);
+            }
+            let status = r.status;
+            self.sup
+                .handle(Instant::now(), Event::Reaped { pid: r.pid, status });
         }
     }
 
-    /// Reads and handles everything a reaped worker left in its channel,
-    /// before its death is handled: a report written just before it exited
-    /// must settle its job (not release it as a failed attempt).
-    fn drain_worker(&mut self, serial: Serial) {
+    /// Hands in everything a reaped worker left in its channel, up to EOF
+    /// or garbage (the reap handles the rest).
+    fn drain(&mut self, serial: Serial) {
         let now = Instant::now();
-        loop {
-            let Some(p) = self.procs.get_mut(&serial) else {
-                return;
-            };
-            if !p.open {
-                return;
-            }
-            let mut messages = Vec::new();
-            let mut end = false;
-            for _ in 0..MESSAGES_PER_TURN {
-                match p.channel.recv() {
-                    Ok(Some(msg)) => messages.push(msg),
-                    // Nothing more (the peer is dead: EOF comes next) or
-                    // garbage: the reap handles the rest.
-                    Ok(None) | Err(_) => {
-                        end = true;
-                        break;
-                    }
-                }
-            }
-            self.handle_messages(now, serial, messages);
-            if end {
-                return;
-            }
-        }
-    }
-
-    fn read_worker(&mut self, serial: Serial) {
-        let now = Instant::now();
-        let Some(p) = self.procs.get_mut(&serial) else {
+        let Some(p) = self.procs.get_mut(&serial).filter(|p| p.open) else {
             return;
         };
-        if !p.open {
-            return;
+        while let Ok(Some(msg)) = p.channel.recv() {
+            self.sup.handle(now, Event::Message { serial, msg });
         }
+    }
+
+    /// Reads at most `MESSAGES_PER_TURN` messages from a readable channel
+    /// (the draining rule of the module doc), handing each in as it comes.
+    fn read(&mut self, serial: Serial) {
+        let now = Instant::now();
+        let Some(p) = self.procs.get_mut(&serial).filter(|p| p.open) else {
+            return;
+        };
         let mut failure = None;
-        let mut messages = Vec::new();
-        for _ in 0..MESSAGES_PER_TURN {
+        let mut read = 0;
+        while read < MESSAGES_PER_TURN {
             match p.channel.recv() {
-                Ok(Some(msg)) => messages.push(msg),
+                Ok(Some(msg)) => {
+                    read += 1;
+                    self.sup.handle(now, Event::Message { serial, msg });
+                }
                 Ok(None) => break,
                 Err(e) => {
                     failure = Some(e);
@@ -533,107 +449,37 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                 }
             }
         }
-        if messages.len() == MESSAGES_PER_TURN && failure.is_none() {
-            self.backlog.insert(serial);
-        }
-        self.handle_messages(now, serial, messages);
-        self.route();
-        if let Some(err) = failure {
-            let protocol = !matches!(err, ChannelError::Closed);
-            if protocol {
-                tracing::error!(error = %err, serial, "bad data from a worker");
+        let Some(err) = failure else {
+            if read == MESSAGES_PER_TURN {
+                self.backlog.insert(serial);
             }
-            if let Some(p) = self.procs.get_mut(&serial) {
-                p.open = false;
-                let _ = self
-                    .poll
-                    .as_ref()
-                    .expect("poll")
-                    .registry()
-                    .deregister(&mut p.channel);
-            }
-            self.backlog.remove(&serial);
-            self.sup.channel_failed(now, serial, protocol);
-            self.carry_out();
-            // The worker is probably exiting: reap it now rather than wait
-            // for SIGCHLD to come round.
-            self.reap();
+            return;
+        };
+        let protocol = !matches!(err, ChannelError::Closed);
+        if protocol {
+            tracing::error!(error = %err, serial, "bad data from a worker");
         }
-    }
-
-    /// Handles messages read from a worker (or the feeder).
-    fn handle_messages(&mut self, now: Instant, serial: Serial, messages: Vec<Message>) {
-        let role = self.procs.get(&serial).map(|p| p.role);
-        for msg in messages {
-            match msg {
-                Message::Ready { .. } => {
-                    self.sup.ready(now, serial);
-                    if role == Some(Role::Feeder) {
-                        self.router.feeder_ready();
-                    } else if self.feeder.is_some() && self.sup.is_live(serial) {
-                        self.router.worker_ready(serial);
-                    } else if !self.orphans.is_empty() && self.sup.is_live(serial) {
-                        // Pull mode: the first worker up (a dead one's
-                        // replacement, usually) takes over its claims.
-                        for o in std::mem::take(&mut self.orphans) {
-                            tracing::debug!(
-                                pid = o.pid,
-                                serial,
-                                "a new worker takes over a dead one's claims"
-                            );
-                            self.send_message(
-                                serial,
-                                &Message::Orphaned {
-                                    pid: o.pid,
-                                    ids: o.ids,
-                                },
-                            );
-                        }
-                    }
-                }
-                Message::Heartbeat(Progress::Idle) => self.sup.beat(now, serial, Activity::Idle),
-                Message::Heartbeat(Progress::Busy { job, since_unix_ms }) => {
-                    let since = UNIX_EPOCH + Duration::from_millis(since_unix_ms);
-                    let since = since.min(SystemTime::now());
-                    self.sup
-                        .beat(now, serial, Activity::Busy { what: job, since });
-                }
-                Message::Stats(s) => {
-                    self.sup
-                        .stats(now, serial, s.pss_bytes, s.iterations, s.jobs_finished)
-                }
-                Message::Job {
-                    id,
-                    payload,
-                    attempt,
-                } if role == Some(Role::Feeder) => {
-                    self.sup.alive(now, serial);
-                    self.router.job_from_feeder(Job::new(id, payload, attempt));
-                }
-                report @ Message::Finished { .. } => {
-                    self.sup.job_deadline(now, serial, String::new(), 0);
-                    self.finished(serial, report);
-                }
-                Message::Deadline { id, in_ms } => self.sup.job_deadline(now, serial, id, in_ms),
-                other => {
-                    if matches!(other, Message::Job { .. }) {
-                        tracing::warn!(serial, "a job frame from a worker: ignored");
-                    }
-                    self.sup.alive(now, serial)
-                }
-            }
-        }
-    }
-
-    fn send(&mut self, serial: Serial, control: Control) {
-        self.send_message(serial, &Message::Control(control));
+        p.open = false;
+        let _ = self
+            .poll
+            .as_ref()
+            .expect("poll")
+            .registry()
+            .deregister(&mut p.channel);
+        self.backlog.remove(&serial);
+        self.sup
+            .handle(now, Event::ChannelFailed { serial, protocol });
+        self.carry_out();
+        // The worker is probably exiting: reap it now rather than wait for
+        // SIGCHLD to come round.
+        self.reap();
     }
 
     /// Queues `msg` for `serial`; everything queued in one loop turn is
     /// written at the end of the turn (`flush_pending`), one write per
     /// peer: a worker's report, the feeder's copy of it and the feeder's
     /// next credit cost one system call each way, not three.
-    fn send_message(&mut self, serial: Serial, msg: &Message) {
+    fn send(&mut self, serial: Serial, msg: &Message) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -643,47 +489,6 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             }
             Err(e) => tracing::error!(error = %e, serial, "cannot write to a worker"),
         }
-    }
-
-    /// A worker reported the end of its job (a `Finished` message).
-    fn finished(&mut self, serial: Serial, report: Message) {
-        if self.feeder.is_none() {
-            return;
-        }
-        if let Some(t) = self.handed.remove(&serial) {
-            self.router.observe(t.elapsed());
-        }
-        if !self.router.worker_finished(serial, report) {
-            tracing::warn!(serial, "a worker reported a job it was not given");
-        }
-    }
-
-    /// Sends what the router decided.
-    fn route(&mut self) {
-        if self.feeder.is_none() {
-            return;
-        }
-        let mut routes = std::mem::take(&mut self.routes);
-        self.router.drain_routes_into(&mut routes);
-        for route in routes.drain(..) {
-            let (to, msg) = match route {
-                Route::ToWorker(serial, job) => {
-                    self.handed.insert(serial, Instant::now());
-                    let msg = Message::Job {
-                        id: job.id,
-                        payload: job.payload,
-                        attempt: job.attempt,
-                    };
-                    (Some(serial), msg)
-                }
-                Route::ToFeeder(msg) => (self.feeder_at, msg),
-            };
-            match to {
-                Some(serial) => self.send_message(serial, &msg),
-                None => tracing::warn!(kind = msg.kind(), "no feeder to tell: dropped"),
-            }
-        }
-        self.routes = routes;
     }
 
     fn flush_pending(&mut self) {
@@ -699,14 +504,16 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
         }
     }
 
-    /// Carries out every action the supervisor decided.
+    /// Carries out every action the supervisor decided, and those its
+    /// answers to them decide (a fork is answered with `Spawned`).
     fn carry_out(&mut self) {
+        let mut actions = std::mem::take(&mut self.actions);
         loop {
-            let actions = self.sup.take_actions();
+            self.sup.drain_actions_into(&mut actions);
             if actions.is_empty() {
-                return;
+                break;
             }
-            for action in actions {
+            for action in actions.drain(..) {
                 match action {
                     Action::Spawn {
                         serial,
@@ -714,32 +521,25 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         iteration_limit,
                     } => {
                         let pid = self.spawn(serial, role, iteration_limit);
-                        self.sup.spawned(Instant::now(), serial, pid);
+                        self.sup
+                            .handle(Instant::now(), Event::Spawned { serial, pid });
                     }
-                    Action::Stop(serial) => {
-                        self.router.worker_closing(serial);
-                        self.send(serial, Control::Stop)
-                    }
-                    Action::ReopenLogs(serial) => self.send(serial, Control::ReopenLogs),
+                    Action::Send(serial, msg) => self.send(serial, &msg),
                     Action::Kill {
                         serial,
                         pid,
                         signal,
                     } => {
-                        self.router.worker_closing(serial);
                         let result = match self.procs.get(&serial) {
                             Some(p) => p.child.signal(signal),
                             None => Ok(()),
                         };
+                        let signal = signal_name(signal);
                         match result {
                             Err(e) if !prefork_proc::is_gone(&e) => {
-                                tracing::error!(error = %e, pid, signal = signal_name(signal), "cannot signal a worker")
+                                tracing::error!(error = %e, pid, signal, "cannot signal a worker")
                             }
-                            _ => tracing::debug!(
-                                pid,
-                                signal = signal_name(signal),
-                                "signalled a worker"
-                            ),
+                            _ => tracing::debug!(pid, signal, "signalled a worker"),
                         }
                     }
                     Action::ReopenMasterLogs => {
@@ -748,9 +548,6 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                         }
                     }
                     Action::Phase(phase) => {
-                        if matches!(phase, Phase::Stopping(_)) {
-                            self.router.stop_fetching();
-                        }
                         tracing::info!(%phase, workers = self.sup.target(), "master phase");
                         self.set_title(phase);
                         if let Some(hook) = self.hooks.on_phase.as_mut() {
@@ -764,8 +561,8 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     }
                 }
             }
-            self.route();
         }
+        self.actions = actions;
     }
 
     fn set_title(&self, phase: Phase) {
@@ -820,14 +617,10 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     let _ = child.signal(libc::SIGKILL);
                 }
                 tracing::debug!(worker = %role, pid, serial, "forked a worker");
-                if role == Role::Feeder {
-                    self.feeder_at = Some(serial);
-                }
                 self.pids.insert(pid, serial);
                 self.procs.insert(
                     serial,
                     Peer {
-                        role,
                         child,
                         channel: ours,
                         open: true,
@@ -902,23 +695,5 @@ fn guard<R>(name: &str, f: impl FnOnce() -> R) -> Option<R> {
             tracing::error!(hook = name, "a hook panicked; the master carries on");
             None
         }
-    }
-}
-
-/// The conventional name of a signal, for logs.
-pub(crate) fn signal_name(sig: c_int) -> &'static str {
-    match sig {
-        libc::SIGHUP => "HUP",
-        libc::SIGINT => "INT",
-        libc::SIGQUIT => "QUIT",
-        libc::SIGKILL => "KILL",
-        libc::SIGUSR1 => "USR1",
-        libc::SIGUSR2 => "USR2",
-        libc::SIGTERM => "TERM",
-        libc::SIGCHLD => "CHLD",
-        libc::SIGTTIN => "TTIN",
-        libc::SIGTTOU => "TTOU",
-        libc::SIGWINCH => "WINCH",
-        _ => "other",
     }
 }

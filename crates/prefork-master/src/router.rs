@@ -1,7 +1,8 @@
 //! Dispatch mode's routing, as a pure state machine (Narwhal's): which
 //! worker holds which job, how many jobs to ask the feeder for, and what
-//! to tell the feeder when a worker dies. No socket here: the loop in
-//! `master.rs` feeds it events and carries out the [`Route`]s.
+//! to tell the feeder when a worker dies. No socket here: the supervisor
+//! (`supervisor.rs`) tells it what concerns it and turns its [`Route`]s
+//! into the sends the loop in `master.rs` carries out.
 //!
 //! The three states of Narwhal's master fall out of two numbers:
 //! - *wait for a client* (every worker busy): no idle worker, so no credit
@@ -153,9 +154,10 @@ impl Router {
         std::mem::take(&mut self.out)
     }
 
-    /// Appends the routes decided since the last call to `into`.
-    pub(crate) fn drain_routes_into(&mut self, into: &mut Vec<Route>) {
-        into.append(&mut self.out);
+    /// The routes decided since the last call, in order (the buffer keeps
+    /// its capacity: no allocation per job).
+    pub(crate) fn drain_routes(&mut self) -> std::vec::Drain<'_, Route> {
+        self.out.drain(..)
     }
 
     /// The job `serial` holds, if any.

@@ -1,25 +1,59 @@
-//! The master's decisions, as a pure state machine: events and the time
-//! go in, [`Action`]s come out. No fork, no signal, no socket here; the
-//! loop in `master.rs` carries the actions out. This is what makes the
-//! timing logic (heartbeat deadlines, escalation, backoff, recycling,
-//! crash loops) testable with an injected clock and no sleeping.
+//! The master's decisions, as a pure state machine: [`Event`]s and the
+//! time go in, [`Action`]s come out. No fork, no signal, no socket here;
+//! the loop in `master.rs` hands in what it saw and carries the actions
+//! out. This is what makes the timing logic (heartbeat deadlines,
+//! escalation, backoff, recycling, crash loops) testable with an injected
+//! clock and no sleeping.
+//!
+//! The supervisor also decides what the jobs need from an event, so the
+//! loop never interprets a message: in dispatch mode it owns the
+//! [`Router`] and tells it what concerns it (a ready worker or feeder, a
+//! job from the feeder, a report, a worker asked to stop, a death with the
+//! reason the feeder is given), and turns the router's [`Route`]s into
+//! [`Action::Send`]s; in pull mode it keeps the pids of dead workers whose
+//! claims the next worker to be ready takes over.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use libc::c_int;
+use prefork_heartbeat::{Control, Message, Progress};
 
 use crate::backoff::{XorShift, backoff, jittered_count, jittered_duration};
 use crate::config::{MAX_WORKERS, Settings};
+use crate::feeder::Job;
 use crate::report::{Cause, ExitStatus, Phase, Report, Role, Shutdown, WorkerExit};
+use crate::router::{Route, Router};
 
 /// A number unique to each worker process for the life of the master.
 pub(crate) type Serial = u64;
 
+/// Something the loop saw: the supervisor's only input, with the time
+/// ([`Supervisor::handle`]).
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// The loop forked the process of an [`Action::Spawn`] (`pid`), or
+    /// could not (`None`).
+    Spawned { serial: Serial, pid: Option<i32> },
+    /// A message read from the channel of `serial`, as it came.
+    Message { serial: Serial, msg: Message },
+    /// The channel of `serial` failed: closed (`protocol == false`) or
+    /// garbage (`protocol == true`).
+    ChannelFailed { serial: Serial, protocol: bool },
+    /// A child was reaped. The loop hands in everything left in its
+    /// channel first, so a report written just before the exit settles
+    /// its job.
+    Reaped { pid: i32, status: ExitStatus },
+    /// A signal from the self-pipe (CHLD excepted: it makes the loop reap).
+    Signal(c_int),
+    /// Time passed: handle the deadlines due by now.
+    Tick,
+}
+
 /// Something the loop must do.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Action {
-    /// Fork a worker for this slot, then call [`Supervisor::spawned`].
+    /// Fork a process for this slot, then hand in [`Event::Spawned`].
     Spawn {
         serial: Serial,
         role: Role,
@@ -27,11 +61,11 @@ pub(crate) enum Action {
         /// jittered recycling limit).
         iteration_limit: Option<u64>,
     },
-    /// Send `Control::Stop` to the worker.
-    Stop(Serial),
-    /// Send `Control::ReopenLogs` to the worker.
-    ReopenLogs(Serial),
-    /// Send a real signal to the worker process.
+    /// Queue this message on the channel of `serial`: a control request,
+    /// a job for a worker, a report or credit for the feeder, claims to
+    /// take over.
+    Send(Serial, Message),
+    /// Send a real signal to the process.
     Kill {
         serial: Serial,
         pid: i32,
@@ -98,10 +132,31 @@ struct Life {
     age_limit: Option<Instant>,
     iteration_limit: Option<u64>,
     replaces: Option<Serial>,
-    /// A job's hard time limit: kill the worker at this time.
     /// The running job's hard deadline, its label and its limit in ms.
     job_deadline: Option<(Instant, String, u64)>,
+    /// Dispatch mode: when the router handed this worker its job (the
+    /// adaptive lookahead learns the jobs' run time from it).
+    handed_at: Option<Instant>,
     jobs_finished: u64,
+}
+
+impl Life {
+    /// What the feeder is told about the job this worker (process `pid`)
+    /// held when it died: who, how, and why the master killed it, naming
+    /// the hard time limit when that was why.
+    fn lost_reason(&self, pid: i32, status: ExitStatus) -> String {
+        let cause = match (&self.state, &self.job_deadline) {
+            (State::Killed(Cause::TimeLimit), Some((_, _, ms))) => {
+                format!(" (hard time limit of {ms} ms)")
+            }
+            (State::Killed(cause), _) => format!(" ({cause})"),
+            _ => String::new(),
+        };
+        format!(
+            "worker {} (pid {pid}) {status}{cause} while running the job",
+            self.role
+        )
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -134,10 +189,23 @@ pub(crate) struct Supervisor {
     spawned: u64,
     failures: u64,
     actions: Vec<Action>,
+    /// Dispatch mode: which worker holds which job, and the feeder's
+    /// credits.
+    router: Option<Router>,
+    /// Dispatch mode: the feeder process, once forked, where the router's
+    /// messages for the feeder go.
+    feeder_at: Option<Serial>,
+    /// Pull mode: dead workers (pids) that may have left broker claims,
+    /// for the next worker to be ready to take over.
+    orphans: Vec<u32>,
 }
 
 impl Supervisor {
     pub(crate) fn new(settings: Settings, rng: XorShift) -> Supervisor {
+        let router = settings.feeder.then(|| match settings.dispatch_lookahead {
+            Some(n) => Router::new(n),
+            None => Router::adaptive(settings.workers),
+        });
         Supervisor {
             target: settings.workers,
             s: settings,
@@ -155,6 +223,9 @@ impl Supervisor {
             spawned: 0,
             failures: 0,
             actions: Vec::new(),
+            router,
+            feeder_at: None,
+            orphans: Vec::new(),
         }
     }
 
@@ -164,9 +235,64 @@ impl Supervisor {
         self.reconcile(now);
     }
 
+    /// Handles one event at `now`.
+    pub(crate) fn handle(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Spawned { serial, pid } => self.spawned(now, serial, pid),
+            Event::Message { serial, msg } => self.message(now, serial, msg),
+            Event::ChannelFailed { serial, protocol } => self.channel_failed(now, serial, protocol),
+            Event::Reaped { pid, status } => self.reaped(now, pid, status),
+            Event::Signal(sig) => self.signal(now, sig),
+            Event::Tick => self.tick(now),
+        }
+        self.route(now);
+    }
+
+    /// Appends the actions decided since the last call to `into`, in
+    /// order (both vectors keep their capacity: no allocation per job).
+    pub(crate) fn drain_actions_into(&mut self, into: &mut Vec<Action>) {
+        into.append(&mut self.actions);
+    }
+
     /// The actions decided since the last call, in order.
+    #[cfg(test)]
     pub(crate) fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.actions)
+    }
+
+    /// Turns what the router decided into sends: a job to its worker (the
+    /// time noted for the adaptive lookahead), the rest to the feeder.
+    fn route(&mut self, now: Instant) {
+        let Some(router) = self.router.as_mut() else {
+            return;
+        };
+        for route in router.drain_routes() {
+            match route {
+                Route::ToWorker(serial, job) => {
+                    if let Some(p) = self.procs.get_mut(&serial) {
+                        p.handed_at = Some(now);
+                    }
+                    let msg = Message::Job {
+                        id: job.id,
+                        payload: job.payload,
+                        attempt: job.attempt,
+                    };
+                    self.actions.push(Action::Send(serial, msg));
+                }
+                Route::ToFeeder(msg) => match self.feeder_at {
+                    Some(feeder) => self.actions.push(Action::Send(feeder, msg)),
+                    None => tracing::warn!(kind = msg.kind(), "no feeder to tell: dropped"),
+                },
+            }
+        }
+    }
+
+    /// `serial` is asked to stop or signalled: the router hands it no new
+    /// job.
+    fn closing(&mut self, serial: Serial) {
+        if let Some(router) = self.router.as_mut() {
+            router.worker_closing(serial);
+        }
     }
 
     #[cfg(test)]
@@ -246,7 +372,7 @@ impl Supervisor {
     }
 
     /// Handles the deadlines that have passed by `now`.
-    pub(crate) fn tick(&mut self, now: Instant) {
+    fn tick(&mut self, now: Instant) {
         let timeout = self.s.timeout;
         let mut to_kill = Vec::new();
         let mut healthy = Vec::new();
@@ -354,8 +480,13 @@ impl Supervisor {
     }
 
     /// A signal from the self-pipe (CHLD is the loop's business: it reaps
-    /// and calls [`reaped`](Supervisor::reaped)).
-    pub(crate) fn signal(&mut self, now: Instant, sig: c_int) {
+    /// and hands in [`Event::Reaped`]).
+    fn signal(&mut self, now: Instant, sig: c_int) {
+        if sig == libc::SIGUSR2 {
+            tracing::warn!("USR2 (binary upgrade) is not supported by this version; ignored");
+            return;
+        }
+        tracing::info!(signal = signal_name(sig), "signal received");
         match sig {
             libc::SIGQUIT => self.shutdown(now, Shutdown::Graceful, Some(sig)),
             libc::SIGTERM if self.s.term_is_graceful => {
@@ -384,7 +515,8 @@ impl Supervisor {
                 self.actions.push(Action::ReopenMasterLogs);
                 for (&serial, p) in &self.procs {
                     if matches!(p.state, State::Live | State::Stopping { quick: false, .. }) {
-                        self.actions.push(Action::ReopenLogs(serial));
+                        let msg = Message::Control(Control::ReopenLogs);
+                        self.actions.push(Action::Send(serial, msg));
                     }
                 }
             }
@@ -440,7 +572,8 @@ impl Supervisor {
                         kill_at: now + grace,
                         quick: false,
                     };
-                    self.actions.push(Action::Stop(serial));
+                    self.actions.push(stop(serial));
+                    self.closing(serial);
                 }
                 (State::Live | State::Stopping { quick: false, .. }, true) => {
                     p.state = State::Stopping {
@@ -448,6 +581,7 @@ impl Supervisor {
                         quick: true,
                     };
                     if let Some(pid) = p.pid {
+                        self.closing(serial);
                         self.actions.push(Action::Kill {
                             serial,
                             pid,
@@ -486,6 +620,11 @@ impl Supervisor {
         if self.phase != phase {
             self.phase = phase;
             self.actions.push(Action::Phase(phase));
+            if matches!(phase, Phase::Stopping(_))
+                && let Some(router) = self.router.as_mut()
+            {
+                router.stop_fetching();
+            }
         }
     }
 
@@ -498,6 +637,7 @@ impl Supervisor {
         }
         p.state = State::Killed(cause);
         if let Some(pid) = p.pid {
+            self.closing(serial);
             self.actions.push(Action::Kill {
                 serial,
                 pid,
@@ -507,13 +647,16 @@ impl Supervisor {
     }
 
     /// The loop forked the worker `serial` (or failed to: `pid` is None).
-    pub(crate) fn spawned(&mut self, now: Instant, serial: Serial, pid: Option<i32>) {
+    fn spawned(&mut self, now: Instant, serial: Serial, pid: Option<i32>) {
         match pid {
             Some(pid) => {
                 if let Some(p) = self.procs.get_mut(&serial) {
                     p.pid = Some(pid);
                     p.spawned_at = now;
                     p.last_beat = now;
+                    if p.role == Role::Feeder {
+                        self.feeder_at = Some(serial);
+                    }
                 }
             }
             None => {
@@ -529,8 +672,92 @@ impl Supervisor {
         }
     }
 
+    /// A message from `serial`: liveness and progress for the supervisor,
+    /// jobs and reports for the router.
+    fn message(&mut self, now: Instant, serial: Serial, msg: Message) {
+        match msg {
+            Message::Ready { .. } => {
+                self.ready(now, serial);
+                self.ready_for_work(serial);
+            }
+            Message::Heartbeat(Progress::Idle) => self.beat(now, serial, Activity::Idle),
+            Message::Heartbeat(Progress::Busy { job, since_unix_ms }) => {
+                let since = UNIX_EPOCH + Duration::from_millis(since_unix_ms);
+                let since = since.min(SystemTime::now());
+                self.beat(now, serial, Activity::Busy { what: job, since });
+            }
+            Message::Stats(s) => {
+                self.stats(now, serial, s.pss_bytes, s.iterations, s.jobs_finished)
+            }
+            Message::Deadline { id, in_ms } => self.job_deadline(now, serial, id, in_ms),
+            Message::Job {
+                id,
+                payload,
+                attempt,
+            } if self.feeder_at == Some(serial) => {
+                self.alive(now, serial);
+                if let Some(router) = self.router.as_mut() {
+                    router.job_from_feeder(Job::new(id, payload, attempt));
+                }
+            }
+            report @ Message::Finished { .. } => self.finished(now, serial, report),
+            other => {
+                if matches!(other, Message::Job { .. }) {
+                    tracing::warn!(serial, "a job frame from a worker: ignored");
+                }
+                self.alive(now, serial)
+            }
+        }
+    }
+
+    /// `serial` said it is ready (again, perhaps): in dispatch mode the
+    /// router hears of a feeder, or of a live worker that can take a job;
+    /// in pull mode a live worker (usually a dead one's replacement, the
+    /// first up) takes over the claims dead workers left.
+    fn ready_for_work(&mut self, serial: Serial) {
+        let Some(p) = self.procs.get(&serial) else {
+            return;
+        };
+        let live = p.state == State::Live;
+        match self.router.as_mut() {
+            Some(router) if p.role == Role::Feeder => router.feeder_ready(),
+            Some(router) if live => router.worker_ready(serial),
+            None if live => {
+                for pid in self.orphans.drain(..) {
+                    tracing::debug!(pid, serial, "a new worker takes over a dead one's claims");
+                    let msg = Message::Orphaned {
+                        pid,
+                        ids: Vec::new(),
+                    };
+                    self.actions.push(Action::Send(serial, msg));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `serial` reported the end of its job (`report`, a `Finished`
+    /// message): its hard time limit is cleared, and in dispatch mode the
+    /// report goes to the feeder and the run time to the lookahead.
+    fn finished(&mut self, now: Instant, serial: Serial, report: Message) {
+        let handed_at = self.procs.get_mut(&serial).and_then(|p| {
+            p.last_beat = now;
+            p.job_deadline = None;
+            p.handed_at.take()
+        });
+        let Some(router) = self.router.as_mut() else {
+            return;
+        };
+        if let Some(t) = handed_at {
+            router.observe(now.saturating_duration_since(t));
+        }
+        if !router.worker_finished(serial, report) {
+            tracing::warn!(serial, "a worker reported a job it was not given");
+        }
+    }
+
     /// The worker said it is ready.
-    pub(crate) fn ready(&mut self, now: Instant, serial: Serial) {
+    fn ready(&mut self, now: Instant, serial: Serial) {
         let Some(p) = self.procs.get_mut(&serial) else {
             return;
         };
@@ -555,7 +782,7 @@ impl Supervisor {
     }
 
     /// The worker sent a heartbeat.
-    pub(crate) fn beat(&mut self, now: Instant, serial: Serial, activity: Activity) {
+    fn beat(&mut self, now: Instant, serial: Serial, activity: Activity) {
         if let Some(p) = self.procs.get_mut(&serial) {
             p.last_beat = now;
             p.activity = activity;
@@ -563,14 +790,14 @@ impl Supervisor {
     }
 
     /// The worker sent some other message: it is alive.
-    pub(crate) fn alive(&mut self, now: Instant, serial: Serial) {
+    fn alive(&mut self, now: Instant, serial: Serial) {
         if let Some(p) = self.procs.get_mut(&serial) {
             p.last_beat = now;
         }
     }
 
     /// The worker reported its memory (PSS, bytes) and iteration count.
-    pub(crate) fn stats(
+    fn stats(
         &mut self,
         now: Instant,
         serial: Serial,
@@ -613,7 +840,7 @@ impl Supervisor {
 
     /// The worker's channel failed: closed (`protocol == false`) or
     /// garbage (`protocol == true`). Either way it cannot be supervised.
-    pub(crate) fn channel_failed(&mut self, now: Instant, serial: Serial, protocol: bool) {
+    fn channel_failed(&mut self, now: Instant, serial: Serial, protocol: bool) {
         let Some(p) = self.procs.get(&serial) else {
             return;
         };
@@ -638,44 +865,22 @@ impl Supervisor {
     }
 
     /// The worker set (`in_ms > 0`) or cleared a job's hard time limit.
-    pub(crate) fn job_deadline(&mut self, now: Instant, serial: Serial, job: String, in_ms: u64) {
+    fn job_deadline(&mut self, now: Instant, serial: Serial, job: String, in_ms: u64) {
         if let Some(p) = self.procs.get_mut(&serial) {
             p.last_beat = now;
             p.job_deadline = (in_ms > 0).then(|| (now + Duration::from_millis(in_ms), job, in_ms));
         }
     }
 
-    /// Why the master killed `serial`, if it did.
-    pub(crate) fn kill_cause(&self, serial: Serial) -> Option<Cause> {
-        match self.procs.get(&serial)?.state {
-            State::Killed(cause) => Some(cause),
-            _ => None,
-        }
-    }
-
-    /// The hard time limit (ms) of the job `serial` was killed for, when
-    /// the master killed it for that.
-    pub(crate) fn time_limit_ms(&self, serial: Serial) -> Option<u64> {
-        let p = self.procs.get(&serial)?;
-        match (&p.state, &p.job_deadline) {
-            (State::Killed(Cause::TimeLimit), Some((_, _, ms))) => Some(*ms),
-            _ => None,
-        }
-    }
-
-    /// Whether `serial` is live (not asked to stop, not killed).
-    pub(crate) fn is_live(&self, serial: Serial) -> bool {
-        self.procs
-            .get(&serial)
-            .is_some_and(|p| p.state == State::Live)
-    }
-
-    /// A child was reaped. Returns false when `pid` is not one of ours.
-    pub(crate) fn reaped(&mut self, now: Instant, pid: i32, status: ExitStatus) -> bool {
+    /// A child was reaped (one of the hooks' children, not a worker, when
+    /// `pid` is none of ours).
+    fn reaped(&mut self, now: Instant, pid: i32, status: ExitStatus) {
         let Some((&serial, _)) = self.procs.iter().find(|(_, p)| p.pid == Some(pid)) else {
-            return false;
+            tracing::debug!(pid, %status, "reaped a child that is not a worker");
+            return;
         };
         let p = self.procs.remove(&serial).expect("found above");
+        self.left_behind(serial, pid, status, &p);
         let cause = match p.state {
             State::Live => Cause::Unexpected,
             State::Stopping { .. } => Cause::Requested,
@@ -717,7 +922,40 @@ impl Supervisor {
             }
         }
         self.reconcile(now);
-        true
+    }
+
+    /// What the death of `p` (process `pid`) leaves to settle. Dispatch
+    /// mode: a dead feeder's claims go to the next feeder (the router
+    /// tells it), a dead worker's job is lost (the feeder is told why).
+    /// Pull mode: a worker that did not stop cleanly may have left broker
+    /// claims, which the next worker to be ready takes over.
+    fn left_behind(&mut self, serial: Serial, pid: i32, status: ExitStatus, p: &Life) {
+        let clean = status == ExitStatus::Exited(0);
+        let orphaned = u32::try_from(pid).ok().filter(|_| !clean);
+        let Some(router) = self.router.as_mut() else {
+            self.orphans.extend(orphaned);
+            return;
+        };
+        if p.role == Role::Feeder {
+            self.feeder_at = None;
+            let dropped = router.feeder_gone(orphaned);
+            if dropped == 0 && clean {
+                tracing::debug!(pid, "the feeder stopped");
+            } else {
+                tracing::warn!(pid, %status, dropped, "feeder gone: the next feeder takes its claims over");
+            }
+            return;
+        }
+        if let Some(job) = router.worker_gone(serial, &p.lost_reason(pid, status)) {
+            tracing::warn!(
+                worker = %p.role,
+                pid,
+                job = %job,
+                %status,
+                "worker {} (pid {pid}) {status} holding job {job}: released to the feeder as a failed attempt",
+                p.role
+            );
+        }
     }
 
     fn slot(&mut self, role: Role) -> &mut Slot {
@@ -807,7 +1045,8 @@ impl Supervisor {
                 kill_at,
                 quick: false,
             };
-            self.actions.push(Action::Stop(serial));
+            self.actions.push(stop(serial));
+            self.closing(serial);
         }
     }
 
@@ -839,6 +1078,7 @@ impl Supervisor {
                 iteration_limit,
                 replaces,
                 job_deadline: None,
+                handed_at: None,
                 jobs_finished: 0,
             },
         );
@@ -950,6 +1190,29 @@ impl Supervisor {
             Phase::Running
         };
         self.set_phase(phase);
+    }
+}
+
+/// The message that asks `serial` to stop.
+fn stop(serial: Serial) -> Action {
+    Action::Send(serial, Message::Control(Control::Stop))
+}
+
+/// The conventional name of a signal, for logs.
+pub(crate) fn signal_name(sig: c_int) -> &'static str {
+    match sig {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGKILL => "KILL",
+        libc::SIGUSR1 => "USR1",
+        libc::SIGUSR2 => "USR2",
+        libc::SIGTERM => "TERM",
+        libc::SIGCHLD => "CHLD",
+        libc::SIGTTIN => "TTIN",
+        libc::SIGTTOU => "TTOU",
+        libc::SIGWINCH => "WINCH",
+        _ => "other",
     }
 }
 

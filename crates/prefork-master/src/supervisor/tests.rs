@@ -1,6 +1,7 @@
 //! The supervisor driven by a simulated clock and simulated processes.
 
 use super::*;
+use prefork_heartbeat::Stats;
 use proptest::prelude::*;
 
 const MS: Duration = Duration::from_millis(1);
@@ -19,6 +20,19 @@ fn settings(workers: usize) -> Settings {
         crash_limit: 3,
         ..Settings::default()
     }
+}
+
+fn is_stop(a: &Action) -> bool {
+    matches!(a, Action::Send(_, Message::Control(Control::Stop)))
+}
+
+/// A `Stats` message with this PSS and iteration count.
+fn stats(pss_bytes: u64, iterations: u64) -> Message {
+    Message::Stats(Stats {
+        pss_bytes,
+        iterations,
+        ..Stats::default()
+    })
 }
 
 /// A supervisor and the processes it believes it has, run by hand.
@@ -61,10 +75,22 @@ impl Sim {
                     Action::Spawn { serial, .. } => {
                         if self.fail_spawns > 0 {
                             self.fail_spawns -= 1;
-                            self.sup.spawned(self.now, *serial, None);
+                            self.sup.handle(
+                                self.now,
+                                Event::Spawned {
+                                    serial: *serial,
+                                    pid: None,
+                                },
+                            );
                         } else {
                             self.next_pid += 1;
-                            self.sup.spawned(self.now, *serial, Some(self.next_pid));
+                            self.sup.handle(
+                                self.now,
+                                Event::Spawned {
+                                    serial: *serial,
+                                    pid: Some(self.next_pid),
+                                },
+                            );
                         }
                     }
                     Action::Kill { pid, signal, .. } => self.kills.push((*pid, *signal)),
@@ -75,9 +101,14 @@ impl Sim {
         }
     }
 
+    /// `serial` sent `msg` (the actions are left for `pump`).
+    fn tell(&mut self, serial: Serial, msg: Message) {
+        self.sup.handle(self.now, Event::Message { serial, msg });
+    }
+
     fn advance(&mut self, d: Duration) {
         self.now += d;
-        self.sup.tick(self.now);
+        self.sup.handle(self.now, Event::Tick);
         self.pump();
     }
 
@@ -86,7 +117,7 @@ impl Sim {
         match self.sup.next_deadline() {
             Some(t) if t <= self.now + max => {
                 self.now = self.now.max(t);
-                self.sup.tick(self.now);
+                self.sup.handle(self.now, Event::Tick);
                 self.pump();
                 true
             }
@@ -122,7 +153,7 @@ impl Sim {
     fn ready_all(&mut self) {
         for s in self.serials() {
             if !self.sup.procs[&s].ready {
-                self.sup.ready(self.now, s);
+                self.tell(s, Message::Ready { pid: 0 });
                 self.pump();
             }
         }
@@ -130,14 +161,14 @@ impl Sim {
 
     fn beat_all(&mut self) {
         for s in self.serials() {
-            self.sup.beat(self.now, s, Activity::Idle);
+            self.tell(s, Message::Heartbeat(Progress::Idle));
         }
         self.pump();
     }
 
     fn exit(&mut self, serial: Serial, status: ExitStatus) -> WorkerExit {
         let pid = self.pid(serial);
-        assert!(self.sup.reaped(self.now, pid, status));
+        self.sup.handle(self.now, Event::Reaped { pid, status });
         self.pump();
         self.log
             .iter()
@@ -153,7 +184,7 @@ impl Sim {
     fn obey(&mut self) {
         let mut to_exit = Vec::new();
         for (&serial, p) in &self.sup.procs {
-            let stopped = self.log.contains(&Action::Stop(serial));
+            let stopped = self.log.contains(&stop(serial));
             let signalled = p
                 .pid
                 .is_some_and(|pid| self.kills.iter().any(|(k, _)| *k == pid));
@@ -202,7 +233,7 @@ fn a_silent_worker_is_killed_exactly_at_its_timeout_and_replaced() {
     sim.ready_all();
     let [a, b] = sim.serials()[..] else { panic!() };
     sim.advance(4 * SEC);
-    sim.sup.beat(sim.now, b, Activity::Idle); // b is alive, a is not
+    sim.tell(b, Message::Heartbeat(Progress::Idle)); // b is alive, a is not
     sim.advance(6 * SEC - MS);
     assert!(sim.kills.is_empty(), "killed before its timeout");
     assert_eq!(sim.sup.next_deadline(), Some(sim.now + MS));
@@ -234,15 +265,15 @@ fn quit_stops_gracefully_then_kills_the_slow() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
     let [a, b] = sim.serials()[..] else { panic!() };
-    sim.sup.signal(sim.now, libc::SIGQUIT);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGQUIT));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Graceful));
-    assert!(sim.log.contains(&Action::Stop(a)) && sim.log.contains(&Action::Stop(b)));
+    assert!(sim.log.contains(&stop(a)) && sim.log.contains(&stop(b)));
     assert!(sim.kills.is_empty(), "graceful means no signal");
     // a finishes its iteration; b does not (but keeps beating).
     sim.exit(a, ExitStatus::Exited(0));
     sim.advance(4 * SEC);
-    sim.sup.beat(sim.now, b, Activity::Idle);
+    sim.tell(b, Message::Heartbeat(Progress::Idle));
     sim.advance(SEC);
     assert_eq!(sim.kills, vec![(sim.pid(b), libc::SIGKILL)]);
     let exit = sim.exit(
@@ -266,14 +297,14 @@ fn term_is_quick_and_escalates_to_kill() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
     let pids: Vec<i32> = sim.serials().iter().map(|s| sim.pid(*s)).collect();
-    sim.sup.signal(sim.now, libc::SIGTERM);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGTERM));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
     assert_eq!(
         sim.kills,
         pids.iter().map(|p| (*p, libc::SIGTERM)).collect::<Vec<_>>()
     );
-    assert!(!sim.log.iter().any(|a| matches!(a, Action::Stop(_))));
+    assert!(!sim.log.iter().any(is_stop));
     sim.advance(SEC);
     let kills: Vec<_> = sim.kills[2..].to_vec();
     assert_eq!(
@@ -289,11 +320,11 @@ fn term_can_be_made_graceful_and_int_stays_quick() {
         ..settings(1)
     };
     let mut sim = Sim::new(s.clone());
-    sim.sup.signal(sim.now, libc::SIGTERM);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGTERM));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Graceful));
     let mut sim = Sim::new(s);
-    sim.sup.signal(sim.now, libc::SIGINT);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGINT));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
 }
@@ -302,14 +333,14 @@ fn term_can_be_made_graceful_and_int_stays_quick() {
 fn a_quick_stop_overrides_a_graceful_one() {
     let mut sim = Sim::new(settings(1));
     sim.ready_all();
-    sim.sup.signal(sim.now, libc::SIGQUIT);
-    sim.sup.signal(sim.now, libc::SIGINT);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGQUIT));
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGINT));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
     assert_eq!(sim.kills.len(), 1);
     assert_eq!(sim.kills[0].1, libc::SIGTERM);
     // And a graceful request after a quick one changes nothing.
-    sim.sup.signal(sim.now, libc::SIGQUIT);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGQUIT));
     assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
 }
 
@@ -317,21 +348,21 @@ fn a_quick_stop_overrides_a_graceful_one() {
 fn ttin_ttou_and_winch_change_the_worker_count() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
-    sim.sup.signal(sim.now, libc::SIGTTIN);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGTTIN));
     sim.pump();
     assert_eq!(
         sim.live().iter().map(|l| l.1).collect::<Vec<_>>(),
         vec![0, 1, 2]
     );
     sim.ready_all();
-    sim.sup.signal(sim.now, libc::SIGTTOU);
-    sim.sup.signal(sim.now, libc::SIGTTOU);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGTTOU));
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGTTOU));
     sim.pump();
     assert_eq!(sim.live().iter().map(|l| l.1).collect::<Vec<_>>(), vec![0]);
     assert_eq!(sim.sup.target(), 1);
     sim.obey();
     assert_eq!(sim.sup.process_count(), 1);
-    sim.sup.signal(sim.now, libc::SIGWINCH);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGWINCH));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Paused);
     sim.obey();
@@ -339,7 +370,7 @@ fn ttin_ttou_and_winch_change_the_worker_count() {
     sim.advance(60 * SEC);
     assert_eq!(sim.sup.process_count(), 0, "paused means no worker");
     // HUP after WINCH brings the configured count back.
-    sim.sup.signal(sim.now, libc::SIGHUP);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGHUP));
     sim.pump();
     assert_eq!(sim.live().len(), 2);
     sim.ready_all();
@@ -352,7 +383,7 @@ fn hup_replaces_every_worker_one_at_a_time_never_below_the_target() {
     let mut sim = Sim::new(settings(n));
     sim.ready_all();
     let old: Vec<Serial> = sim.serials();
-    sim.sup.signal(sim.now, libc::SIGHUP);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGHUP));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Reloading);
     for _ in 0..n {
@@ -364,7 +395,7 @@ fn hup_replaces_every_worker_one_at_a_time_never_below_the_target() {
             .collect();
         assert_eq!(starting.len(), 1, "one recycling at a time");
         assert_eq!(sim.live_ready(), n);
-        sim.sup.ready(sim.now, starting[0]);
+        sim.tell(starting[0], Message::Ready { pid: 0 });
         sim.pump();
         assert!(sim.live_ready() >= n);
         sim.obey(); // the old one stops
@@ -450,7 +481,7 @@ fn a_worker_alive_past_healthy_after_resets_its_backoff() {
     assert_eq!(sim.sup.slots[0].failures, 0);
     // The next early death starts again at the first delay.
     let s = sim.serials()[0];
-    sim.sup.tick(sim.now);
+    sim.sup.handle(sim.now, Event::Tick);
     sim.exit(s, ExitStatus::Exited(1));
     assert_eq!(sim.sup.slots[0].failures, 0, "not early: it lived 3 s");
     assert_eq!(sim.live().len(), 1, "replaced at once");
@@ -498,28 +529,22 @@ fn recycling_by_iterations_memory_and_age_waits_for_the_replacement() {
     let [a, b, c] = sim.serials()[..] else {
         panic!()
     };
-    sim.sup.stats(sim.now, a, 1 << 20, 99, 0);
+    sim.tell(a, stats(1 << 20, 99));
     sim.pump();
     assert_eq!(sim.spawns(), 3, "below the limit: {:?}", sim.log);
-    sim.sup.stats(sim.now, a, 1 << 20, 100, 0);
-    sim.sup.stats(sim.now, b, 65 << 20, 5, 0);
+    sim.tell(a, stats(1 << 20, 100));
+    sim.tell(b, stats(65 << 20, 5));
     sim.pump();
     assert_eq!(sim.spawns(), 4, "one replacement at a time");
     assert!(
-        !sim.log.iter().any(|x| matches!(x, Action::Stop(_))),
+        !sim.log.iter().any(is_stop),
         "old stays until the new is ready"
     );
     let new = *sim.serials().last().unwrap();
-    sim.sup.ready(sim.now, new);
+    sim.tell(new, Message::Ready { pid: 0 });
     sim.pump();
-    assert_eq!(
-        sim.log
-            .iter()
-            .filter(|x| matches!(x, Action::Stop(_)))
-            .count(),
-        1
-    );
-    assert!(sim.log.contains(&Action::Stop(a)));
+    assert_eq!(sim.log.iter().filter(|x| is_stop(x)).count(), 1);
+    assert!(sim.log.contains(&stop(a)));
     sim.obey();
     assert_eq!(sim.spawns(), 5, "then the next one");
     sim.ready_all();
@@ -552,12 +577,12 @@ fn a_replacement_that_dies_leaves_the_old_worker_running() {
     let mut sim = Sim::new(s);
     sim.ready_all();
     let old = sim.serials()[0];
-    sim.sup.stats(sim.now, old, 0, 10, 0);
+    sim.tell(old, stats(0, 10));
     sim.pump();
     let new = sim.serials()[1];
     sim.exit(new, ExitStatus::Exited(1));
     assert_eq!(sim.live(), vec![(old, 0)]);
-    assert!(!sim.log.contains(&Action::Stop(old)));
+    assert!(!sim.log.contains(&stop(old)));
     // After the backoff, another replacement is tried.
     while sim.serials().len() < 2 {
         assert!(sim.step_to_deadline(10 * SEC));
@@ -570,8 +595,20 @@ fn garbage_and_closed_channels_get_the_worker_killed() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
     let [a, b] = sim.serials()[..] else { panic!() };
-    sim.sup.channel_failed(sim.now, a, true);
-    sim.sup.channel_failed(sim.now, b, false);
+    sim.sup.handle(
+        sim.now,
+        Event::ChannelFailed {
+            serial: a,
+            protocol: true,
+        },
+    );
+    sim.sup.handle(
+        sim.now,
+        Event::ChannelFailed {
+            serial: b,
+            protocol: false,
+        },
+    );
     sim.pump();
     assert_eq!(sim.kills.len(), 2);
     assert_eq!(
@@ -595,12 +632,12 @@ fn garbage_and_closed_channels_get_the_worker_killed() {
 #[test]
 fn usr1_reaches_the_master_and_every_worker() {
     let mut sim = Sim::new(settings(2));
-    sim.sup.signal(sim.now, libc::SIGUSR1);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGUSR1));
     sim.pump();
     let n = sim
         .log
         .iter()
-        .filter(|a| matches!(a, Action::ReopenLogs(_)))
+        .filter(|a| matches!(a, Action::Send(_, Message::Control(Control::ReopenLogs))))
         .count();
     assert_eq!(n, 2);
     assert!(sim.log.contains(&Action::ReopenMasterLogs));
@@ -609,11 +646,21 @@ fn usr1_reaches_the_master_and_every_worker() {
 #[test]
 fn unknown_pids_are_not_ours() {
     let mut sim = Sim::new(settings(1));
-    assert!(!sim.sup.reaped(sim.now, 1, ExitStatus::Exited(0)));
+    let before = sim.sup.process_count();
+    sim.sup.handle(
+        sim.now,
+        Event::Reaped {
+            pid: 1,
+            status: ExitStatus::Exited(0),
+        },
+    );
+    sim.pump();
+    assert_eq!(sim.sup.process_count(), before);
+    assert!(!sim.log.iter().any(|a| matches!(a, Action::Exited(_))));
 }
 
 #[derive(Debug, Clone)]
-enum Event {
+enum Step {
     Signal(c_int),
     ReadyOne(usize),
     BeatAll,
@@ -623,7 +670,7 @@ enum Event {
     Advance(u64),
 }
 
-fn event() -> impl Strategy<Value = Event> {
+fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         prop::sample::select(vec![
             libc::SIGHUP,
@@ -632,39 +679,39 @@ fn event() -> impl Strategy<Value = Event> {
             libc::SIGWINCH,
             libc::SIGUSR1,
         ])
-        .prop_map(Event::Signal),
-        (0usize..8).prop_map(Event::ReadyOne),
-        Just(Event::BeatAll),
-        (0usize..8).prop_map(Event::Die),
-        Just(Event::ObeyAll),
-        (0usize..8, 0u64..200).prop_map(|(i, n)| Event::Stats(i, n)),
-        (0u64..15_000).prop_map(Event::Advance),
+        .prop_map(Step::Signal),
+        (0usize..8).prop_map(Step::ReadyOne),
+        Just(Step::BeatAll),
+        (0usize..8).prop_map(Step::Die),
+        Just(Step::ObeyAll),
+        (0usize..8, 0u64..200).prop_map(|(i, n)| Step::Stats(i, n)),
+        (0u64..15_000).prop_map(Step::Advance),
     ]
 }
 
 proptest! {
     #[test]
-    fn invariants_hold_under_any_sequence(events in prop::collection::vec(event(), 1..80), graceful: bool) {
+    fn invariants_hold_under_any_sequence(events in prop::collection::vec(step(), 1..80), graceful: bool) {
         let s = Settings { max_iterations: Some(50), ..settings(3) };
         let mut sim = Sim::new(s);
         for ev in events {
             match ev {
-                Event::Signal(sig) => { sim.sup.signal(sim.now, sig); sim.pump(); }
-                Event::ReadyOne(i) => {
+                Step::Signal(sig) => { sim.sup.handle(sim.now, Event::Signal(sig)); sim.pump(); }
+                Step::ReadyOne(i) => {
                     let ss = sim.serials();
-                    if !ss.is_empty() { sim.sup.ready(sim.now, ss[i % ss.len()]); sim.pump(); }
+                    if !ss.is_empty() { sim.tell(ss[i % ss.len()], Message::Ready { pid: 0 }); sim.pump(); }
                 }
-                Event::BeatAll => sim.beat_all(),
-                Event::Die(i) => {
+                Step::BeatAll => sim.beat_all(),
+                Step::Die(i) => {
                     let ss = sim.serials();
                     if !ss.is_empty() { sim.exit(ss[i % ss.len()], ExitStatus::Exited(1)); }
                 }
-                Event::ObeyAll => sim.obey(),
-                Event::Stats(i, n) => {
+                Step::ObeyAll => sim.obey(),
+                Step::Stats(i, n) => {
                     let ss = sim.serials();
-                    if !ss.is_empty() { sim.sup.stats(sim.now, ss[i % ss.len()], 0, n, 0); sim.pump(); }
+                    if !ss.is_empty() { sim.tell(ss[i % ss.len()], stats(0, n)); sim.pump(); }
                 }
-                Event::Advance(ms) => sim.advance(Duration::from_millis(ms)),
+                Step::Advance(ms) => sim.advance(Duration::from_millis(ms)),
             }
             // At most one live worker per slot, two while that slot recycles.
             for i in 0..=MAX_WORKERS.min(8) {
@@ -674,14 +721,14 @@ proptest! {
             }
             // A deadline, when there is one, is never in the past after a tick.
             if let Some(t) = sim.sup.next_deadline() {
-                sim.sup.tick(sim.now);
+                sim.sup.handle(sim.now, Event::Tick);
                 sim.pump();
                 prop_assert!(sim.sup.next_deadline().is_none_or(|t2| t2 > sim.now || t2 >= t));
             }
             if sim.sup.phase() == Phase::Stopped { break; }
         }
         // Whatever happened, a shutdown ends with every process gone.
-        sim.sup.signal(sim.now, if graceful { libc::SIGQUIT } else { libc::SIGTERM });
+        sim.sup.handle(sim.now, Event::Signal(if graceful { libc::SIGQUIT } else { libc::SIGTERM }));
         sim.pump();
         for _ in 0..10 {
             sim.obey();
@@ -725,7 +772,7 @@ fn dispatch_mode_forks_a_feeder_and_restarts_it_with_backoff() {
     assert_ne!(again, feeder);
     // HUP replaces the workers, not the feeder.
     sim.ready_all();
-    sim.sup.signal(sim.now, libc::SIGHUP);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGHUP));
     sim.pump();
     assert!(sim.sup.procs[&again].recycle.is_none());
 }
@@ -738,19 +785,16 @@ fn graceful_shutdown_stops_the_feeder_after_the_last_worker() {
     });
     sim.ready_all();
     let feeder = feeder_of(&sim).unwrap();
-    sim.sup.signal(sim.now, libc::SIGQUIT);
+    sim.sup.handle(sim.now, Event::Signal(libc::SIGQUIT));
     sim.pump();
-    assert!(!sim.log.contains(&Action::Stop(feeder)));
+    assert!(!sim.log.contains(&stop(feeder)));
     let workers: Vec<Serial> = sim.serials().into_iter().filter(|s| *s != feeder).collect();
     sim.exit(workers[0], ExitStatus::Exited(0));
     sim.pump();
-    assert!(!sim.log.contains(&Action::Stop(feeder)));
+    assert!(!sim.log.contains(&stop(feeder)));
     sim.exit(workers[1], ExitStatus::Exited(0));
     sim.pump();
-    assert!(
-        sim.log.contains(&Action::Stop(feeder)),
-        "the feeder goes last"
-    );
+    assert!(sim.log.contains(&stop(feeder)), "the feeder goes last");
     sim.exit(feeder, ExitStatus::Exited(0));
     sim.pump();
     assert_eq!(sim.sup.phase(), Phase::Stopped);
@@ -761,9 +805,27 @@ fn a_job_past_its_hard_limit_kills_its_worker_but_a_cleared_one_does_not() {
     let mut sim = Sim::new(settings(2));
     sim.ready_all();
     let s = sim.serials();
-    sim.sup.job_deadline(sim.now, s[0], "job-1".into(), 3_000);
-    sim.sup.job_deadline(sim.now, s[1], "job-2".into(), 3_000);
-    sim.sup.job_deadline(sim.now, s[1], String::new(), 0);
+    sim.tell(
+        s[0],
+        Message::Deadline {
+            id: "job-1".into(),
+            in_ms: 3_000,
+        },
+    );
+    sim.tell(
+        s[1],
+        Message::Deadline {
+            id: "job-2".into(),
+            in_ms: 3_000,
+        },
+    );
+    sim.tell(
+        s[1],
+        Message::Deadline {
+            id: String::new(),
+            in_ms: 0,
+        },
+    );
     assert_eq!(sim.sup.next_deadline(), Some(sim.now + 3 * SEC));
     sim.advance(2 * SEC);
     sim.beat_all(); // heartbeats do not move a hard limit
@@ -778,4 +840,153 @@ fn a_job_past_its_hard_limit_kills_its_worker_but_a_cleared_one_does_not() {
         },
     );
     assert_eq!(exit.cause, Cause::TimeLimit);
+}
+
+/// The messages the supervisor decided to send to `serial`, in order.
+fn sent_to(sim: &Sim, serial: Serial) -> Vec<Message> {
+    sim.log
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send(to, msg) if *to == serial => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn killed() -> ExitStatus {
+    ExitStatus::Signaled {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    }
+}
+
+#[test]
+fn pull_mode_a_dead_worker_s_claims_go_to_the_next_worker_to_be_ready() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    sim.advance(4 * SEC);
+    sim.beat_all(); // healthy: replaced at once
+    let [a, b] = sim.serials()[..] else { panic!() };
+    let dead = sim.pid(a);
+    sim.exit(b, ExitStatus::Exited(0)); // a clean exit leaves no claims
+    sim.exit(a, killed());
+    let fresh: Vec<Serial> = sim.serials();
+    assert_eq!(fresh.len(), 2, "both slots refilled");
+    sim.tell(fresh[0], Message::Ready { pid: 0 });
+    sim.tell(fresh[1], Message::Ready { pid: 0 });
+    sim.pump();
+    assert_eq!(
+        sent_to(&sim, fresh[0]),
+        [Message::Orphaned {
+            pid: u32::try_from(dead).unwrap(),
+            ids: vec![]
+        }],
+        "the first worker up takes them over"
+    );
+    assert_eq!(sent_to(&sim, fresh[1]), [], "once");
+}
+
+/// A dispatch pool of one worker with no lookahead, everyone ready, the
+/// feeder holding the one credit: (worker, feeder).
+fn dispatch_sim(lookahead: Option<usize>, workers: usize) -> (Sim, Serial, Serial) {
+    let mut sim = Sim::new(Settings {
+        feeder: true,
+        dispatch_lookahead: lookahead,
+        ..settings(workers)
+    });
+    sim.ready_all();
+    let feeder = feeder_of(&sim).unwrap();
+    let worker = sim.live()[0].0;
+    assert_ne!(worker, feeder);
+    (sim, worker, feeder)
+}
+
+fn job_msg(id: &str) -> Message {
+    Message::Job {
+        id: id.into(),
+        payload: b"x".to_vec(),
+        attempt: 1,
+    }
+}
+
+fn finished(id: &str) -> Message {
+    Message::Finished {
+        id: id.into(),
+        report: Vec::new(),
+    }
+}
+
+#[test]
+fn dispatch_mode_a_job_past_its_hard_limit_is_lost_with_the_limit_named() {
+    let (mut sim, worker, feeder) = dispatch_sim(Some(0), 1);
+    assert_eq!(sent_to(&sim, feeder), [Message::Want { n: 1 }]);
+    sim.tell(feeder, job_msg("j1"));
+    sim.pump();
+    assert_eq!(sent_to(&sim, worker), [job_msg("j1")]);
+    sim.tell(
+        worker,
+        Message::Deadline {
+            id: "j1".into(),
+            in_ms: 300,
+        },
+    );
+    sim.advance(300 * MS);
+    assert_eq!(sim.kills, vec![(sim.pid(worker), libc::SIGKILL)]);
+    let pid = sim.pid(worker);
+    sim.exit(worker, killed());
+    let Some(Message::Lost { id, reason }) = sent_to(&sim, feeder).pop() else {
+        panic!("{:?}", sent_to(&sim, feeder));
+    };
+    assert_eq!(id, "j1");
+    assert!(
+        reason.starts_with(&format!("worker 0 (pid {pid}) ")),
+        "{reason}"
+    );
+    assert!(
+        reason.ends_with("(hard time limit of 300 ms) while running the job"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn dispatch_mode_a_report_read_before_the_reap_settles_its_job() {
+    let (mut sim, worker, feeder) = dispatch_sim(Some(0), 1);
+    sim.tell(feeder, job_msg("j1"));
+    // The loop hands in what the channel held, then the death.
+    sim.tell(worker, finished("j1"));
+    sim.exit(worker, ExitStatus::Exited(1));
+    let to_feeder = sent_to(&sim, feeder);
+    assert!(to_feeder.contains(&finished("j1")), "{to_feeder:?}");
+    assert!(
+        !to_feeder.iter().any(|m| matches!(m, Message::Lost { .. })),
+        "{to_feeder:?}"
+    );
+}
+
+#[test]
+fn dispatch_mode_the_adaptive_lookahead_learns_the_run_time_on_the_simulated_clock() {
+    let (mut sim, worker, feeder) = dispatch_sim(None, 2);
+    let lookahead = |sim: &Sim| sim.sup.router.as_ref().unwrap().lookahead();
+    assert_eq!(lookahead(&sim), 2, "one per worker to start");
+    for n in 0..50 {
+        let id = format!("q{n}");
+        sim.tell(feeder, job_msg(&id));
+        sim.now += Duration::from_micros(100);
+        sim.tell(worker, finished(&id));
+    }
+    assert_eq!(lookahead(&sim), 16, "quick jobs: the cap, 8 per worker");
+    for n in 0..50 {
+        let id = format!("s{n}");
+        sim.tell(feeder, job_msg(&id));
+        sim.advance(SEC);
+        sim.tell(worker, finished(&id));
+        sim.beat_all();
+    }
+    assert_eq!(
+        lookahead(&sim),
+        0,
+        "slow jobs: fetched only for idle workers"
+    );
+    sim.pump();
+    assert!(sim.kills.is_empty());
 }
