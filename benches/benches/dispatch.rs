@@ -140,7 +140,7 @@ fn pool_main() {
             feeder,
             prefork_master::from_fn(|ctx| {
                 if let Some(job) = ctx.next_job(Duration::from_millis(200)) {
-                    ctx.finish_job(&job.id, b"");
+                    ctx.finish_job(&job.delivery, b"");
                 }
                 Ok(())
             }),

@@ -364,7 +364,7 @@ impl<S: 'static> Worker for DispatchWorker<S> {
             return Ok(());
         };
         let ran = run_one(&self.registry, state, &mut job, ctx, self.jitter.next());
-        ctx.finish_job(&job.id, &report::encode(&ran.outcome));
+        ctx.finish_job(&job.delivery, &report::encode(&ran.outcome));
         ctx.clear_activity();
         ran.observe(&mut self.observer, job.attempt, true);
         Ok(())
@@ -387,6 +387,6 @@ impl InHand for Job {
     }
 
     fn delivery_id(&self) -> &str {
-        &self.id
+        &self.delivery
     }
 }

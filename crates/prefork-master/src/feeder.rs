@@ -18,13 +18,14 @@ use crate::worker::{BoxError, Context, Orphans};
 ///
 /// ```
 /// let job = prefork_master::Job::new("delivery-7", b"{}".to_vec(), 2);
-/// assert_eq!((job.id.as_str(), job.attempt), ("delivery-7", 2));
+/// assert_eq!((job.delivery.as_str(), job.attempt), ("delivery-7", 2));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Job {
-    /// The delivery id: unique among the jobs in flight.
-    pub id: String,
+    /// The broker's delivery id: unique among the jobs in flight (not the
+    /// job's own id, which the job layer keeps in its payload).
+    pub delivery: String,
     /// The job's bytes.
     pub payload: Vec<u8>,
     /// The broker's delivery count, from 1.
@@ -33,9 +34,9 @@ pub struct Job {
 
 impl Job {
     /// A job with this delivery id, payload and delivery count.
-    pub fn new(id: impl Into<String>, payload: Vec<u8>, attempt: u32) -> Job {
+    pub fn new(delivery: impl Into<String>, payload: Vec<u8>, attempt: u32) -> Job {
         Job {
-            id: id.into(),
+            delivery: delivery.into(),
             payload,
             attempt,
         }
@@ -295,18 +296,24 @@ pub(crate) fn run_feeder<F: Feeder>(feeder: &mut F, ctx: &mut Context, timeout: 
                 let jobs = feeder.fetch(credits, FEEDER_WAIT, ctx)?;
                 credits = credits.saturating_sub(jobs.len());
                 for job in jobs {
-                    let size = job.id.len() + job.payload.len();
+                    let size = job.delivery.len() + job.payload.len();
                     if size > MAX_JOB_BYTES {
-                        tracing::error!(delivery = %job.id, size, "job too large to dispatch: dead-lettered");
+                        tracing::error!(delivery = %job.delivery, size, "job too large to dispatch: dead-lettered");
                         let reason = format!(
                             "job of {size} bytes is larger than dispatch mode carries \
                              ({MAX_JOB_BYTES} bytes); run it in pull mode or make it smaller"
                         );
-                        feeder.settle(Settle::Refused { id: job.id, reason }, ctx)?;
+                        feeder.settle(
+                            Settle::Refused {
+                                id: job.delivery,
+                                reason,
+                            },
+                            ctx,
+                        )?;
                         continue;
                     }
                     ctx.queue(&Message::Job {
-                        id: job.id,
+                        id: job.delivery,
                         payload: job.payload,
                         attempt: job.attempt,
                     });

@@ -213,7 +213,7 @@ impl Master {
     ///
     /// let worker = prefork_master::from_fn(|ctx| {
     ///     if let Some(job) = ctx.next_job(Duration::from_millis(100)) {
-    ///         ctx.finish_job(&job.id, b"");
+    ///         ctx.finish_job(&job.delivery, b"");
     ///     }
     ///     Ok(())
     /// });

@@ -236,7 +236,7 @@ impl Router {
     pub(crate) fn job_from_feeder(&mut self, job: Job) {
         self.asked = self.asked.saturating_sub(1);
         if self.stopped {
-            self.emit(Route::ToFeeder(Message::Release { id: job.id }));
+            self.emit(Route::ToFeeder(Message::Release { id: job.delivery }));
             return;
         }
         self.queue.push_back(job);
@@ -280,7 +280,7 @@ impl Router {
             let again: BTreeSet<&str> = running
                 .iter()
                 .map(String::as_str)
-                .chain(self.queue.iter().map(|j| j.id.as_str()))
+                .chain(self.queue.iter().map(|j| j.delivery.as_str()))
                 .collect();
             let resend: Vec<Route> = sent
                 .into_iter()
@@ -312,7 +312,7 @@ impl Router {
     pub(crate) fn stop_fetching(&mut self) {
         self.stopped = true;
         while let Some(job) = self.queue.pop_front() {
-            self.emit(Route::ToFeeder(Message::Release { id: job.id }));
+            self.emit(Route::ToFeeder(Message::Release { id: job.delivery }));
         }
     }
 
@@ -352,7 +352,7 @@ impl Router {
                 .workers
                 .get_mut(&serial)
                 .expect("idle workers are known");
-            slot.job = Some(job.id.clone());
+            slot.job = Some(job.delivery.clone());
             self.out.push(Route::ToWorker(serial, job));
         }
     }
@@ -733,9 +733,9 @@ mod tests {
                 for route in r.take_routes() {
                     match route {
                         Route::ToWorker(s, j) => {
-                            prop_assert!(!holding.values().any(|h| *h == j.id), "{} handed out twice at once", j.id);
-                            prop_assert!(holding.insert(s, j.id.clone()).is_none(), "worker {} given two jobs", s);
-                            prop_assert!(handed.insert(j.id));
+                            prop_assert!(!holding.values().any(|h| *h == j.delivery), "{} handed out twice at once", j.delivery);
+                            prop_assert!(holding.insert(s, j.delivery.clone()).is_none(), "worker {} given two jobs", s);
+                            prop_assert!(handed.insert(j.delivery));
                         }
                         Route::ToFeeder(Message::Want { n }) => {
                             prop_assert!(feeder);

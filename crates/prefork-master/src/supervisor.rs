@@ -273,7 +273,7 @@ impl Supervisor {
                         p.handed_at = Some(now);
                     }
                     let msg = Message::Job {
-                        id: job.id,
+                        id: job.delivery,
                         payload: job.payload,
                         attempt: job.attempt,
                     };

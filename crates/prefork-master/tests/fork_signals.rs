@@ -241,15 +241,17 @@ fn a_worker_holds_none_of_the_masters_descriptors() {
     assert!(master.iter().any(|t| t.contains("eventpoll")), "{master:?}");
     for w in d.workers() {
         // The test daemon's ready hook writes `ready/PID` and closes it;
-        // the ready file can be seen while that file is still open, so
-        // look again until it is closed.
+        // the ready file can be seen while that file is still open, and
+        // the worker reads its own `/proc/PID/stat` now and then (its
+        // memory and title upkeep), opening and closing it: look again
+        // until neither is open.
         let mut fds: Vec<String> = Vec::new();
         wait_until(WAIT, || {
             fds = fd_targets(w)
                 .into_iter()
                 .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
                 .collect();
-            !fds.iter().any(|t| t.contains("/ready/"))
+            !fds.iter().any(|t| t.contains("/ready/") || t.starts_with("/proc/"))
         });
         // stdout and stderr (the log), its marks file, its own channel: no
         // epoll, no signal pipe, no sibling's channel.
