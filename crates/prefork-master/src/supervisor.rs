@@ -269,7 +269,11 @@ impl Supervisor {
         for route in router.drain_routes() {
             match route {
                 Route::ToWorker(serial, job) => {
-                    if let Some(p) = self.procs.get_mut(&serial) {
+                    // A job handed out behind a running one starts when
+                    // that one's report comes (see `finished`).
+                    if let Some(p) = self.procs.get_mut(&serial)
+                        && p.handed_at.is_none()
+                    {
                         p.handed_at = Some(now);
                     }
                     let msg = Message::Job {
@@ -753,6 +757,12 @@ impl Supervisor {
         }
         if !router.worker_finished(serial, report) {
             tracing::warn!(serial, "a worker reported a job it was not given");
+        }
+        // The job waiting behind it starts now.
+        if router.holds_a_job(serial)
+            && let Some(p) = self.procs.get_mut(&serial)
+        {
+            p.handed_at = Some(now);
         }
     }
 

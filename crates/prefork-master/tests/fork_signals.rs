@@ -251,7 +251,8 @@ fn a_worker_holds_none_of_the_masters_descriptors() {
                 .into_iter()
                 .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
                 .collect();
-            !fds.iter().any(|t| t.contains("/ready/") || t.starts_with("/proc/"))
+            !fds.iter()
+                .any(|t| t.contains("/ready/") || t.starts_with("/proc/"))
         });
         // stdout and stderr (the log), its marks file, its own channel: no
         // epoll, no signal pipe, no sibling's channel.
