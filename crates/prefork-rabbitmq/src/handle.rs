@@ -156,7 +156,10 @@ impl RabbitMq {
                 &self.queue,
                 table([
                     ("x-queue-type", AmqpValue::LongString("quorum".into())),
-                    ("x-dead-letter-exchange", AmqpValue::LongString(String::new())),
+                    (
+                        "x-dead-letter-exchange",
+                        AmqpValue::LongString(String::new()),
+                    ),
                     (
                         "x-dead-letter-routing-key",
                         AmqpValue::LongString(self.dead.clone()),
@@ -232,7 +235,9 @@ impl RabbitMq {
             let args = delay_args(ms, &self.queue);
             // Declared before every delayed publish: that also restarts its
             // expiry, so it never expires with jobs in it.
-            self.session()?.declare(&name, args).inspect_err(|_| self.lose_session())?;
+            self.session()?
+                .declare(&name, args)
+                .inspect_err(|_| self.lose_session())?;
             name
         };
         let io_timeout = self.config.io_timeout;
@@ -318,7 +323,9 @@ impl RabbitMq {
         let tag = amq.delivery_tag();
         let headers = amq.properties.headers().as_ref();
         let header = |k: &str| headers.and_then(|h| h.get(k)).and_then(int_value);
-        let base = header(ATTEMPT_HEADER).unwrap_or(1).clamp(1, i64::from(u32::MAX));
+        let base = header(ATTEMPT_HEADER)
+            .unwrap_or(1)
+            .clamp(1, i64::from(u32::MAX));
         let returned = header(DELIVERY_COUNT_HEADER).unwrap_or(0).max(0);
         let attempt = u32::try_from(base.saturating_add(returned)).unwrap_or(u32::MAX);
         let id = amq
@@ -425,7 +432,9 @@ impl RabbitMq {
             Ok(())
         })();
         // Closing the scan channel requeues what it got, in order.
-        let closed = ch.close().map_err(|e| classify("close the dead-letter channel", e));
+        let closed = ch
+            .close()
+            .map_err(|e| classify("close the dead-letter channel", e));
         if let Err(e) = result.and(closed) {
             self.lose_session();
             return Err(e);
@@ -482,7 +491,10 @@ fn consume_once(
         Ok(other) => return Err(closed(other)),
         Err(RecvTimeoutError::Timeout) => {}
         Err(RecvTimeoutError::Disconnected) => {
-            return Err(BrokerError::new(ErrorKind::Transient, "the connection closed"));
+            return Err(BrokerError::new(
+                ErrorKind::Transient,
+                "the connection closed",
+            ));
         }
     }
     while got.len() < max {
@@ -517,14 +529,20 @@ fn consume_once(
 fn properties(id: &str, attempt: u32, reason: Option<&str>) -> AmqpProperties {
     let mut headers = FieldTable::new();
     if attempt > 1 {
-        headers.insert(ATTEMPT_HEADER.into(), AmqpValue::LongLongInt(i64::from(attempt)));
+        headers.insert(
+            ATTEMPT_HEADER.into(),
+            AmqpValue::LongLongInt(i64::from(attempt)),
+        );
     }
     if let Some(r) = reason {
         let mut end = r.len().min(MAX_REASON);
         while !r.is_char_boundary(end) {
             end -= 1;
         }
-        headers.insert(REASON_HEADER.into(), AmqpValue::LongString(r[..end].to_owned()));
+        headers.insert(
+            REASON_HEADER.into(),
+            AmqpValue::LongString(r[..end].to_owned()),
+        );
     }
     let props = AmqpProperties::default().with_message_id(id.to_owned());
     if headers.is_empty() {
@@ -554,7 +572,10 @@ fn dead_letter_of(amq: &amiquip::Delivery) -> DeadLetter {
         .unwrap_or_else(|| format!("dead-{}", amq.delivery_tag()));
     DeadLetter::new(DeliveryId::new(id), amq.body.clone(), reason)
         .with_attempt(attempt)
-        .with_meta("redelivered", if amq.redelivered { "true" } else { "false" })
+        .with_meta(
+            "redelivered",
+            if amq.redelivered { "true" } else { "false" },
+        )
 }
 
 /// The arguments of a delay queue: messages expire after `ms` into the
@@ -567,8 +588,14 @@ fn delay_args(ms: u64, queue: &str) -> FieldTable {
             "x-expires",
             AmqpValue::LongLongInt((ms + DELAY_QUEUE_EXPIRY_MS) as i64),
         ),
-        ("x-dead-letter-exchange", AmqpValue::LongString(String::new())),
-        ("x-dead-letter-routing-key", AmqpValue::LongString(queue.to_owned())),
+        (
+            "x-dead-letter-exchange",
+            AmqpValue::LongString(String::new()),
+        ),
+        (
+            "x-dead-letter-routing-key",
+            AmqpValue::LongString(queue.to_owned()),
+        ),
     ])
 }
 
@@ -614,8 +641,7 @@ impl Broker for RabbitMq {
         if payloads.is_empty() {
             return Ok(());
         }
-        let with_ids: Vec<(&[u8], String)> =
-            payloads.iter().map(|p| (*p, self.new_id())).collect();
+        let with_ids: Vec<(&[u8], String)> = payloads.iter().map(|p| (*p, self.new_id())).collect();
         self.publish_all(&with_ids, 1, delay)
     }
 

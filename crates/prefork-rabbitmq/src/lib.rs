@@ -154,7 +154,8 @@ impl Config {
                 Some((u, p)) => (u, Some(p)),
                 None => (info, None),
             };
-            config.user = percent_decode(user).ok_or_else(|| bad("bad percent escape in the user"))?;
+            config.user =
+                percent_decode(user).ok_or_else(|| bad("bad percent escape in the user"))?;
             if config.user.is_empty() {
                 return Err(bad("empty user"));
             }
@@ -339,11 +340,7 @@ pub fn redact_url(url: &str) -> String {
     let Some(colon) = authority[..at].find(':') else {
         return url.to_owned();
     };
-    format!(
-        "{scheme}://{}:***{}",
-        &authority[..colon],
-        &rest[at..]
-    )
+    format!("{scheme}://{}:***{}", &authority[..colon], &rest[at..])
 }
 
 fn split_host_port(hostport: &str) -> Result<(&str, Option<&str>), &'static str> {
@@ -418,7 +415,10 @@ mod tests {
             ("::1", "u@x", "p:w", "v h")
         );
         let c = Config::from_url("amqp://app@mq/").unwrap();
-        assert_eq!((c.user(), c.password.as_str(), c.vhost()), ("app", "guest", "/"));
+        assert_eq!(
+            (c.user(), c.password.as_str(), c.vhost()),
+            ("app", "guest", "/")
+        );
     }
 
     #[test]
@@ -454,7 +454,9 @@ mod tests {
 
     #[test]
     fn the_client_url_encodes_what_it_must() {
-        let c = Config::new("h", 1).credentials("a b", "p@ss/").vhost_name("/");
+        let c = Config::new("h", 1)
+            .credentials("a b", "p@ss/")
+            .vhost_name("/");
         assert_eq!(
             c.client_url(),
             "amqp://a%20b:p%40ss%2F@h:1/%2F?heartbeat=30&connection_timeout=5000"

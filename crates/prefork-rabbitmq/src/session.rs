@@ -30,8 +30,9 @@ pub(crate) struct Session {
 impl Session {
     /// Connects, opens the channel and turns publisher confirms on.
     pub(crate) fn open(config: &Config) -> Result<Session, BrokerError> {
-        let mut conn = Connection::insecure_open_tuned(&config.client_url(), ConnectionTuning::default())
-            .map_err(|e| classify(&format!("connect to {}", config.redacted_url()), e))?;
+        let mut conn =
+            Connection::insecure_open_tuned(&config.client_url(), ConnectionTuning::default())
+                .map_err(|e| classify(&format!("connect to {}", config.redacted_url()), e))?;
         let channel = conn
             .open_channel(None)
             .map_err(|e| classify("open a channel", e))?;
@@ -153,7 +154,6 @@ pub(crate) fn int_value(v: &AmqpValue) -> Option<i64> {
         _ => return None,
     })
 }
-
 
 /// The [`BrokerError`] for an amiquip error while doing `context`.
 pub(crate) fn classify(context: &str, e: amiquip::Error) -> BrokerError {

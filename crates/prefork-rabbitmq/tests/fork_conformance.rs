@@ -170,7 +170,11 @@ fn attempts_count_retries_and_kills_not_releases() {
     let retried = Instant::now();
     b.retry(d, delay).unwrap();
     let d = fetch_one(&mut b, Duration::from_secs(10));
-    assert!(retried.elapsed() >= delay, "visible after {:?}", retried.elapsed());
+    assert!(
+        retried.elapsed() >= delay,
+        "visible after {:?}",
+        retried.elapsed()
+    );
     assert_eq!((d.id(), d.attempt()), (&id, 3));
     b.release(d).unwrap();
     drop(b);
@@ -202,7 +206,12 @@ fn dead_letters_keep_reason_attempt_and_id() {
     let dead = b.dead_letters(10).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(
-        (dead[0].id(), dead[0].attempt(), dead[0].reason(), dead[0].payload()),
+        (
+            dead[0].id(),
+            dead[0].attempt(),
+            dead[0].reason(),
+            dead[0].payload()
+        ),
         (&id, 2, "bad \u{2713}\nreason", &b"poison"[..])
     );
     // Listing twice lists the same: listing puts them back.
@@ -235,7 +244,11 @@ fn dead_letters_keep_reason_attempt_and_id() {
     };
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0].payload(), b"rejected elsewhere");
-    assert!(dead[0].reason().contains("by RabbitMQ"), "{}", dead[0].reason());
+    assert!(
+        dead[0].reason().contains("by RabbitMQ"),
+        "{}",
+        dead[0].reason()
+    );
 }
 
 /// (ready messages, consumers) of `queue`, from a passive declare on a
@@ -407,9 +420,13 @@ fn reconnects_after_the_connection_is_lost() {
     let d = fetch_one(&mut b, Duration::from_secs(5));
     proxy.cut();
     sleep(Duration::from_millis(100));
-    let e = b.publish(b"while away", Duration::ZERO).expect_err("server away");
+    let e = b
+        .publish(b"while away", Duration::ZERO)
+        .expect_err("server away");
     assert!(e.is_retryable(), "{e}");
-    let e = b.fetch(1, Duration::from_millis(100)).expect_err("server away");
+    let e = b
+        .fetch(1, Duration::from_millis(100))
+        .expect_err("server away");
     assert!(e.is_retryable(), "{e}");
     let e = b.ack(d).expect_err("the claim went with the connection");
     assert_eq!(e.error().kind(), ErrorKind::LeaseLost, "{e}");
