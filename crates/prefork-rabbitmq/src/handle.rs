@@ -264,8 +264,34 @@ impl RabbitMq {
             .then_some(tag)
     }
 
-    /// Acks the held delivery `tag`.
-    fn ack_tag(&mut self, tag: u64) -> Result<(), BrokerError> {
+    /// Waits until the server has processed every frame sent so far on the
+    /// channel: amiquip hands frames to its I/O thread, so a returned
+    /// `basic_ack` is not yet on the wire, and a kill a moment later would
+    /// lose it; the answer to a later synchronous method (a `basic.qos`
+    /// repeating the current prefetch, which only affects new consumers)
+    /// proves it was read.
+    fn sync(&mut self) -> Result<(), BrokerError> {
+        let prefetch = self.prefetch;
+        match self.session.as_ref() {
+            Some(s) => {
+                if let Err(e) = s.channel.qos(0, prefetch, false) {
+                    self.lose_session();
+                    return Err(BrokerError::new(
+                        ErrorKind::LeaseLost,
+                        format!(
+                            "confirming acks: {e}; the channel closed, so RabbitMQ requeued what it held"
+                        ),
+                    ));
+                }
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Acks the held delivery `tag` and, with `sync`, waits until the
+    /// server has read the ack.
+    fn ack_tag(&mut self, tag: u64, sync: bool) -> Result<(), BrokerError> {
         let amq = self.held.remove(&tag).expect("checked by live_tag");
         let channel = &self.session.as_ref().expect("checked by live_tag").channel;
         if let Err(e) = amq.ack(channel) {
@@ -275,7 +301,7 @@ impl RabbitMq {
                 format!("ack: {e}; the channel closed, so RabbitMQ has requeued the job"),
             ));
         }
-        Ok(())
+        if sync { self.sync() } else { Ok(()) }
     }
 
     /// Publishes a copy of `d` to `target` (the queue, a delay queue or the
@@ -315,7 +341,7 @@ impl RabbitMq {
                 BrokerError::new(ErrorKind::LeaseLost, why).with_source(e),
             ));
         }
-        self.ack_tag(tag).map_err(|e| SettleError::new(d, e))
+        self.ack_tag(tag, true).map_err(|e| SettleError::new(d, e))
     }
 
     /// Turns a message of the queue into a [`Delivery`] this handle holds.
@@ -660,7 +686,50 @@ impl Broker for RabbitMq {
         let Some(tag) = self.live_tag(&delivery) else {
             return Err(lost(delivery));
         };
-        self.ack_tag(tag).map_err(|e| SettleError::new(delivery, e))
+        self.ack_tag(tag, true)
+            .map_err(|e| SettleError::new(delivery, e))
+    }
+
+    /// The acks, then one round trip that proves the server read them all.
+    fn ack_batch(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+        let mut failed = Vec::new();
+        let mut acked = Vec::new();
+        for d in deliveries {
+            match self.live_tag(&d) {
+                None => failed.push(lost(d)),
+                Some(tag) => match self.ack_tag(tag, false) {
+                    Ok(()) => acked.push(d),
+                    Err(e) => failed.push(SettleError::new(d, e)),
+                },
+            }
+        }
+        if !acked.is_empty()
+            && let Err(e) = self.sync()
+        {
+            let why = e.message().to_owned();
+            failed.extend(
+                acked.into_iter().map(|d| {
+                    SettleError::new(d, BrokerError::new(ErrorKind::LeaseLost, why.clone()))
+                }),
+            );
+        }
+        failed
+    }
+
+    /// As [`ack`](Broker::ack): the ack is only known to be sent once the
+    /// server answered a later call (see the README), so there is nothing
+    /// cheaper to defer to.
+    fn ack_deferred(&mut self, delivery: Delivery) -> Result<(), SettleError> {
+        self.ack(delivery)
+    }
+
+    /// As [`ack_batch`](Broker::ack_batch): one round trip for the batch.
+    fn ack_batch_deferred(&mut self, deliveries: Vec<Delivery>) -> Vec<SettleError> {
+        self.ack_batch(deliveries)
+    }
+
+    fn flush(&mut self) -> Result<(), BrokerError> {
+        self.sync()
     }
 
     fn retry(&mut self, delivery: Delivery, delay: Duration) -> Result<(), SettleError> {
