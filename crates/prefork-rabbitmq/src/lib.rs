@@ -72,11 +72,11 @@ pub struct Config {
     host: String,
     port: u16,
     user: String,
-    password: String,
+    pub(crate) password: String,
     vhost: String,
-    connect_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
     io_timeout: Duration,
-    heartbeat: u16,
+    pub(crate) heartbeat: u16,
     take_over_patience: Duration,
 }
 
@@ -270,20 +270,6 @@ impl Config {
         RabbitMq::open(self.clone(), queue)
     }
 
-    /// The URL amiquip is given: credentials and vhost percent-encoded,
-    /// heartbeat and connect timeout as query parameters.
-    fn client_url(&self) -> String {
-        format!(
-            "amqp://{}:{}@{}/{}?heartbeat={}&connection_timeout={}",
-            percent_encode(&self.user),
-            percent_encode(&self.password),
-            self.host_port(),
-            percent_encode(&self.vhost),
-            self.heartbeat,
-            self.connect_timeout.as_millis().max(1)
-        )
-    }
-
     fn host_port(&self) -> String {
         if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
@@ -450,18 +436,5 @@ mod tests {
         let c = Config::from_url("amqp://u:pw@h/v").unwrap();
         assert_eq!(c.redacted_url(), "amqp://u:***@h:5672/v");
         assert!(!format!("{c:?}").contains("pw\""));
-    }
-
-    #[test]
-    fn the_client_url_encodes_what_it_must() {
-        let c = Config::new("h", 1)
-            .credentials("a b", "p@ss/")
-            .vhost_name("/");
-        assert_eq!(
-            c.client_url(),
-            "amqp://a%20b:p%40ss%2F@h:1/%2F?heartbeat=30&connection_timeout=5000"
-        );
-        let c = Config::new("::1", 2);
-        assert!(c.client_url().contains("@[::1]:2/"));
     }
 }

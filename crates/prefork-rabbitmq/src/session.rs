@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
+use std::net::{TcpStream, ToSocketAddrs};
+
 use amiquip::{
-    AmqpProperties, AmqpValue, Channel, Confirm, ConfirmSmoother, Connection, ConnectionTuning,
-    FieldTable, Publish, QueueDeclareOptions,
+    AmqpProperties, AmqpValue, Auth, Channel, Confirm, ConfirmSmoother, Connection,
+    ConnectionOptions, ConnectionTuning, FieldTable, Publish, QueueDeclareOptions,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use prefork_broker::{BrokerError, ErrorKind};
@@ -30,9 +32,7 @@ pub(crate) struct Session {
 impl Session {
     /// Connects, opens the channel and turns publisher confirms on.
     pub(crate) fn open(config: &Config) -> Result<Session, BrokerError> {
-        let mut conn =
-            Connection::insecure_open_tuned(&config.client_url(), ConnectionTuning::default())
-                .map_err(|e| classify(&format!("connect to {}", config.redacted_url()), e))?;
+        let mut conn = connect(config)?;
         let channel = conn
             .open_channel(None)
             .map_err(|e| classify("open a channel", e))?;
@@ -131,6 +131,40 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Opens the AMQP connection over a TCP stream of our own: amiquip's URL
+/// opener leaves Nagle's algorithm on, and an ack followed by the
+/// synchronous call that proves it was read then waits out the server's
+/// delayed ACK (measured: 111 acks/s one at a time, instead of thousands).
+fn connect(config: &Config) -> Result<Connection, BrokerError> {
+    let server = config.redacted_url();
+    let addr = (config.host(), config.port())
+        .to_socket_addrs()
+        .map_err(|e| BrokerError::io(format!("resolve {server}"), e))?
+        .next()
+        .ok_or_else(|| {
+            BrokerError::new(
+                ErrorKind::Transient,
+                format!("{server}: the host has no address"),
+            )
+        })?;
+    let tcp = TcpStream::connect_timeout(&addr, config.connect_timeout)
+        .map_err(|e| BrokerError::io(format!("connect to {server}"), e))?;
+    tcp.set_nodelay(true)
+        .map_err(|e| BrokerError::io("set TCP_NODELAY", e))?;
+    let stream = mio06::net::TcpStream::from_stream(tcp)
+        .map_err(|e| BrokerError::io("make the socket non-blocking", e))?;
+    let options = ConnectionOptions::default()
+        .auth(Auth::Plain {
+            username: config.user().to_owned(),
+            password: config.password.clone(),
+        })
+        .virtual_host(config.vhost())
+        .heartbeat(config.heartbeat)
+        .connection_timeout(Some(config.connect_timeout));
+    Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
+        .map_err(|e| classify(&format!("open AMQP on {server}"), e))
 }
 
 /// A `FieldTable` from `(key, value)` pairs.

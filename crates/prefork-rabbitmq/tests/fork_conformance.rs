@@ -133,6 +133,18 @@ fn helper_hold() {
     sleep(Duration::from_secs(60));
 }
 
+/// Hidden helper: acks every job it gets, saying `acked ID` right after
+/// each ack returns, until killed.
+fn helper_ack_loop() {
+    let mut b = open(&std::env::var(QUEUE_VAR).unwrap());
+    loop {
+        let d = fetch_one(&mut b, Duration::from_secs(30));
+        let id = d.id().clone();
+        b.ack(d).unwrap();
+        say(&format!("acked {id}"));
+    }
+}
+
 /// Hidden helper: moves jobs around (publish, release, retry, dead
 /// letter) until killed, saying `published` after each publish.
 fn helper_settle_loop() {
@@ -300,6 +312,42 @@ fn a_kill_mid_settle_leaves_no_job_stuck() {
         );
         published = total;
     }
+}
+
+/// An ack that returned is not undone by a SIGKILL right after it (the
+/// client's I/O thread could still hold it: `ack` waits until the server
+/// has read it): no job the killed holder said it acked comes back.
+fn an_ack_that_returned_survives_a_kill() {
+    let q = unique_queue("ackkill");
+    let mut b = open(&q);
+    let jobs: Vec<Vec<u8>> = (0..200).map(|i| format!("a-{i}").into_bytes()).collect();
+    let refs: Vec<&[u8]> = jobs.iter().map(Vec::as_slice).collect();
+    b.publish_batch(&refs, Duration::ZERO).unwrap();
+    let mut acked = std::collections::BTreeSet::new();
+    for _ in 0..5 {
+        let mut h = Helper::spawn("helper_ack_loop", &q);
+        acked.insert(h.line());
+        for line in h.kill() {
+            acked.insert(line);
+        }
+    }
+    let mut left = 0;
+    while let Some(d) = b.fetch_one(Duration::from_millis(500)).unwrap() {
+        assert!(
+            !acked.contains(&format!("acked {}", d.id())),
+            "{d:?} was acked before the kill and came back"
+        );
+        left += 1;
+        b.ack(d).unwrap();
+    }
+    // A kill between an ack and its line hides at most one job per kill.
+    let accounted = left + acked.len();
+    assert!(
+        (jobs.len() - 5..=jobs.len()).contains(&accounted),
+        "{} acked, {left} left of {}",
+        acked.len(),
+        jobs.len()
+    );
 }
 
 /// Bad input gets clear errors: a bad queue name, wrong credentials, a
@@ -503,6 +551,10 @@ fn main() {
         .limit(Duration::from_secs(120)),
         Case::new("bad_input_gets_clear_errors", bad_input_gets_clear_errors),
         Case::new(
+            "an_ack_that_returned_survives_a_kill",
+            an_ack_that_returned_survives_a_kill,
+        ),
+        Case::new(
             "reconnects_after_the_connection_is_lost",
             reconnects_after_the_connection_is_lost,
         ),
@@ -512,6 +564,7 @@ fn main() {
         ),
         Case::new("helper_hold", helper_hold).hidden(),
         Case::new("helper_settle_loop", helper_settle_loop).hidden(),
+        Case::new("helper_ack_loop", helper_ack_loop).hidden(),
     ]);
     run(&cases);
 }
