@@ -139,7 +139,7 @@ impl Config {
             Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
             None => (None, authority),
         };
-        let (host, port) = split_host_port(hostport).map_err(|why| bad(why))?;
+        let (host, port) = split_host_port(hostport).map_err(&bad)?;
         let port = match port {
             None => DEFAULT_PORT,
             Some(p) => p
