@@ -64,6 +64,10 @@ pub struct RabbitMq {
     prefetch: u16,
     /// Counts published messages, for their ids.
     published: u64,
+    /// The process that opened the handle: a forked child that drops an
+    /// inherited copy must not touch the connection (its close would wait
+    /// forever for an I/O thread the child does not have).
+    owner: u32,
 }
 
 impl std::fmt::Debug for RabbitMq {
@@ -105,6 +109,7 @@ impl RabbitMq {
             pending: VecDeque::new(),
             prefetch: 0,
             published: 0,
+            owner: std::process::id(),
         };
         handle.session()?;
         Ok(handle)
@@ -128,6 +133,13 @@ impl RabbitMq {
     }
 
     fn shutdown(&mut self) -> Result<(), BrokerError> {
+        if std::process::id() != self.owner {
+            // Not ours: leave the parent's connection alone.
+            std::mem::forget(self.session.take());
+            std::mem::forget(std::mem::take(&mut self.held));
+            std::mem::forget(std::mem::take(&mut self.pending));
+            return Ok(());
+        }
         let mut first = None;
         while let Some(d) = self.pending.pop_front() {
             if let Err(e) = self.release(d) {

@@ -350,6 +350,56 @@ fn an_ack_that_returned_survives_a_kill() {
     );
 }
 
+/// amiquip's close, run by a forked child dropping an inherited
+/// connection, waits forever for an I/O thread the child does not have
+/// (measured: the README). The handle remembers who opened it: a child's
+/// drop leaves the connection alone, and the parent's session and claim
+/// survive it. (The parent has the client's threads at the fork, which is
+/// what `fork_unchecked` is for; the child only drops and exits.)
+fn fork_child_dropping_inherited_handle_leaves_it_alone() {
+    let q = unique_queue("fork");
+    let mut parent = open(&q);
+    parent
+        .publish(b"held by the parent", Duration::ZERO)
+        .unwrap();
+    let held = fetch_one(&mut parent, Duration::from_secs(5));
+    // SAFETY: the child runs only the drop (a pid check, forgetting the
+    // session) and `_exit`, under an alarm; no lock the client's threads
+    // may hold is taken on that path but the allocator's, which glibc
+    // resets in the child.
+    match unsafe { prefork_proc::fork_unchecked() }.expect("fork") {
+        prefork_proc::Fork::Child => {
+            // The fork blocked every signal around fork(2); unblock them so
+            // the alarm can end a child that hangs.
+            // SAFETY: sigemptyset, sigprocmask and alarm are
+            // async-signal-safe; `set` is a local sigset_t they initialise.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                libc::alarm(5);
+            }
+            drop(held);
+            drop(parent);
+            // SAFETY: as above.
+            unsafe { libc::_exit(0) };
+        }
+        prefork_proc::Fork::Parent(child) => {
+            let status = child.wait().expect("wait for the child");
+            assert!(
+                status.success(),
+                "the child's drop did not return: {status:?}"
+            );
+            parent.ack(held).expect("ack the job held across the fork");
+            parent.publish(b"after", Duration::ZERO).unwrap();
+            let d = fetch_one(&mut parent, Duration::from_secs(5));
+            assert_eq!(d.payload(), b"after");
+            parent.ack(d).unwrap();
+            assert_empty(&mut parent);
+        }
+    }
+}
+
 /// Bad input gets clear errors: a bad queue name, wrong credentials, a
 /// port nobody listens on (retryable), a queue of that name declared with
 /// other settings.
@@ -550,6 +600,10 @@ fn main() {
         )
         .limit(Duration::from_secs(120)),
         Case::new("bad_input_gets_clear_errors", bad_input_gets_clear_errors),
+        Case::new(
+            "fork_child_dropping_inherited_handle_leaves_it_alone",
+            fork_child_dropping_inherited_handle_leaves_it_alone,
+        ),
         Case::new(
             "an_ack_that_returned_survives_a_kill",
             an_ack_that_returned_survives_a_kill,
