@@ -1,7 +1,7 @@
 //! Both modes end to end on real brokers: thousands of jobs through a real
-//! pool (a master and forked workers, in a child process) on Redis and on
-//! beanstalkd, with workers SIGKILLed at random moments and the master
-//! SIGKILLed once and replaced: every job runs, and the duplicates are
+//! pool (a master and forked workers, in a child process) on Redis,
+//! beanstalkd and RabbitMQ, with workers SIGKILLed at random moments and
+//! the master SIGKILLed once and replaced: every job runs, and the duplicates are
 //! bounded by the kills. In dispatch mode the feeder (the one process
 //! holding a broker connection) is SIGKILLed a few times as well; the
 //! embedded spool runs the dispatch case too. The bound and its reasoning
@@ -9,7 +9,8 @@
 //! `crates/prefork-jobs/tests/fork_{pull,dispatch}.rs`; all drive their
 //! pools with `prefork_tests::e2e`.
 //!
-//! The servers come from `PREFORK_REDIS_URL` / `PREFORK_BEANSTALKD_URL`
+//! The servers come from `PREFORK_REDIS_URL` / `PREFORK_BEANSTALKD_URL` /
+//! `PREFORK_RABBITMQ_URL`
 //! (`cargo xtask ci`, or `cargo xtask brokers start`); without them a case
 //! fails under CI and prints why it skips elsewhere. Each run uses a queue
 //! of its own.
@@ -68,6 +69,9 @@ fn connect(broker: &str, url: &str) -> Box<dyn Connect> {
                 .unwrap()
                 .ttr(BEANSTALKD_TTR),
         ),
+        // Claims do not expire while a holder's connection lives: a dead
+        // holder's jobs come back when RabbitMQ sees its connection close.
+        "rabbitmq" => Box::new(prefork_rabbitmq::Config::from_url(url).unwrap()),
         other => panic!("unknown broker {other}"),
     }
 }
@@ -318,6 +322,18 @@ fn beanstalkd_dispatch_kills_lose_no_job() {
     }
 }
 
+fn rabbitmq_kills_lose_no_job() {
+    if let Some(url) = e2e::broker_url("PREFORK_RABBITMQ_URL") {
+        kills_lose_no_job("pull", "rabbitmq", Some(url));
+    }
+}
+
+fn rabbitmq_dispatch_kills_lose_no_job() {
+    if let Some(url) = e2e::broker_url("PREFORK_RABBITMQ_URL") {
+        kills_lose_no_job("dispatch", "rabbitmq", Some(url));
+    }
+}
+
 fn spool_dispatch_kills_lose_no_job() {
     kills_lose_no_job("dispatch", "spool", None);
 }
@@ -336,6 +352,13 @@ fn main() {
         Case::new(
             "beanstalkd_dispatch_kills_lose_no_job",
             beanstalkd_dispatch_kills_lose_no_job,
+        )
+        .limit(Duration::from_secs(150)),
+        Case::new("rabbitmq_kills_lose_no_job", rabbitmq_kills_lose_no_job)
+            .limit(Duration::from_secs(150)),
+        Case::new(
+            "rabbitmq_dispatch_kills_lose_no_job",
+            rabbitmq_dispatch_kills_lose_no_job,
         )
         .limit(Duration::from_secs(150)),
         Case::new(

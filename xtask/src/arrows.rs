@@ -36,6 +36,7 @@ pub(crate) const ARROWS: &[(&str, Allowed)] = &[
     ("prefork-spool", Allowed::Only(&["prefork-broker"])),
     ("prefork-redis", Allowed::Only(&["prefork-broker"])),
     ("prefork-beanstalkd", Allowed::Only(&["prefork-broker"])),
+    ("prefork-rabbitmq", Allowed::Only(&["prefork-broker"])),
     ("prefork-conformance", Allowed::Only(&["prefork-broker"])),
     (
         "prefork-jobs",
@@ -158,7 +159,7 @@ mod tests {
                 ),
                 package("prefork-proc", &[]),
                 package("prefork-spool", &[("prefork-broker", false)]),
-                package("prefork-rabbitmq", &[("prefork-broker", false)]),
+                package("prefork-nats", &[("prefork-broker", false)]),
             ],
         };
         let bad = violations(&ws, Path::new("/nowhere"));
@@ -171,11 +172,7 @@ mod tests {
         assert!(bad[0].contains(
             "prefork-master may depend on prefork-selfpipe, prefork-proc, prefork-heartbeat"
         ));
-        assert!(
-            bad[1].starts_with("prefork-rabbitmq has no row"),
-            "{}",
-            bad[1]
-        );
+        assert!(bad[1].starts_with("prefork-nats has no row"), "{}", bad[1]);
     }
 
     #[test]

@@ -68,12 +68,24 @@ pub(crate) struct Spec {
     pub(crate) probe: Probe,
     /// How long it may take to become ready.
     pub(crate) ready_within: Duration,
+    /// A server-specific readiness check and stop, when the probe and
+    /// SIGTERM are not enough (RabbitMQ).
+    pub(crate) hooks: Option<&'static Hooks>,
 }
 
-/// The brokers we know how to run. RabbitMQ (`rabbitmq-server` bound to
-/// loopback, stopped with `rabbitmqctl shutdown`)
-/// and tansu for Kafka (installed with `cargo install`) join this table when
-/// their adapter crates arrive.
+/// What a server needs beyond a [`Probe`] and SIGTERM; each gets the
+/// server's directory.
+#[derive(Debug)]
+pub(crate) struct Hooks {
+    /// Whether the server is ready, used instead of the probe while it
+    /// starts (may block for a few seconds).
+    pub(crate) ready: fn(&Path) -> bool,
+    /// A graceful stop, run before the SIGTERM that stops the others.
+    pub(crate) stop: fn(&Path) -> Result<()>,
+}
+
+/// The brokers we know how to run. tansu for Kafka (installed with
+/// `cargo install`) joins this table when its adapter crate arrives.
 pub(crate) const SPECS: &[Spec] = &[
     Spec {
         name: "redis",
@@ -93,6 +105,7 @@ pub(crate) const SPECS: &[Spec] = &[
         },
         probe: Probe::Exchange(b"PING\r\n", b"+PONG"),
         ready_within: Duration::from_secs(10),
+        hooks: None,
     },
     Spec {
         name: "beanstalkd",
@@ -117,6 +130,21 @@ pub(crate) const SPECS: &[Spec] = &[
         },
         probe: Probe::Exchange(b"stats\r\n", b"OK "),
         ready_within: Duration::from_secs(10),
+        hooks: None,
+    },
+    Spec {
+        name: "rabbitmq",
+        adapter: "prefork-rabbitmq",
+        program: "rabbitmq-server",
+        apt: &["rabbitmq-server"],
+        env_var: "PREFORK_RABBITMQ_URL",
+        url: |port| format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        launch: crate::rabbitmq::launch,
+        // AMQP 0-9-1's protocol header; the server answers with
+        // connection.start (a method frame on channel 0).
+        probe: Probe::Exchange(b"AMQP\x00\x00\x09\x01", b"\x01\x00\x00"),
+        ready_within: Duration::from_secs(60),
+        hooks: Some(&crate::rabbitmq::HOOKS),
     },
 ];
 
@@ -212,7 +240,7 @@ impl Brokers {
         let mut first_error = None;
         for mut server in self.servers.drain(..).rev() {
             let name = server.spec.name;
-            match stop_child(&mut server.child) {
+            match stop_child(server.spec, &mut server.child, &server.dir) {
                 Ok(()) => println!("stopped {name} (pid {})", server.child.id()),
                 Err(e) => {
                     first_error.get_or_insert(e.context(format!("could not stop {name}")));
@@ -236,7 +264,7 @@ impl Brokers {
 impl Drop for Brokers {
     fn drop(&mut self) {
         for server in self.servers.iter_mut().rev() {
-            let _ = stop_child(&mut server.child);
+            let _ = stop_child(server.spec, &mut server.child, &server.dir);
             let _ = std::fs::remove_dir_all(&server.dir);
         }
     }
@@ -319,8 +347,8 @@ fn launch(
     let mut child = cmd
         .spawn()
         .with_context(|| format!("could not run {}", program.display()))?;
-    if let Err(e) = wait_ready(spec, &mut child, port, &log_path) {
-        let _ = stop_child(&mut child);
+    if let Err(e) = wait_ready(spec, &mut child, port, dir, &log_path) {
+        let _ = stop_child(spec, &mut child, dir);
         return Err(e);
     }
     Ok(Server {
@@ -332,7 +360,7 @@ fn launch(
 }
 
 /// Polls the server until its probe succeeds, it exits, or time runs out.
-fn wait_ready(spec: &Spec, child: &mut Child, port: u16, log: &Path) -> Result<()> {
+fn wait_ready(spec: &Spec, child: &mut Child, port: u16, dir: &Path, log: &Path) -> Result<()> {
     let started = Instant::now();
     loop {
         if let Some(status) = child.try_wait()? {
@@ -342,7 +370,11 @@ fn wait_ready(spec: &Spec, child: &mut Child, port: u16, log: &Path) -> Result<(
                 log_tail(log)
             );
         }
-        if probe(spec.probe, port) {
+        let ready = match spec.hooks {
+            Some(h) => (h.ready)(dir),
+            None => probe(spec.probe, port),
+        };
+        if ready {
             return Ok(());
         }
         if started.elapsed() > spec.ready_within {
@@ -380,7 +412,7 @@ fn probe(probe: Probe, port: u16) -> bool {
 }
 
 /// A port that was free on 127.0.0.1 a moment ago.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("no free port on 127.0.0.1")?;
     Ok(l.local_addr()?.port())
 }
@@ -413,11 +445,13 @@ fn log_tail(log: &Path) -> String {
     }
 }
 
-/// SIGTERM, up to 5 s to exit, then SIGKILL; reaps the child.
-fn stop_child(child: &mut Child) -> Result<()> {
+/// The spec's graceful stop if it has one, then SIGTERM, up to 5 s to
+/// exit, then SIGKILL; reaps the child.
+fn stop_child(spec: &Spec, child: &mut Child, dir: &Path) -> Result<()> {
     if child.try_wait()?.is_some() {
         return Ok(());
     }
+    graceful_stop(spec, dir);
     let pid = Pid::from_raw(i32::try_from(child.id())?);
     let _ = kill(pid, Signal::SIGTERM);
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -557,7 +591,7 @@ pub(crate) fn cmd_stop() -> Result<()> {
         let path = state_dir().join(format!("{}.pid", spec.name));
         let Some(r) = record(spec) else { continue };
         if alive(spec, r.pid) {
-            stop_pid(spec, r.pid)?;
+            stop_pid(spec, r.pid, &r.dir)?;
             println!("stopped {} (pid {})", spec.name, r.pid);
             stopped += 1;
         } else {
@@ -573,8 +607,26 @@ pub(crate) fn cmd_stop() -> Result<()> {
     Ok(())
 }
 
-/// Stops a detached server (not our child): SIGTERM, up to 5 s, SIGKILL.
-fn stop_pid(spec: &Spec, pid: u32) -> Result<()> {
+/// Runs the spec's graceful stop, if any; a failure is reported and left
+/// to the SIGTERM that follows.
+fn graceful_stop(spec: &Spec, dir: &Path) {
+    if let Some(h) = spec.hooks
+        && let Err(e) = (h.stop)(dir)
+    {
+        eprintln!(
+            "{}: graceful stop failed, sending SIGTERM: {e:#}",
+            spec.name
+        );
+    }
+}
+
+/// Stops a detached server (not our child): the spec's graceful stop,
+/// then SIGTERM, up to 5 s, SIGKILL.
+fn stop_pid(spec: &Spec, pid: u32, dir: &Path) -> Result<()> {
+    graceful_stop(spec, dir);
+    if !alive(spec, pid) {
+        return Ok(());
+    }
     let p = Pid::from_raw(i32::try_from(pid)?);
     kill(p, Signal::SIGTERM).with_context(|| format!("kill -TERM {pid}"))?;
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -27,6 +27,7 @@ mod arrows;
 mod brokers;
 mod invariants;
 mod peers;
+mod rabbitmq;
 mod run;
 mod steps;
 mod tidy;
