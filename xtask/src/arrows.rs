@@ -54,6 +54,7 @@ pub(crate) const ARROWS: &[(&str, Allowed)] = &[
             "prefork-spool",
             "prefork-redis",
             "prefork-beanstalkd",
+            "prefork-rabbitmq",
         ]),
     ),
     ("prefork-cli", Allowed::Only(&["prefork"])),

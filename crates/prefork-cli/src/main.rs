@@ -18,7 +18,8 @@ use prefork_cli::{Mode, demo, events, examples};
 #[command(name = "prefork", version, about)]
 struct Cli {
     /// Broker URL: spool:///dir (default: $TMPDIR/prefork-spool),
-    /// redis://[:password@]host:port[/db], beanstalk://host:port.
+    /// redis://[:password@]host:port[/db], beanstalk://host:port,
+    /// amqp://user:password@host:port/vhost.
     #[arg(long, global = true, env = "PREFORK_BROKER")]
     broker: Option<String>,
     /// Queue name.

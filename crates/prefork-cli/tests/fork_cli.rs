@@ -595,6 +595,14 @@ fn dispatch_pool_on_beanstalkd() {
     pool_on_real_broker("PREFORK_BEANSTALKD_URL", "dispatch");
 }
 
+fn pool_on_rabbitmq() {
+    pool_on_real_broker("PREFORK_RABBITMQ_URL", "pull");
+}
+
+fn dispatch_pool_on_rabbitmq() {
+    pool_on_real_broker("PREFORK_RABBITMQ_URL", "dispatch");
+}
+
 /// Nothing listens on 127.0.0.1:1: `work` and `enqueue` fail at once,
 /// exit non-zero, and name the broker with the password hidden; an unknown
 /// scheme and `stats` on a server broker are refused as clearly.
@@ -627,8 +635,12 @@ fn bad_or_unreachable_broker_is_a_clear_error() {
         let e = fails(broker, &["stats"]);
         assert!(e.contains("spool only"), "{e}");
     }
-    let e = fails("amqp://guest:s3cret@127.0.0.1/", &["enqueue", "noop"]);
+    let e = fails("nats://guest:s3cret@127.0.0.1/", &["enqueue", "noop"]);
     assert!(e.contains("not built into this binary"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
+    let e = fails("amqp://guest:s3cret@127.0.0.1:1/%2f", &["enqueue", "noop"]);
+    assert!(e.contains("amqp://guest:***@127.0.0.1:1"), "{e}");
+    assert!(!e.contains("s3cret"), "{e}");
     let e = fails("redis://:s3cret@127.0.0.1:99999/0", &["enqueue", "noop"]);
     assert!(e.contains("redis URL"), "{e}");
 }
@@ -639,6 +651,8 @@ fn main() {
         Case::new("pool_on_beanstalkd", pool_on_beanstalkd),
         Case::new("dispatch_pool_on_redis", dispatch_pool_on_redis),
         Case::new("dispatch_pool_on_beanstalkd", dispatch_pool_on_beanstalkd),
+        Case::new("pool_on_rabbitmq", pool_on_rabbitmq),
+        Case::new("dispatch_pool_on_rabbitmq", dispatch_pool_on_rabbitmq),
         Case::new(
             "bad_or_unreachable_broker_is_a_clear_error",
             bad_or_unreachable_broker_is_a_clear_error,

@@ -235,7 +235,7 @@ impl Master {
     }
 
     fn run_with<W: Worker, F: Feeder>(self, worker: W, feeder: Option<F>) -> io::Result<Report> {
-        let threads = prefork_proc::thread_count()?;
+        let threads = settled_thread_count()?;
         if threads > 1 {
             return Err(io::Error::other(format!(
                 "the master must be single-threaded to fork safely, but this process has {threads} threads: \
@@ -684,6 +684,23 @@ fn raise_fd_limit() {
             Ok(()) => tracing::debug!(from = soft, to = new, "raised the open file limit"),
             Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open file limit"),
         }
+    }
+}
+
+/// The process's thread count, once threads that already ended have left
+/// it: a thread that was just joined (a client's I/O thread, closed by a
+/// connect-and-close check before the pool starts) is still counted by the
+/// kernel for a moment after `join` returns, until it is reaped. Waits up
+/// to 200 ms for the count to reach 1; a thread that still runs keeps it
+/// above.
+fn settled_thread_count() -> io::Result<usize> {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        let threads = prefork_proc::thread_count()?;
+        if threads <= 1 || Instant::now() >= deadline {
+            return Ok(threads);
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

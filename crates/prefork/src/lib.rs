@@ -71,6 +71,13 @@ pub mod beanstalkd {
     pub use prefork_beanstalkd::*;
 }
 
+/// The RabbitMQ adapter: [`prefork_rabbitmq`], re-exported whole (feature
+/// `rabbitmq`).
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq {
+    pub use prefork_rabbitmq::*;
+}
+
 /// The supervisor: [`prefork_master`], re-exported whole.
 pub mod master {
     pub use prefork_master::*;

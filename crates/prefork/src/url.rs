@@ -67,11 +67,14 @@ pub fn broker_url(url: &str) -> Result<BrokerUrl, BrokerError> {
         Some("beanstalk" | "beanstalkd") => {
             Kind::Beanstalkd(prefork_beanstalkd::Config::from_url(url)?)
         }
+        #[cfg(feature = "rabbitmq")]
+        Some("amqp") => Kind::RabbitMq(prefork_rabbitmq::Config::from_url(url)?),
         _ if url.is_empty() => return Err(invalid("empty broker URL".to_owned())),
         Some(scheme) => {
             return Err(invalid(format!(
                 "broker scheme {scheme:?} is not built into this binary (it has {}; \
-                 redis:// and beanstalk:// come with prefork's cargo features `redis` and `beanstalkd`)",
+                 redis://, beanstalk:// and amqp:// come with prefork's cargo features `redis`, \
+                 `beanstalkd` and `rabbitmq`)",
                 schemes()
             )));
         }
@@ -104,11 +107,19 @@ fn schemes() -> String {
     if cfg!(feature = "beanstalkd") {
         s.push("beanstalk://");
     }
+    if cfg!(feature = "rabbitmq") {
+        s.push("amqp://");
+    }
     if s.is_empty() {
         return "none".to_owned();
     }
     s.join(", ")
 }
+
+/// RabbitMQ's default `consumer_timeout`: how long a delivery may stay
+/// unacknowledged before the server closes its channel.
+#[cfg(feature = "rabbitmq")]
+const RABBITMQ_CONSUMER_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A parsed broker URL: which adapter, and its configuration. Made by
 /// [`broker_url`] (or [`str::parse`]); cheap to clone and to keep in the
@@ -132,6 +143,8 @@ enum Kind {
     Redis(Box<prefork_redis::Redis>),
     #[cfg(feature = "beanstalkd")]
     Beanstalkd(prefork_beanstalkd::Config),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(prefork_rabbitmq::Config),
 }
 
 impl BrokerUrl {
@@ -144,6 +157,7 @@ impl BrokerUrl {
     /// | spool | the claim lease (a claim whose holder's pid is gone is taken back at once anyway) | 60 s |
     /// | redis | the lease: the idle time after which another consumer reclaims a pending entry (`XPENDING IDLE` + `XCLAIM`), checked every half lease | 30 s |
     /// | beanstalkd | the TTR of jobs this process puts (enqueues, and retries), rounded up to whole seconds; a dead holder's connection closes and its job is ready at once whatever the TTR | 60 s |
+    /// | rabbitmq | nothing: a claim lives as long as its holder's connection (the server requeues a closed connection's jobs at once), up to the server's `consumer_timeout` (30 min by default, set on the server) | 30 min |
     ///
     /// # Examples
     ///
@@ -165,6 +179,10 @@ impl BrokerUrl {
             Kind::Redis(ref mut r) => r.set_options(r.options().clone().lease(lease)),
             #[cfg(feature = "beanstalkd")]
             Kind::Beanstalkd(ref mut c) => *c = c.clone().ttr(lease),
+            #[cfg(feature = "rabbitmq")]
+            Kind::RabbitMq(_) => {
+                let _ = lease;
+            }
         }
         self
     }
@@ -178,10 +196,12 @@ impl BrokerUrl {
             Kind::Redis(ref r) => r.options().lease_time(),
             #[cfg(feature = "beanstalkd")]
             Kind::Beanstalkd(ref c) => Duration::from_secs(u64::from(c.ttr_secs())),
+            #[cfg(feature = "rabbitmq")]
+            Kind::RabbitMq(_) => RABBITMQ_CONSUMER_TIMEOUT,
         }
     }
 
-    /// The broker's name: `spool`, `redis` or `beanstalkd`.
+    /// The broker's name: `spool`, `redis`, `beanstalkd` or `rabbitmq`.
     pub fn broker_name(&self) -> &'static str {
         match self.kind {
             #[cfg(feature = "spool")]
@@ -190,6 +210,8 @@ impl BrokerUrl {
             Kind::Redis(_) => "redis",
             #[cfg(feature = "beanstalkd")]
             Kind::Beanstalkd(_) => "beanstalkd",
+            #[cfg(feature = "rabbitmq")]
+            Kind::RabbitMq(_) => "rabbitmq",
         }
     }
 
@@ -245,6 +267,8 @@ impl Connect for BrokerUrl {
             Kind::Redis(ref r) => r.open(queue),
             #[cfg(feature = "beanstalkd")]
             Kind::Beanstalkd(ref c) => Connect::open(c, queue),
+            #[cfg(feature = "rabbitmq")]
+            Kind::RabbitMq(ref c) => Connect::open(c, queue),
         }
     }
 }
@@ -269,6 +293,8 @@ impl fmt::Display for BrokerUrl {
             Kind::Redis(ref r) => f.write_str(r.url()),
             #[cfg(feature = "beanstalkd")]
             Kind::Beanstalkd(ref c) => write!(f, "beanstalk://{}", c.address()),
+            #[cfg(feature = "rabbitmq")]
+            Kind::RabbitMq(ref c) => f.write_str(&c.redacted_url()),
         }
     }
 }
