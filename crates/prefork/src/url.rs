@@ -356,15 +356,30 @@ mod tests {
 
     #[test]
     fn unknown_schemes_are_refused_with_the_list_and_without_the_url() {
-        let e = broker_url("amqp://guest:secret@localhost/").unwrap_err();
+        let e = broker_url("nats://guest:secret@localhost/").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid);
         let e = e.to_string();
-        assert!(e.contains("\"amqp\""), "{e}");
+        assert!(e.contains("\"nats\""), "{e}");
         assert!(e.contains("not built into this binary"), "{e}");
         if cfg!(feature = "spool") {
             assert!(e.contains("spool://"), "{e}");
         }
         assert!(!e.contains("secret"), "{e}");
+    }
+
+    #[cfg(feature = "rabbitmq")]
+    #[test]
+    fn rabbitmq_urls() {
+        let u = broker_url("amqp://guest:s3cret@127.0.0.1:5672/jobs").unwrap();
+        assert_eq!(u.broker_name(), "rabbitmq");
+        assert!(
+            u.to_string().starts_with("amqp://guest:***@127.0.0.1:5672"),
+            "{u}"
+        );
+        assert!(!format!("{u:?}").contains("s3cret"));
+        let e = broker_url("amqp://guest:s3cret@127.0.0.1:notaport/").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
     #[cfg(feature = "redis")]
