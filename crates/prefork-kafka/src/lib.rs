@@ -51,6 +51,7 @@ pub const DEAD_SUFFIX: &str = ".dead";
 /// | [`max_poll_interval`](Config::max_poll_interval) | 300 s | a member that does not fetch for this long leaves the group: the longest a job may run |
 /// | [`op_timeout`](Config::op_timeout) | 10 s | produce, commit, topic creation and metadata requests |
 /// | [`create_topics`](Config::create_topics) | on | create the three topics of a queue at open when missing |
+/// | [`take_over_wait`](Config::take_over_wait) | 0 | how long [`Broker::take_over`] waits for a dead holder's jobs |
 ///
 /// # Examples
 ///
@@ -74,6 +75,7 @@ pub struct Config {
     max_poll_interval: Duration,
     op_timeout: Duration,
     create_topics: bool,
+    take_over_wait: Duration,
 }
 
 impl Config {
@@ -88,6 +90,7 @@ impl Config {
             max_poll_interval: Duration::from_secs(300),
             op_timeout: Duration::from_secs(10),
             create_topics: true,
+            take_over_wait: Duration::ZERO,
         }
     }
 
@@ -102,7 +105,8 @@ impl Config {
     /// plaintext Kafka only). Messages show the URL redacted.
     pub fn from_url(url: &str) -> Result<Config, BrokerError> {
         let shown = redact_url(url);
-        let bad = |why: &str| BrokerError::new(ErrorKind::Invalid, format!("Kafka URL {shown:?}: {why}"));
+        let bad =
+            |why: &str| BrokerError::new(ErrorKind::Invalid, format!("Kafka URL {shown:?}: {why}"));
         let rest = url
             .strip_prefix("kafka://")
             .ok_or_else(|| bad("expected kafka://host[:port][/?group=NAME]"))?;
@@ -112,12 +116,16 @@ impl Config {
         };
         let authority = authority.strip_suffix('/').unwrap_or(authority);
         if authority.contains('/') {
-            return Err(bad("no path is allowed (the queue is the topic, named when a handle is opened)"));
+            return Err(bad(
+                "no path is allowed (the queue is the topic, named when a handle is opened)",
+            ));
         }
         if authority.contains('@') {
             return Err(BrokerError::new(
                 ErrorKind::Unsupported,
-                format!("Kafka URL {shown:?}: credentials (SASL) are not supported by this adapter"),
+                format!(
+                    "Kafka URL {shown:?}: credentials (SASL) are not supported by this adapter"
+                ),
             ));
         }
         let mut servers = Vec::new();
@@ -140,7 +148,11 @@ impl Config {
             servers.push(format!("{host}:{port}"));
         }
         let mut c = Config::new(servers.join(","));
-        for pair in query.into_iter().flat_map(|q| q.split('&')).filter(|p| !p.is_empty()) {
+        for pair in query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|p| !p.is_empty())
+        {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             match k {
                 "group" if !v.is_empty() && v.len() <= 255 => c.group = v.to_owned(),
@@ -152,8 +164,16 @@ impl Config {
                         .filter(|n| (1..=10_000).contains(n))
                         .ok_or_else(|| bad("partitions must be 1 to 10000"))?;
                 }
-                "session_timeout_ms" => c.session_timeout = Duration::from_millis(parse_ms(v).ok_or_else(|| bad("bad session_timeout_ms"))?),
-                "max_poll_interval_ms" => c.max_poll_interval = Duration::from_millis(parse_ms(v).ok_or_else(|| bad("bad max_poll_interval_ms"))?),
+                "session_timeout_ms" => {
+                    c.session_timeout = Duration::from_millis(
+                        parse_ms(v).ok_or_else(|| bad("bad session_timeout_ms"))?,
+                    )
+                }
+                "max_poll_interval_ms" => {
+                    c.max_poll_interval = Duration::from_millis(
+                        parse_ms(v).ok_or_else(|| bad("bad max_poll_interval_ms"))?,
+                    )
+                }
                 other => {
                     return Err(bad(&format!(
                         "unknown parameter {other:?} (known: group, partitions, session_timeout_ms, max_poll_interval_ms)"
@@ -217,6 +237,17 @@ impl Config {
         self
     }
 
+    /// How long [`Broker::take_over`] waits for a dead holder's jobs to
+    /// reach this handle (default 0: it returns those already fetched).
+    /// Kafka hands a dead member's partitions to the group by itself after
+    /// its session timeout, to whichever member the assignment picks, so
+    /// waiting only helps when this handle is the one member; a wait longer
+    /// than the supervisor's heartbeat timeout gets the process killed.
+    pub fn take_over_wait(mut self, wait: Duration) -> Config {
+        self.take_over_wait = wait;
+        self
+    }
+
     /// The bootstrap servers, `host:port[,host:port...]`.
     pub fn bootstrap_servers(&self) -> &str {
         &self.brokers
@@ -244,7 +275,9 @@ impl Config {
 }
 
 fn parse_ms(v: &str) -> Option<u64> {
-    v.parse::<u64>().ok().filter(|n| (1..=86_400_000).contains(n))
+    v.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=86_400_000).contains(n))
 }
 
 impl Connect for Config {
@@ -290,7 +323,9 @@ fn valid_queue(name: &str) -> bool {
         && name.len() + RETRY_SUFFIX.len().max(DEAD_SUFFIX.len()) <= 249
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -300,11 +335,17 @@ mod tests {
     #[test]
     fn urls_are_parsed() {
         let c = Config::from_url("kafka://127.0.0.1:9092/?group=g1").unwrap();
-        assert_eq!((c.bootstrap_servers(), c.group_name()), ("127.0.0.1:9092", "g1"));
+        assert_eq!(
+            (c.bootstrap_servers(), c.group_name()),
+            ("127.0.0.1:9092", "g1")
+        );
         let c = Config::from_url("kafka://a,b:9093").unwrap();
         assert_eq!(c.bootstrap_servers(), "a:9092,b:9093");
         assert_eq!(c.group_name(), DEFAULT_GROUP);
-        let c = Config::from_url("kafka://h/?partitions=2&session_timeout_ms=3000&max_poll_interval_ms=60000").unwrap();
+        let c = Config::from_url(
+            "kafka://h/?partitions=2&session_timeout_ms=3000&max_poll_interval_ms=60000",
+        )
+        .unwrap();
         assert_eq!(c.partitions, 2);
         assert_eq!(c.session_timeout, Duration::from_secs(3));
         assert_eq!(c.max_poll_interval, Duration::from_secs(60));
