@@ -17,6 +17,12 @@
 //! db 15 of the server; the table shows medians and the ratio to Sidekiq's
 //! jobs/s. Only ratios within one run mean anything on a shared VM.
 //!
+//! With `PREFORK_RABBITMQ_URL` set (the xtask starts a rabbitmq-server
+//! too) each round also runs Celery and prefork (both modes) with
+//! RabbitMQ as the broker, Celery's home broker: the same jobs (the
+//! counter stays on redis), a fresh queue for each measurement, and a
+//! second table of ratios to Celery on RabbitMQ.
+//!
 //! Each round also runs `redis-benchmark -c 2 INCR` on the same server
 //! when it is on `PATH`: two clients, each waiting for one round trip at a
 //! time, the rate two workers doing one `INCR` a job and nothing else would
@@ -79,16 +85,48 @@ enum System {
     Pull,
     /// prefork dispatch mode: a `DispatchFeeder` and 2 `DispatchWorker`s.
     Dispatch,
+    /// Celery `--pool prefork -c 2` with RabbitMQ as its broker.
+    CeleryRabbit,
+    /// prefork pull mode on RabbitMQ.
+    PullRabbit,
+    /// prefork dispatch mode on RabbitMQ.
+    DispatchRabbit,
 }
 
 impl System {
-    /// Every system, Sidekiq first (the baseline of the ratios).
-    const ALL: [System; 4] = [
+    /// Every system, Sidekiq first (the baseline of the ratios), then
+    /// those on RabbitMQ, Celery first (their baseline).
+    const ALL: [System; 7] = [
         System::Sidekiq,
         System::Celery,
         System::Pull,
         System::Dispatch,
+        System::CeleryRabbit,
+        System::PullRabbit,
+        System::DispatchRabbit,
     ];
+
+    /// Whether its broker is RabbitMQ.
+    fn on_rabbitmq(self) -> bool {
+        matches!(
+            self,
+            System::CeleryRabbit | System::PullRabbit | System::DispatchRabbit
+        )
+    }
+
+    /// Whether it is Celery (on either broker).
+    fn is_celery(self) -> bool {
+        matches!(self, System::Celery | System::CeleryRabbit)
+    }
+
+    /// The prefork mode of a prefork system.
+    fn prefork_mode(self) -> Option<&'static str> {
+        match self {
+            System::Pull | System::PullRabbit => Some("pull"),
+            System::Dispatch | System::DispatchRabbit => Some("dispatch"),
+            _ => None,
+        }
+    }
 
     /// The row name, with the peer's version when known.
     fn label(self, version: Option<&str>) -> String {
@@ -98,6 +136,9 @@ impl System {
             System::Celery => format!("Celery{v} prefork -c {WORKERS}"),
             System::Pull => format!("prefork pull, {WORKERS} workers, defaults"),
             System::Dispatch => format!("prefork dispatch, {WORKERS} workers, defaults"),
+            System::CeleryRabbit => format!("Celery{v} prefork -c {WORKERS}, RabbitMQ"),
+            System::PullRabbit => format!("prefork pull, {WORKERS} workers, RabbitMQ"),
+            System::DispatchRabbit => format!("prefork dispatch, {WORKERS} workers, RabbitMQ"),
         }
     }
 }
@@ -218,17 +259,19 @@ fn registry(url: &str, n: u64) -> Registry<redis::Connection> {
 fn pool_main(mode: &str) -> ! {
     let url = env("PEERS_URL");
     let n: u64 = env("PEERS_N").parse().unwrap();
-    let redis = prefork_redis::Redis::new(&url).unwrap();
+    // The jobs' broker: redis (the counter's server) or RabbitMQ.
+    let broker = prefork::broker_url(&env("PEERS_BROKER")).unwrap();
+    let queue = env("PEERS_QUEUE");
     let master = prefork::Master::builder()
         .name("peers-bench")
         .workers(WORKERS)
         .build()
         .unwrap();
     let report = if mode == "pull" {
-        master.run(JobWorker::new(registry(&url, n), redis, QUEUE))
+        master.run(JobWorker::new(registry(&url, n), broker, &queue))
     } else {
         master.run_dispatch(
-            DispatchFeeder::new(registry(&url, n), redis, QUEUE),
+            DispatchFeeder::new(registry(&url, n), broker, &queue),
             DispatchWorker::new(registry(&url, n)),
         )
     }
@@ -236,10 +279,12 @@ fn pool_main(mode: &str) -> ! {
     std::process::exit(if report.success() { 0 } else { 1 });
 }
 
-/// What is found on this machine: the peers' commands, and where the
-/// Ruby and Python files are.
+/// What is found on this machine: the peers' commands, where the Ruby
+/// and Python files are, and the RabbitMQ server, if any.
 #[derive(Debug)]
 struct Peers {
+    /// `PREFORK_RABBITMQ_URL`, when set.
+    amqp: Option<String>,
     /// `benches/peers/`.
     dir: PathBuf,
     /// The venv's python with Celery, when found.
@@ -284,6 +329,9 @@ impl Peers {
             .unwrap_or_else(|| target_dir().join("peers-venv/bin/python"));
         let celery = succeeds(Command::new(&python).args(["-c", "import celery, redis"]));
         Peers {
+            amqp: std::env::var("PREFORK_RABBITMQ_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
             dir,
             python: celery.then_some(python),
             sidekiq,
@@ -292,12 +340,15 @@ impl Peers {
 
     /// Why `system` cannot run here, if it cannot.
     fn missing(&self, system: System) -> Option<String> {
+        if system.on_rabbitmq() && self.amqp.is_none() {
+            return Some("PREFORK_RABBITMQ_URL is not set (no RabbitMQ to run on)".into());
+        }
         match system {
             System::Sidekiq if !self.sidekiq => Some(
                 "Sidekiq is not installed (no `sidekiq` command, or `ruby -e 'require \"sidekiq\"'` fails)"
                     .into(),
             ),
-            System::Celery if self.python.is_none() => Some(format!(
+            System::Celery | System::CeleryRabbit if self.python.is_none() => Some(format!(
                 "Celery is not installed (PEERS_PYTHON, else {}, cannot `import celery, redis`)",
                 target_dir().join("peers-venv/bin/python").display()
             )),
@@ -326,7 +377,9 @@ struct Bench {
     /// What is installed.
     peers: Peers,
     /// The peers' versions, as their enqueue scripts print them.
-    versions: [Option<String>; 4],
+    versions: [Option<String>; System::ALL.len()],
+    /// Measurements made: each one on RabbitMQ gets a fresh queue.
+    measured: u32,
 }
 
 impl Bench {
@@ -346,10 +399,26 @@ impl Bench {
             .map_err(|e| format!("GET {key}: {e}"))
     }
 
-    /// The environment every peer process gets.
-    fn peer_env(&self, cmd: &mut Command) {
+    /// The broker `system`'s jobs go through, and the queue name of the
+    /// current measurement there (prefork's and Celery's alike).
+    fn broker(&self, system: System) -> (String, String) {
+        match (&self.peers.amqp, system.on_rabbitmq()) {
+            (Some(amqp), true) => (
+                amqp.clone(),
+                format!("peers-{}-{}", std::process::id(), self.measured),
+            ),
+            _ if system.is_celery() => (self.url.clone(), "celery".into()),
+            _ => (self.url.clone(), QUEUE.into()),
+        }
+    }
+
+    /// The environment every peer process of `system` gets.
+    fn peer_env(&self, system: System, cmd: &mut Command) {
+        let (broker, queue) = self.broker(system);
         cmd.current_dir(&self.peers.dir)
             .env("REDIS_URL", &self.url)
+            .env("PEERS_BROKER", &broker)
+            .env("PEERS_QUEUE", &queue)
             .env("PEERS_URL", &self.url)
             .env("PEERS_KEY", KEY)
             .env("PEERS_N", self.args.jobs.to_string())
@@ -367,14 +436,15 @@ impl Bench {
                 c.arg("sidekiq_enqueue.rb");
                 c
             }
-            System::Celery => {
+            System::Celery | System::CeleryRabbit => {
                 let mut c = Command::new(self.peers.python.as_ref().expect("checked"));
                 c.arg("celery_enqueue.py");
                 c
             }
-            System::Pull | System::Dispatch => {
-                let redis = prefork_redis::Redis::new(&self.url).map_err(|e| e.to_string())?;
-                let mut jobs = Enqueuer::new(redis.queue(QUEUE).map_err(|e| e.to_string())?);
+            System::Pull | System::Dispatch | System::PullRabbit | System::DispatchRabbit => {
+                let (broker, queue) = self.broker(system);
+                let broker = prefork::broker_url(&broker).map_err(|e| e.to_string())?;
+                let mut jobs = Enqueuer::new(broker.open_queue(&queue).map_err(|e| e.to_string())?);
                 let args = vec![(); n as usize];
                 let t = Instant::now();
                 jobs.enqueue_batch("incr", &args)
@@ -382,7 +452,7 @@ impl Bench {
                 return Ok((t.elapsed().as_secs_f64(), None));
             }
         };
-        self.peer_env(&mut cmd);
+        self.peer_env(system, &mut cmd);
         cmd.arg(n.to_string()).stdin(Stdio::null());
         let out = cmd
             .output()
@@ -421,24 +491,22 @@ impl Bench {
                     .args(["-c", &WORKERS.to_string(), "-q", "default"]);
                 c
             }
-            System::Celery => {
+            System::Celery | System::CeleryRabbit => {
                 let mut c = Command::new(self.peers.python.as_ref().expect("checked"));
                 c.args(["-m", "celery", "-A", "tasks", "worker", "--pool", "prefork"])
                     .args(["-c", &WORKERS.to_string(), "-l", "warning"]);
                 c
             }
-            System::Pull | System::Dispatch => {
+            System::Pull | System::Dispatch | System::PullRabbit | System::DispatchRabbit => {
                 let mut c = Command::new(std::env::current_exe().unwrap());
-                let role = if system == System::Pull {
-                    "pull"
-                } else {
-                    "dispatch"
-                };
-                c.env("PEERS_CHILD", role);
+                c.env(
+                    "PEERS_CHILD",
+                    system.prefork_mode().expect("a prefork system"),
+                );
                 c
             }
         };
-        self.peer_env(&mut cmd);
+        self.peer_env(system, &mut cmd);
         let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = file.try_clone().map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null())
@@ -453,6 +521,7 @@ impl Bench {
     /// wait for the counter to reach N, read the stamps, stop the workers.
     fn measure(&mut self, system: System) -> Result<Sample, String> {
         let n = self.args.jobs;
+        self.measured += 1;
         self.flush()?;
         let (secs, version) = self.enqueue(system)?;
         if version.is_some() {
@@ -609,6 +678,37 @@ fn incr_bound(url: &str, n: u64) -> Option<f64> {
         .find_map(|v| v.trim_matches('"').parse::<f64>().ok())
 }
 
+/// A markdown table of `rows` (medians of enqueue and run jobs/s) with
+/// each row's run rate as a ratio to `base`'s, headed `vs {name}`.
+fn ratio_table(
+    bench: &Bench,
+    medians: &[Option<(f64, f64)>],
+    rows: &[System],
+    base: System,
+    name: &str,
+) -> String {
+    let base = medians[base as usize];
+    let mut table = format!(
+        "| system | enqueue jobs/s | jobs/s (median of {}) | vs {name} |\n|---|---|---|---|\n",
+        bench.args.rounds
+    );
+    for &s in rows {
+        let label = s.label(bench.versions[s as usize].as_deref());
+        let Some((enq, run)) = medians[s as usize] else {
+            let _ = writeln!(table, "| {label} | failed | failed | - |");
+            continue;
+        };
+        let ratio = base.map_or("-".to_owned(), |(_, b)| format!("{:.2}x", run / b));
+        let _ = writeln!(
+            table,
+            "| {label} | {} | {} | {ratio} |",
+            thousands(enq),
+            thousands(run)
+        );
+    }
+    table
+}
+
 /// Prints why the bench cannot run, then exits: 1 when the xtask asked
 /// for everything (`PEERS_REQUIRE=1`), else 0 (a skip).
 fn skip(why: &str) -> ! {
@@ -654,6 +754,7 @@ fn main() {
         args,
         peers,
         versions: Default::default(),
+        measured: 0,
     };
     println!(
         "peers: {} jobs a measurement, {} rounds, on {}",
@@ -700,28 +801,23 @@ fn main() {
         })
         .collect();
     let base = medians[System::Sidekiq as usize];
-    let mut table = format!(
-        "| system | enqueue jobs/s | jobs/s (median of {}) | vs Sidekiq |\n|---|---|---|---|\n",
-        bench.args.rounds
-    );
-    let mut enqueue_ratios = Vec::new();
-    for &s in &systems {
-        let label = s.label(bench.versions[s as usize].as_deref());
-        let Some((enq, run)) = medians[s as usize] else {
-            let _ = writeln!(table, "| {label} | failed | failed | - |");
-            continue;
-        };
-        let ratio = base.map_or("-".to_owned(), |(_, b)| format!("{:.2}x", run / b));
-        let _ = writeln!(
-            table,
-            "| {label} | {} | {} | {ratio} |",
-            thousands(enq),
-            thousands(run)
-        );
-        if let Some((b, _)) = base {
-            enqueue_ratios.push(format!("{s:?} {:.2}x", enq / b));
-        }
-    }
+    let on_redis: Vec<System> = systems
+        .iter()
+        .copied()
+        .filter(|s| !s.on_rabbitmq())
+        .collect();
+    let on_rabbit: Vec<System> = systems
+        .iter()
+        .copied()
+        .filter(|s| s.on_rabbitmq())
+        .collect();
+    let mut table = ratio_table(&bench, &medians, &on_redis, System::Sidekiq, "Sidekiq");
+    let enqueue_ratios: Vec<String> = base.map_or(Vec::new(), |(b, _)| {
+        on_redis
+            .iter()
+            .filter_map(|&s| Some(format!("{s:?} {:.2}x", medians[s as usize]?.0 / b)))
+            .collect()
+    });
     if !bounds.is_empty() {
         let bound = median(bounds);
         let ratio = base.map_or("-".to_owned(), |(_, b)| format!("{:.2}x", bound / b));
@@ -730,7 +826,7 @@ fn main() {
             "| redis-benchmark -c 2 INCR: the bound (2 clients, one round trip at a time, nothing else) | - | {} | {ratio} |",
             thousands(bound)
         );
-        let shares: Vec<String> = systems
+        let shares: Vec<String> = on_redis
             .iter()
             .filter_map(|&s| {
                 let (_, run) = medians[s as usize]?;
@@ -738,6 +834,16 @@ fn main() {
             })
             .collect();
         let _ = writeln!(table, "\nshare of the bound: {}", shares.join(", "));
+    }
+    if !on_rabbit.is_empty() {
+        table.push_str("\nOn RabbitMQ (Celery's home broker; the counter stays on redis):\n\n");
+        table.push_str(&ratio_table(
+            &bench,
+            &medians,
+            &on_rabbit,
+            System::CeleryRabbit,
+            "Celery on RabbitMQ",
+        ));
     }
     let note = machine_note(&mut bench);
     println!("\n{note}\n\n{table}");

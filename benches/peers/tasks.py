@@ -5,7 +5,9 @@ imported by celery_enqueue.py. The task is a no-op that does one redis INCR
 on PEERS_KEY with a connection each pool process opens on its first task
 (after the fork); the run that takes the counter to 1 stores the wall-clock
 time in microseconds at PEERS_KEY:t_first, the one that takes it to PEERS_N
-at PEERS_KEY:t_last. REDIS_URL names the server and db (broker and counter).
+at PEERS_KEY:t_last. REDIS_URL names the counter's server and db;
+PEERS_BROKER the broker (that redis, or a RabbitMQ amqp:// URL), and
+PEERS_QUEUE the queue (a fresh one per measurement on RabbitMQ).
 """
 
 import os
@@ -18,7 +20,8 @@ URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
 KEY = os.environ.get("PEERS_KEY", "peers:count")
 N = int(os.environ.get("PEERS_N", "0"))
 
-app = Celery("tasks", broker=URL)
+app = Celery("tasks", broker=os.environ.get("PEERS_BROKER", URL))
+app.conf.task_default_queue = os.environ.get("PEERS_QUEUE", "celery")
 app.conf.task_ignore_result = True
 app.conf.broker_connection_retry_on_startup = True
 

@@ -1,7 +1,8 @@
 //! `cargo xtask bench peers`: installs the peers prefork is compared with
 //! (Sidekiq from Debian's `ruby-sidekiq`, Celery 5 with pip into a venv
-//! under the target dir), starts one redis-server, and runs the `peers`
-//! bench of `prefork-benches` against it (see `benches/benches/peers.rs`).
+//! under the target dir), starts one redis-server and one rabbitmq-server,
+//! and runs the `peers` bench of `prefork-benches` against them (see
+//! `benches/benches/peers.rs`).
 //!
 //! Installs are cached: a peer that already loads is not installed again.
 //! Everything installed is printed first.
@@ -17,19 +18,20 @@ use crate::run::{Ctx, apt_install, run, which};
 /// The pip requirements of the Celery peer, relative to the workspace root.
 const REQUIREMENTS: &str = "benches/peers/requirements.txt";
 
-/// Runs the peers bench: installs what is missing, starts redis-server,
-/// runs `cargo bench -p prefork-benches --bench peers -- ARGS`, stops the
-/// server. `args` (e.g. `--jobs 5000 --rounds 1`) go to the bench.
+/// Runs the peers bench: installs what is missing, starts redis-server
+/// and rabbitmq-server (Celery's home broker, for the bench's second
+/// table), runs `cargo bench -p prefork-benches --bench peers -- ARGS`,
+/// stops the servers. `args` (e.g. `--jobs 5000 --rounds 1`) go to the bench.
 ///
 /// # Errors
-/// When a peer cannot be installed, redis-server cannot start, or the
+/// When a peer cannot be installed, a server cannot start, or the
 /// bench fails.
 pub(crate) fn bench(ctx: &mut Ctx, args: &[String]) -> Result<()> {
     let target = target_dir(&ctx.root);
     ensure_sidekiq()?;
     let python = ensure_celery(&ctx.root, &target)?;
-    let redis = brokers::by_name("redis")?;
-    let started = Brokers::start(&[redis], Mode::Attached)?;
+    let servers = [brokers::by_name("redis")?, brokers::by_name("rabbitmq")?];
+    let started = Brokers::start(&servers, Mode::Attached)?;
     ctx.env = started.env();
     ctx.brokers = Some(started);
     let mut argv: Vec<String> = ["bench", "-p", "prefork-benches", "--bench", "peers", "--"]
