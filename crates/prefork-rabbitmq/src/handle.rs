@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable};
 use crossbeam_channel::RecvTimeoutError;
 use prefork_broker::{
-    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError,
 };
 use tracing::warn;
 
@@ -419,23 +419,20 @@ impl RabbitMq {
         Ok(got.into_iter().map(|amq| self.claim(amq)).collect())
     }
 
-    /// Lists (`redrive: None`) or re-drives one dead letter, through a
-    /// channel of its own whose close puts back every message it got.
-    fn scan_dead(
-        &mut self,
-        limit: usize,
-        redrive: Option<&DeliveryId>,
-    ) -> Result<Vec<DeadLetter>, BrokerError> {
+    /// Lists the dead letters (`Scan::List`), or re-drives or deletes one,
+    /// through a channel of its own whose close puts back every message it
+    /// got and did not ack.
+    fn scan_dead(&mut self, limit: usize, scan: Scan<'_>) -> Result<Vec<DeadLetter>, BrokerError> {
         let dead = self.dead.clone();
         let queue = self.queue.clone();
         let io_timeout = self.config.io_timeout;
         self.session()?;
         let s = self.session.as_mut().expect("connected");
-        let scan = s
+        let channel = s
             .conn
             .open_channel(None)
             .map_err(|e| classify("open a channel to read dead letters", e));
-        let ch = match scan {
+        let ch = match channel {
             Ok(ch) => ch,
             Err(e) => {
                 self.lose_session();
@@ -454,17 +451,19 @@ impl RabbitMq {
                 };
                 let amq = g.delivery;
                 let letter = dead_letter_of(&amq);
-                if let Some(want) = redrive {
-                    if letter.id() == want {
-                        s.publish(&queue, &amq.body, properties(want.as_str(), 1, None))?;
-                        s.confirm_all(io_timeout)?;
+                match scan {
+                    Scan::List => out.push(letter),
+                    Scan::Redrive(want) | Scan::Delete(want) if letter.id() == want => {
+                        if let Scan::Redrive(_) = scan {
+                            s.publish(&queue, &amq.body, properties(want.as_str(), 1, None))?;
+                            s.confirm_all(io_timeout)?;
+                        }
                         amq.ack(&ch)
-                            .map_err(|e| classify("ack the re-driven dead letter", e))?;
+                            .map_err(|e| classify("ack the dead letter", e))?;
                         found = true;
                         break;
                     }
-                } else {
-                    out.push(letter);
+                    Scan::Redrive(_) | Scan::Delete(_) => {}
                 }
             }
             Ok(())
@@ -477,7 +476,7 @@ impl RabbitMq {
             self.lose_session();
             return Err(e);
         }
-        if let Some(want) = redrive
+        if let Scan::Redrive(want) | Scan::Delete(want) = scan
             && !found
         {
             return Err(BrokerError::new(
@@ -487,6 +486,36 @@ impl RabbitMq {
         }
         Ok(out)
     }
+
+    /// The body of [`Broker::stats`]: a passive `queue.declare` of the
+    /// queue and of `<queue>.dead`, whose `declare-ok` carries each one's
+    /// count of ready messages.
+    fn queue_stats(&mut self) -> Result<QueueStats, BrokerError> {
+        let (queue, dead) = (self.queue.clone(), self.dead.clone());
+        let counts = self.with_session("queue.declare (passive)", |s| {
+            let ready = s.channel.queue_declare_passive(queue.as_str())?;
+            let dead = s.channel.queue_declare_passive(dead.as_str())?;
+            Ok((ready.declared_message_count(), dead.declared_message_count()))
+        })?;
+        match counts {
+            (Some(ready), Some(dead)) => Ok(QueueStats::new(ready.into(), dead.into())),
+            _ => Err(BrokerError::new(
+                ErrorKind::Corrupt,
+                "queue.declare-ok without a message count",
+            )),
+        }
+    }
+}
+
+/// What [`RabbitMq::scan_dead`] does with the dead letters it reads.
+#[derive(Debug, Clone, Copy)]
+enum Scan<'a> {
+    /// Lists them.
+    List,
+    /// Re-drives the one with this id into the queue.
+    Redrive(&'a DeliveryId),
+    /// Deletes the one with this id.
+    Delete(&'a DeliveryId),
 }
 
 impl Drop for RabbitMq {
@@ -796,11 +825,28 @@ impl Broker for RabbitMq {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.scan_dead(limit, None)
+        self.scan_dead(limit, Scan::List)
     }
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
-        self.scan_dead(usize::MAX, Some(id)).map(drop)
+        self.scan_dead(usize::MAX, Scan::Redrive(id)).map(drop)
+    }
+
+    /// As [`redrive`](Broker::redrive), but the dead letter found is only
+    /// acked: gone for good.
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.scan_dead(usize::MAX, Scan::Delete(id)).map(drop)
+    }
+
+    /// A passive `queue.declare` of the queue and of `<queue>.dead`: ready
+    /// and dead are their message counts (messages not delivered to any
+    /// consumer). Delayed and claimed are unknown (`None`): AMQP 0-9-1
+    /// gives no count of unacked messages (only the management plugin's
+    /// HTTP API does, and this crate speaks AMQP only), and it cannot list
+    /// queues, so the `<queue>.delay.<ms>` queues, one per delay in use,
+    /// cannot be found to be counted.
+    fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+        self.queue_stats()
     }
 }
 

@@ -2,7 +2,8 @@
 //! The type, its directories, housekeeping and its trait impl live here;
 //! each idea has a module of its own: [`claims`] (fetch, reclaim, promote,
 //! take-over), [`publishing`], [`settling`] (ack, retry, release, dead
-//! letter, touch) and [`dead_letters`] (listing and re-driving them).
+//! letter, touch) and [`dead_letters`] (listing, re-driving and deleting
+//! them).
 
 mod claims;
 mod dead_letters;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_broker::{
-    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError,
 };
 
 use crate::holder::{Holder, Judged, Liveness};
@@ -279,6 +280,22 @@ impl Broker for Queue {
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         self.redrive_dead_letter(id)
+    }
+
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.delete_dead_letter(id)
+    }
+
+    /// [`Queue::stats`]: a listing of each directory; the quarantined
+    /// files are the extra count `quarantined`. Claimed counts every claim
+    /// file, live or with an expired lease not yet taken back.
+    fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+        let s = Queue::stats(self)?;
+        let n = |c: usize| c as u64;
+        Ok(QueueStats::new(n(s.ready), n(s.dead))
+            .with_delayed(n(s.delayed))
+            .with_claimed(n(s.claimed))
+            .with_extra("quarantined", n(s.quarantined)))
     }
 }
 

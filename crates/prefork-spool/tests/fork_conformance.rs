@@ -73,6 +73,12 @@ impl Broker for ForgetfulAck {
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         self.0.redrive(id)
     }
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.0.delete_dead(id)
+    }
+    fn stats(&mut self) -> Result<prefork_broker::QueueStats, BrokerError> {
+        Broker::stats(&mut self.0)
+    }
 }
 
 fn broken_kit() -> Kit {
