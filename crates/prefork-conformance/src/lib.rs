@@ -879,7 +879,8 @@ impl Kit {
 
     /// [`Broker::delete_dead`] removes a dead letter for good (not listed,
     /// not delivered, not counted) and leaves the others; deleting it again,
-    /// or an unknown id, is [`ErrorKind::NotFound`].
+    /// or an unknown id, is [`ErrorKind::NotFound`]. Listing with a limit
+    /// of `usize::MAX` lists them all.
     ///
     /// # Panics
     ///
@@ -892,7 +893,8 @@ impl Kit {
         for d in self.collect(&mut b, 2) {
             b.dead_letter(d, "for deletion").expect("dead_letter");
         }
-        let dead = b.dead_letters(10).expect("dead_letters");
+        // `usize::MAX`: every one (what an operator's "all" asks for).
+        let dead = b.dead_letters(usize::MAX).expect("dead_letters(usize::MAX)");
         assert_eq!(dead.len(), 2, "{dead:?}");
         let doomed = dead
             .iter()

@@ -20,6 +20,9 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let dead = self.keys.dead.clone();
+        // COUNT is a signed 64-bit integer to Redis: `usize::MAX` (every
+        // one) is refused as out of range.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let v: Value = self.call("dead_letters", |c, _| {
             redis::cmd("XRANGE")
                 .arg(&dead)
