@@ -211,7 +211,10 @@ pub fn report_text(action: Action, reports: &[Report], atomic: bool) -> String {
         out.push_str(&line);
         out.push('\n');
     }
-    let done = reports.iter().filter(|r| r.outcome == Outcome::Done).count();
+    let done = reports
+        .iter()
+        .filter(|r| r.outcome == Outcome::Done)
+        .count();
     let missing: Vec<&str> = reports
         .iter()
         .filter(|r| r.dead_letter.is_none())
@@ -387,7 +390,13 @@ mod tests {
             letter("12", "b", "jb", "x"),
         ];
         let got = resolve(
-            &["10".into(), "7".into(), "ja".into(), "jb".into(), "zz".into()],
+            &[
+                "10".into(),
+                "7".into(),
+                "ja".into(),
+                "jb".into(),
+                "zz".into(),
+            ],
             &dead,
         );
         let ids = |i: usize| -> Vec<&str> { got[i].1.iter().map(DeliveryId::as_str).collect() };
@@ -438,7 +447,10 @@ mod tests {
 
     #[test]
     fn arguments_come_inline_from_a_file_or_stdin() {
-        assert_eq!(read_args(r#"{"ms": 3}"#, &b""[..]).unwrap(), json!({"ms": 3}));
+        assert_eq!(
+            read_args(r#"{"ms": 3}"#, &b""[..]).unwrap(),
+            json!({"ms": 3})
+        );
         assert_eq!(read_args("-", &b"[1, 2]"[..]).unwrap(), json!([1, 2]));
         let path = std::env::temp_dir().join(format!("prefork-cli-args-{}", std::process::id()));
         std::fs::write(&path, r#""from a file""#).unwrap();

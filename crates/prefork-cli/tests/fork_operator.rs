@@ -95,7 +95,11 @@ fn operator_commands(var: &str) {
 
 fn operator_commands_on(url: &str) {
     let q = e2e::unique_name("ops");
-    assert!(counts_are(&stats(url, &q), [0, 0, 0, 0]), "{}", stats(url, &q));
+    assert!(
+        counts_are(&stats(url, &q), [0, 0, 0, 0]),
+        "{}",
+        stats(url, &q)
+    );
     let job_ids: BTreeSet<String> = ok(url, &q, &["enqueue", "fail", "\"always\"", "--count", "4"])
         .lines()
         .map(str::to_owned)
@@ -150,7 +154,10 @@ fn operator_commands_on(url: &str) {
     let delivery = logged
         .lines()
         .find(|l| l.contains("job sent to the dead letters"))
-        .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("delivery=")))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("delivery="))
+        })
         .unwrap_or_else(|| panic!("no dead letter logged:\n{logged}"))
         .to_owned();
     let report: Value =
@@ -166,7 +173,13 @@ fn operator_commands_on(url: &str) {
     let (out, _) = failed(
         url,
         &q,
-        &["dead", "redrive", &text(&dead[0]["job_id"]), "bogus", "--atomic"],
+        &[
+            "dead",
+            "redrive",
+            &text(&dead[0]["job_id"]),
+            "bogus",
+            "--atomic",
+        ],
     );
     assert!(
         out.contains("--atomic: nothing done, because no dead letter has the id bogus")
@@ -190,10 +203,17 @@ fn operator_commands_on(url: &str) {
     assert!(counts_are(&s, [2, 1, 0, 1]), "{s}");
 
     // --all with filters.
-    let none = ok(url, &q, &["dead", "delete", "--all", "--reason", "no such reason"]);
+    let none = ok(
+        url,
+        &q,
+        &["dead", "delete", "--all", "--reason", "no such reason"],
+    );
     assert_eq!(none, "deleted 0 of 0\n");
     let (_, err) = failed(url, &q, &["dead", "redrive", "--job", "fail", &first]);
-    assert!(err.contains("--job and --reason select dead letters for --all"), "{err}");
+    assert!(
+        err.contains("--job and --reason select dead letters for --all"),
+        "{err}"
+    );
     let report: Value = serde_json::from_str(&ok(
         url,
         &q,
@@ -234,7 +254,10 @@ fn enqueue_args_from_a_file_and_stdin(url: &str, dir: &std::path::Path) {
     assert!(out.status.success());
     let from_stdin = String::from_utf8(out.stdout).unwrap();
     let (_, err) = failed(url, &q, &["enqueue", "noop", "@/no/such/file"]);
-    assert!(err.contains("reading the arguments from \"/no/such/file\""), "{err}");
+    assert!(
+        err.contains("reading the arguments from \"/no/such/file\""),
+        "{err}"
+    );
 
     let mut b = prefork::broker_url(url).unwrap().open_queue(&q).unwrap();
     let mut got = Vec::new();
@@ -290,9 +313,21 @@ fn main() {
     let long = Duration::from_secs(120);
     run(&[
         Case::new("operator_commands_on_redis", operator_commands_on_redis).limit(long),
-        Case::new("operator_commands_on_beanstalkd", operator_commands_on_beanstalkd).limit(long),
-        Case::new("operator_commands_on_rabbitmq", operator_commands_on_rabbitmq).limit(long),
-        Case::new("operator_commands_on_the_spool", operator_commands_on_the_spool).limit(long),
+        Case::new(
+            "operator_commands_on_beanstalkd",
+            operator_commands_on_beanstalkd,
+        )
+        .limit(long),
+        Case::new(
+            "operator_commands_on_rabbitmq",
+            operator_commands_on_rabbitmq,
+        )
+        .limit(long),
+        Case::new(
+            "operator_commands_on_the_spool",
+            operator_commands_on_the_spool,
+        )
+        .limit(long),
         Case::new("spool_at_the_root_is_refused", spool_at_the_root_is_refused),
     ]);
 }

@@ -894,7 +894,9 @@ impl Kit {
             b.dead_letter(d, "for deletion").expect("dead_letter");
         }
         // `usize::MAX`: every one (what an operator's "all" asks for).
-        let dead = b.dead_letters(usize::MAX).expect("dead_letters(usize::MAX)");
+        let dead = b
+            .dead_letters(usize::MAX)
+            .expect("dead_letters(usize::MAX)");
         assert_eq!(dead.len(), 2, "{dead:?}");
         let doomed = dead
             .iter()

@@ -495,7 +495,10 @@ impl RabbitMq {
         let counts = self.with_session("queue.declare (passive)", |s| {
             let ready = s.channel.queue_declare_passive(queue.as_str())?;
             let dead = s.channel.queue_declare_passive(dead.as_str())?;
-            Ok((ready.declared_message_count(), dead.declared_message_count()))
+            Ok((
+                ready.declared_message_count(),
+                dead.declared_message_count(),
+            ))
         })?;
         match counts {
             (Some(ready), Some(dead)) => Ok(QueueStats::new(ready.into(), dead.into())),
