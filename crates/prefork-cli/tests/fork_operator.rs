@@ -61,7 +61,7 @@ fn stats(url: &str, queue: &str) -> Value {
 }
 
 /// Whether `stats` counts `[ready, delayed, claimed, dead]`, where the
-/// broker can tell (`null` is not checked: RabbitMQ's delayed and claimed).
+/// broker can tell (`null` is not checked: RabbitMQ's claimed).
 fn counts_are(s: &Value, [ready, delayed, claimed, dead]: [u64; 4]) -> bool {
     s["ready"] == ready
         && (s["delayed"].is_null() || s["delayed"] == delayed)
