@@ -9,7 +9,11 @@
 //! [`e2e`] holds what end-to-end job-pool tests share: which broker to
 //! test against, the file handlers record their runs in, and the driver that
 //! SIGKILLs workers and masters at random moments.
+//!
+//! [`rabbitmq`] starts a rabbitmq-server of a case's own, for cases that
+//! SIGKILL the server and start it again.
 #![forbid(unsafe_code)]
 
 pub mod e2e;
 pub mod harness;
+pub mod rabbitmq;

@@ -24,6 +24,26 @@ fn kit_root() -> PathBuf {
     std::env::temp_dir().join("prefork-spool-conformance")
 }
 
+/// Removes the kit's queue directories (`kit-PID-...`, named by the
+/// kit) whose creating process is gone: a run that was killed leaves them,
+/// and a run going on beside this one (another checkout, say) keeps its own.
+fn sweep_dead_kit_queues() {
+    let Ok(entries) = std::fs::read_dir(kit_root()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("kit-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| !std::path::Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn open_for_kit(queue: &str) -> Result<Queue, BrokerError> {
     let options = Options::default().lease(Duration::from_secs(1));
     Spool::with_options(kit_root().join(queue), options)?.queue("q")
@@ -354,8 +374,9 @@ fn main() {
     kit().serve_role(); // also serves broken_kit()'s helpers: same roles
     serve_spool_role();
     if std::env::var_os("PREFORK_TEST_CASE").is_none() {
-        // The runner itself (not a case, not a helper): start clean.
-        let _ = std::fs::remove_dir_all(kit_root());
+        // The runner itself (not a case, not a helper): sweep what earlier
+        // runs left, and only that (another run may be going on beside).
+        sweep_dead_kit_queues();
     }
     let mut cases: Vec<Case> = prefork_conformance::cases!(Case::new, kit()).to_vec();
     cases.extend([
