@@ -2,7 +2,7 @@
 //! The type and its trait impl live here; each idea has a module of its
 //! own: [`connection`], [`reading`] (reserve, take-over), [`settling`]
 //! (ack, retry, release, dead letter, touch), [`publishing`] and
-//! [`dead_letters`] (listing and re-driving them).
+//! [`dead_letters`] (listing, re-driving and deleting them; the counts).
 
 mod connection;
 mod dead_letters;
@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use prefork_broker::{
-    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError,
 };
 
 use crate::config::ceil_secs;
@@ -184,5 +184,19 @@ impl Broker for Beanstalkd {
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         self.redrive_dead_letter(id)
+    }
+
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.delete_dead_letter(id)
+    }
+
+    /// `stats-tube` of the tube and of `<tube>.dead`: ready, delayed and
+    /// claimed are the tube's `current-jobs-ready`, `-delayed` and
+    /// `-reserved`; dead is every job of `<tube>.dead` (a listing in
+    /// progress holds them reserved for a moment); the tube's buried jobs
+    /// (buried by the server when out of memory, or a job too big for a
+    /// dead-letter header) are the extra count `buried`.
+    fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+        self.tube_stats()
     }
 }

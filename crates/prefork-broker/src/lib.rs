@@ -6,8 +6,9 @@
 //!
 //! | item | what |
 //! |---|---|
-//! | [`Broker`] | a handle on one named queue: fetch, ack, retry, release, dead-letter, touch, publish, list and re-drive dead letters |
+//! | [`Broker`] | a handle on one named queue: fetch, ack, retry, release, dead-letter, touch, publish, count, list, re-drive and delete dead letters |
 //! | [`Delivery`], [`DeliveryId`], [`DeadLetter`] | what a broker hands out |
+//! | [`QueueStats`] | how many jobs a queue holds in each state |
 //! | [`BrokerError`], [`ErrorKind`], [`SettleError`] | errors that say whether retrying helps; settling errors hand the delivery back |
 //! | [`Connect`] | opens handles, after the fork, in the process that uses them |
 #![doc = include_str!("../README.md")]
@@ -16,11 +17,13 @@
 
 mod delivery;
 mod error;
+mod stats;
 
 use std::time::Duration;
 
 pub use delivery::{DeadLetter, Delivery, DeliveryId};
 pub use error::{BrokerError, ErrorKind, SettleError};
+pub use stats::QueueStats;
 
 /// A handle on one named queue of a broker: the one trait every prefork
 /// broker adapter implements.
@@ -89,7 +92,7 @@ pub use error::{BrokerError, ErrorKind, SettleError};
 /// ```
 /// use std::collections::VecDeque;
 /// use std::time::Duration;
-/// use prefork_broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError};
+/// use prefork_broker::{Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError};
 ///
 /// #[derive(Default)]
 /// struct Toy { next: u64, ready: VecDeque<(u64, Vec<u8>, u32)>, held: Vec<u64>, dead: Vec<DeadLetter> }
@@ -139,11 +142,25 @@ pub use error::{BrokerError, ErrorKind, SettleError};
 ///         Ok(self.dead.iter().take(limit).cloned().collect())
 ///     }
 ///     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
-///         let i = self.dead.iter().position(|d| d.id() == id)
-///             .ok_or_else(|| BrokerError::new(ErrorKind::NotFound, format!("no dead letter {id}")))?;
-///         let dead = self.dead.remove(i);
+///         let dead = self.take_dead(id)?;
 ///         self.ready.push_back((id.as_str().parse().unwrap(), dead.payload().to_vec(), 1));
 ///         Ok(())
+///     }
+///     fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+///         self.take_dead(id).map(drop)
+///     }
+///     fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+///         Ok(QueueStats::new(self.ready.len() as u64, self.dead.len() as u64)
+///             .with_delayed(0)
+///             .with_claimed(self.held.len() as u64))
+///     }
+/// }
+///
+/// impl Toy {
+///     fn take_dead(&mut self, id: &DeliveryId) -> Result<DeadLetter, BrokerError> {
+///         let i = self.dead.iter().position(|d| d.id() == id)
+///             .ok_or_else(|| BrokerError::new(ErrorKind::NotFound, format!("no dead letter {id}")))?;
+///         Ok(self.dead.remove(i))
 ///     }
 /// }
 ///
@@ -154,10 +171,14 @@ pub use error::{BrokerError, ErrorKind, SettleError};
 /// let d = b.fetch_one(Duration::from_secs(1))?.expect("the job again");
 /// assert_eq!(d.attempt(), 2);
 /// b.dead_letter(d, "gave up")?;
+/// assert_eq!((b.stats()?.ready, b.stats()?.dead), (0, 1));
 /// let id = b.dead_letters(10)?[0].id().clone();
 /// b.redrive(&id)?;
 /// let d = b.fetch_one(Duration::ZERO)?.expect("redriven");
-/// b.ack(d)?;
+/// assert_eq!(b.stats()?.claimed, Some(1));
+/// b.dead_letter(d, "gave up again")?;
+/// b.delete_dead(&id)?;
+/// assert_eq!(b.stats()?, QueueStats::new(0, 0).with_delayed(0).with_claimed(0));
 /// # Ok::<(), BrokerError>(())
 /// ```
 pub trait Broker {
@@ -399,6 +420,26 @@ pub trait Broker {
     ///
     /// [`ErrorKind::NotFound`] when there is no such dead letter.
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError>;
+
+    /// Deletes the dead letter with id `id` (as
+    /// [`dead_letters`](Broker::dead_letters) lists it) for good.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::NotFound`] when there is no such dead letter (nothing
+    /// is deleted); [`ErrorKind::Transient`] for connection problems.
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError>;
+
+    /// Counts the queue's jobs in each state with the broker's own counters:
+    /// ready, delayed, claimed (fetched and not settled, by any handle) and
+    /// dead. A count the broker cannot tell is `None` (each adapter's
+    /// README says which and why); the counts are a snapshot (see
+    /// [`QueueStats`]).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Transient`] for connection problems.
+    fn stats(&mut self) -> Result<QueueStats, BrokerError>;
 }
 
 macro_rules! forward_broker {
@@ -452,6 +493,12 @@ macro_rules! forward_broker {
             }
             fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
                 (**self).redrive(id)
+            }
+            fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+                (**self).delete_dead(id)
+            }
+            fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+                (**self).stats()
             }
         }
     )*};

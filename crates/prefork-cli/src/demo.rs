@@ -160,7 +160,7 @@ fn run_in(opts: &DemoOptions, dir: &Path) -> anyhow::Result<Summary> {
     let spool = Spool::with_options(dir, Options::default().durability(Durability::Buffered))?;
     let queue = "demo";
     let mut enq = Enqueuer::new(spool.queue(queue)?);
-    let before = enq.broker().stats()?;
+    let before = enq.broker().counts()?;
     if before.ready + before.delayed + before.claimed > 0 {
         bail!(
             "queue {queue:?} in {} is not empty; use a fresh directory",
@@ -239,7 +239,7 @@ fn run_in(opts: &DemoOptions, dir: &Path) -> anyhow::Result<Summary> {
         bail!("the pool exited with {status} after a graceful stop");
     }
     let mut q = spool.queue(queue)?;
-    let stats = q.stats()?;
+    let stats = q.counts()?;
     let mut reasons: Vec<(String, usize)> = Vec::new();
     for d in q.dead_letters(usize::MAX)? {
         let short = d

@@ -1,5 +1,5 @@
 //! The library half of the `prefork` command: the example job handlers,
-//! the progress events and the demo. The binary (`src/main.rs`) is
+//! the progress events, the demo and the operator commands' logic. The binary (`src/main.rs`) is
 //! argument parsing over these; broker URLs are the facade's
 //! ([`prefork::broker_url`]).
 //!
@@ -16,6 +16,7 @@
 pub mod demo;
 pub mod events;
 pub mod examples;
+pub mod operator;
 
 /// How a pool gets its jobs (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

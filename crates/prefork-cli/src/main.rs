@@ -1,5 +1,6 @@
-//! `prefork`: run a job worker pool, enqueue jobs, list and re-drive dead
-//! letters, show queue counts, and `prefork demo`, the quick start.
+//! `prefork`: run a job worker pool, enqueue jobs, list, re-drive and
+//! delete dead letters, show queue counts, and `prefork demo`, the quick
+//! start.
 
 #![forbid(unsafe_code)]
 
@@ -10,8 +11,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use prefork::broker::{Broker, DeliveryId};
-use prefork::{BrokerUrl, DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
-use prefork_cli::{Mode, demo, events, examples};
+use prefork::{DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
+use prefork_cli::{Mode, demo, events, examples, operator};
 
 /// Pre-forking job workers on a broker (the embedded spool by default).
 #[derive(Debug, Parser)]
@@ -89,11 +90,14 @@ enum Cmd {
         #[arg(long)]
         events: Option<PathBuf>,
     },
-    /// Enqueue a job: `prefork enqueue sleep '{"ms": 100}'`.
+    /// Enqueue a job: `prefork enqueue sleep '{"ms": 100}'`; prints each
+    /// job's id (which `dead redrive` and `dead delete` also take).
     Enqueue {
         /// The job name.
         job: String,
-        /// Its arguments, as JSON.
+        /// Its arguments, as JSON: inline, `@FILE` to read them from a
+        /// file, or `-` to read them from stdin (for arguments too large
+        /// for a command line).
         #[arg(default_value = "null")]
         args: String,
         /// Enqueue this many copies.
@@ -103,30 +107,83 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
-    /// Dead letters: list or re-drive.
+    /// Dead letters: list, re-drive or delete.
     Dead {
         #[command(subcommand)]
         action: DeadCmd,
     },
-    /// Count the queue's jobs in each state.
-    Stats,
+    /// Count the queue's jobs in each state: ready, delayed, claimed (in
+    /// flight) and dead ("unknown" where the broker cannot tell).
+    Stats {
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--job` and `--reason`.
+#[derive(Debug, clap::Args)]
+struct FilterArgs {
+    /// Only dead letters of this job name (exact).
+    #[arg(long = "job", value_name = "NAME")]
+    job: Option<String>,
+    /// Only dead letters whose reason contains this text.
+    #[arg(long, value_name = "SUBSTRING")]
+    reason: Option<String>,
+}
+
+impl FilterArgs {
+    fn filter(self) -> operator::Filter {
+        operator::Filter {
+            job: self.job,
+            reason: self.reason,
+        }
+    }
+}
+
+/// What `dead redrive` and `dead delete` act on, and how.
+#[derive(Debug, clap::Args)]
+struct Targets {
+    /// Dead letters to act on: the id in the first column of `dead list`,
+    /// the job id `enqueue` printed, or the delivery id of the logs.
+    #[arg(required_unless_present = "all")]
+    ids: Vec<String>,
+    /// All dead letters (that pass --job and --reason).
+    #[arg(long, conflicts_with = "ids")]
+    all: bool,
+    /// All or nothing: when an id names no dead letter, do nothing (and
+    /// say which); stop at the first error.
+    #[arg(long)]
+    atomic: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    filter: FilterArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum DeadCmd {
-    /// List dead letters with their reasons.
+    /// List dead letters: id, job id and name, attempt, reason, payload.
     List {
         /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        filter: FilterArgs,
     },
-    /// Put dead letters back in the queue.
+    /// Put dead letters back in the queue; reports on every id.
     Redrive {
-        /// Ids to re-drive (as listed).
-        ids: Vec<String>,
-        /// Re-drive all of them.
-        #[arg(long, conflicts_with = "ids")]
-        all: bool,
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Delete dead letters for good; reports on every id.
+    Delete {
+        #[command(flatten)]
+        targets: Targets,
     },
 }
 
@@ -268,8 +325,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             count,
             delay_ms,
         } => {
-            let args: serde_json::Value =
-                serde_json::from_str(&args).context("the arguments are not JSON")?;
+            let args = operator::read_args(&args, std::io::stdin().lock())?;
             let mut enq = Enqueuer::new(url.open_queue(&cli.queue)?);
             if delay_ms == 0 {
                 // One broker round trip per batch where the broker can.
@@ -293,49 +349,68 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Dead { action } => {
             let mut q = url.open_queue(&cli.queue)?;
             match action {
-                DeadCmd::List { limit } => {
-                    for d in q.dead_letters(limit)? {
-                        println!(
-                            "{}\tattempt {}\t{}\t{}",
-                            d.id(),
-                            d.attempt(),
-                            d.reason().replace('\n', " "),
-                            String::from_utf8_lossy(d.payload())
-                        );
-                    }
-                }
-                DeadCmd::Redrive { ids, all } => {
-                    let ids: Vec<DeliveryId> = if all {
-                        q.dead_letters(usize::MAX)?
-                            .iter()
-                            .map(|d| d.id().clone())
-                            .collect()
+                DeadCmd::List {
+                    limit,
+                    json,
+                    filter,
+                } => {
+                    let filter = filter.filter();
+                    let listed = if filter == operator::Filter::default() {
+                        q.dead_letters(limit)?
                     } else {
-                        ids.into_iter().map(DeliveryId::from).collect()
+                        q.dead_letters(usize::MAX)?
                     };
-                    for id in &ids {
-                        q.redrive(id)?;
+                    for d in listed.iter().filter(|d| filter.matches(d)).take(limit) {
+                        if json {
+                            println!("{}", operator::dead_json(d));
+                        } else {
+                            println!("{}", operator::dead_line(d));
+                        }
                     }
-                    println!("re-drove {}", ids.len());
+                    Ok(ExitCode::SUCCESS)
                 }
+                DeadCmd::Redrive { targets } => act(&mut *q, operator::Action::Redrive, targets),
+                DeadCmd::Delete { targets } => act(&mut *q, operator::Action::Delete, targets),
             }
-            Ok(ExitCode::SUCCESS)
         }
-        Cmd::Stats => {
-            let s = spool_only(&url)?.queue(&cli.queue)?.stats()?;
-            println!(
-                "ready {}\ndelayed {}\nclaimed {}\ndead {}\nquarantined {}",
-                s.ready, s.delayed, s.claimed, s.dead, s.quarantined
-            );
+        Cmd::Stats { json } => {
+            let s = url.open_queue(&cli.queue)?.stats()?;
+            if json {
+                println!("{}", operator::stats_json(&cli.queue, &s));
+            } else {
+                println!("{s}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-/// The spool of `url`, or the error of a command that works on the spool
-/// only.
-fn spool_only(url: &BrokerUrl) -> anyhow::Result<&prefork::spool::Spool> {
-    url.spool().with_context(|| {
-        format!("broker {url}: this command works on the embedded spool only (spool://DIR)")
+/// `dead redrive` or `dead delete`: resolves the ids against the dead
+/// letters listed, acts on each, prints the report; fails unless every id
+/// was done.
+fn act(q: &mut dyn Broker, action: operator::Action, t: Targets) -> anyhow::Result<ExitCode> {
+    let filter = t.filter.filter();
+    if !t.all && filter != operator::Filter::default() {
+        anyhow::bail!("--job and --reason select dead letters for --all; with ids, give no filter");
+    }
+    let dead = q.dead_letters(usize::MAX)?;
+    let targets: Vec<(String, Vec<DeliveryId>)> = if t.all {
+        dead.iter()
+            .filter(|d| filter.matches(d))
+            .map(|d| (d.id().to_string(), vec![d.id().clone()]))
+            .collect()
+    } else {
+        operator::resolve(&t.ids, &dead)
+    };
+    let reports = operator::apply(q, action, &targets, t.atomic);
+    if t.json {
+        println!("{}", operator::report_json(action, &reports));
+    } else {
+        print!("{}", operator::report_text(action, &reports, t.atomic));
+    }
+    Ok(if operator::all_done(&reports) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }

@@ -603,9 +603,9 @@ fn dispatch_pool_on_rabbitmq() {
     pool_on_real_broker("PREFORK_RABBITMQ_URL", "dispatch");
 }
 
-/// Nothing listens on 127.0.0.1:1: `work` and `enqueue` fail at once,
-/// exit non-zero, and name the broker with the password hidden; an unknown
-/// scheme and `stats` on a server broker are refused as clearly.
+/// Nothing listens on 127.0.0.1:1: `work`, `enqueue`, `stats` and the
+/// `dead` commands fail at once, exit non-zero, and name the broker with
+/// the password hidden; an unknown scheme is refused as clearly.
 fn bad_or_unreachable_broker_is_a_clear_error() {
     let fails = |broker: &str, args: &[&str]| -> String {
         let out = prefork()
@@ -628,12 +628,17 @@ fn bad_or_unreachable_broker_is_a_clear_error() {
         ),
         ("beanstalk://127.0.0.1:1", "broker beanstalk://127.0.0.1:1"),
     ] {
-        for args in [&["work", "--workers", "2"][..], &["enqueue", "noop"]] {
+        for args in [
+            &["work", "--workers", "2"][..],
+            &["enqueue", "noop"],
+            &["stats"],
+            &["dead", "list"],
+            &["dead", "redrive", "--all"],
+            &["dead", "delete", "1"],
+        ] {
             let e = fails(broker, args);
             assert!(e.contains(shown), "{args:?}: {e}");
         }
-        let e = fails(broker, &["stats"]);
-        assert!(e.contains("spool only"), "{e}");
     }
     let e = fails("nats://guest:s3cret@127.0.0.1/", &["enqueue", "noop"]);
     assert!(e.contains("not built into this binary"), "{e}");

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prefork_broker::{Broker, BrokerError, Delivery, DeliveryId, ErrorKind};
+use prefork_broker::{Broker, BrokerError, Delivery, DeliveryId, ErrorKind, QueueStats};
 
 /// Environment variable naming the helper role of a re-executed test binary.
 const ROLE_ENV: &str = "PREFORK_BROKER_KIT_ROLE";
@@ -66,6 +66,8 @@ pub const CASES: &[&str] = &[
     "publish_batch_round_trip",
     "large_payload_round_trip",
     "deferred_acks_hold",
+    "stats_follow_the_jobs",
+    "dead_letters_deleted",
 ];
 
 /// Expands to an array with one test case per conformance case: each element
@@ -127,6 +129,8 @@ macro_rules! cases {
                 $kit.large_payload_round_trip()
             }),
             $case("deferred_acks_hold", || $kit.deferred_acks_hold()),
+            $case("stats_follow_the_jobs", || $kit.stats_follow_the_jobs()),
+            $case("dead_letters_deleted", || $kit.dead_letters_deleted()),
         ]
     };
 }
@@ -392,17 +396,21 @@ impl Kit {
             let waited = start.elapsed();
             assert!(waited >= delay, "delayed job visible after {waited:?}");
         }
+        // Acked now: held while the delay passes, its claim (as long as the
+        // delay) would expire.
+        let (first_payload, first_attempt) = (first.payload().to_vec(), first.attempt());
+        b.ack(first).expect("ack");
         let second = self.collect(&mut b, 1).pop().expect("the delayed job");
         let waited = start.elapsed();
         assert!(
             waited >= delay,
             "delayed job visible after {waited:?} < {delay:?}"
         );
-        let mut payloads = [first.payload(), second.payload()];
+        let mut payloads = [first_payload.as_slice(), second.payload()];
         payloads.sort();
         assert_eq!(payloads, [&b"now"[..], &b"scheduled"[..]]);
-        assert_eq!((first.attempt(), second.attempt()), (1, 1));
-        self.ack_all(&mut b, vec![first, second]);
+        assert_eq!((first_attempt, second.attempt()), (1, 1));
+        b.ack(second).expect("ack");
     }
 
     /// A released job comes back (before its claim would have expired,
@@ -819,6 +827,103 @@ impl Kit {
         assert_empty(&mut fresh, Duration::from_millis(200));
     }
 
+    /// [`Broker::stats`] follows the jobs: a fresh queue counts nothing;
+    /// published jobs are ready; fetched ones claimed; an ack, a dead
+    /// letter, a delayed retry and a delayed publish each move the counts
+    /// where they belong; jobs due again are ready, then claimed. Counts the
+    /// adapter says it cannot tell (`None`) are not checked; ready and dead
+    /// always are. Each expectation is polled within the kit's patience
+    /// (a broker may update its counters a moment after it answered).
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn stats_follow_the_jobs(&self) {
+        let mut b = self.open(&unique_queue());
+        self.stats_reach(&mut b, "a fresh queue", [0, 0, 0, 0]);
+        for i in 0..3_u8 {
+            b.publish(&[b's', i], Duration::ZERO).expect("publish");
+        }
+        self.stats_reach(&mut b, "3 published", [3, 0, 0, 0]);
+        let mut held = self.collect(&mut b, 2);
+        self.stats_reach(&mut b, "2 of 3 fetched", [1, 0, 2, 0]);
+        b.ack(held.pop().expect("held")).expect("ack");
+        self.stats_reach(&mut b, "1 acked", [1, 0, 1, 0]);
+        b.dead_letter(held.pop().expect("held"), "counted")
+            .expect("dead_letter");
+        self.stats_reach(&mut b, "1 dead-lettered", [1, 0, 0, 1]);
+        let last = self.collect(&mut b, 1).pop().expect("the third job");
+        self.stats_reach(&mut b, "the third fetched", [0, 0, 1, 1]);
+        let delay = Duration::from_secs(4);
+        let delayed_at = Instant::now();
+        b.retry(last, delay).expect("retry");
+        b.publish(b"later", delay).expect("delayed publish");
+        self.stats_reach_if(&mut b, "1 retried and 1 published with a delay", |s| {
+            if delayed_at.elapsed() < delay {
+                return counts_are(s, [0, 2, 0, 1]);
+            }
+            // Too late to tell delayed from ready (beanstalkd and RabbitMQ
+            // move due jobs themselves): only their sum is known.
+            let waiting = match s.delayed {
+                Some(d) => s.ready + d == 2,
+                None => s.ready <= 2,
+            };
+            waiting && s.claimed.is_none_or(|c| c == 0) && s.dead == 1
+        });
+        let due = self.collect(&mut b, 2);
+        assert!(
+            delayed_at.elapsed() >= delay,
+            "delayed jobs handed out after {:?} < {delay:?}",
+            delayed_at.elapsed()
+        );
+        self.stats_reach(&mut b, "the 2 delayed jobs fetched when due", [0, 0, 2, 1]);
+        self.ack_all(&mut b, due);
+        self.stats_reach(&mut b, "all acked", [0, 0, 0, 1]);
+    }
+
+    /// [`Broker::delete_dead`] removes a dead letter for good (not listed,
+    /// not delivered, not counted) and leaves the others; deleting it again,
+    /// or an unknown id, is [`ErrorKind::NotFound`]. Listing with a limit
+    /// of `usize::MAX` lists them all.
+    ///
+    /// # Panics
+    ///
+    /// When the broker does not conform.
+    pub fn dead_letters_deleted(&self) {
+        let mut b = self.open(&unique_queue());
+        for p in [&b"doomed"[..], b"kept"] {
+            b.publish(p, Duration::ZERO).expect("publish");
+        }
+        for d in self.collect(&mut b, 2) {
+            b.dead_letter(d, "for deletion").expect("dead_letter");
+        }
+        // `usize::MAX`: every one (what an operator's "all" asks for).
+        let dead = b
+            .dead_letters(usize::MAX)
+            .expect("dead_letters(usize::MAX)");
+        assert_eq!(dead.len(), 2, "{dead:?}");
+        let doomed = dead
+            .iter()
+            .find(|d| d.payload() == b"doomed")
+            .expect("the doomed dead letter")
+            .id()
+            .clone();
+        b.delete_dead(&doomed).expect("delete_dead");
+        let left = b.dead_letters(10).expect("dead_letters");
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].payload(), b"kept");
+        let err = b.delete_dead(&doomed).expect_err("deleting it again");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let err = b
+            .delete_dead(&DeliveryId::new("no-such-dead-letter"))
+            .expect_err("deleting an unknown id");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let err = b.redrive(&doomed).expect_err("re-driving a deleted one");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        self.stats_reach(&mut b, "1 of 2 dead letters deleted", [0, 0, 0, 1]);
+        assert_empty(&mut b, self.lease + Duration::from_millis(500));
+    }
+
     // ----- helper roles ----------------------------------------------------
 
     /// Fetches three jobs, says `held ID` for each, and waits to be killed.
@@ -927,6 +1032,35 @@ impl Kit {
         got
     }
 
+    /// Polls [`Broker::stats`] until it counts `[ready, delayed, claimed,
+    /// dead]` (the counts the broker can tell), within the kit's patience.
+    fn stats_reach(&self, b: &mut Box<dyn Broker>, after: &str, want: [u64; 4]) -> QueueStats {
+        self.stats_reach_if(b, &format!("{after} (want {want:?})"), |s| {
+            counts_are(s, want)
+        })
+    }
+
+    /// Polls [`Broker::stats`] until `ok` holds, within the kit's patience.
+    fn stats_reach_if(
+        &self,
+        b: &mut Box<dyn Broker>,
+        after: &str,
+        ok: impl Fn(&QueueStats) -> bool,
+    ) -> QueueStats {
+        let deadline = Instant::now() + self.patience;
+        loop {
+            let s = b.stats().expect("stats");
+            if ok(&s) {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after {after}, stats are {s:?} (ready, delayed, claimed, dead)"
+            );
+            sleep(Duration::from_millis(50));
+        }
+    }
+
     fn ack_all(&self, b: &mut Box<dyn Broker>, ds: Vec<Delivery>) {
         for d in ds {
             b.ack(d).expect("ack");
@@ -946,6 +1080,15 @@ fn assert_empty(b: &mut Box<dyn Broker>, wait: Duration) {
             return;
         }
     }
+}
+
+/// Whether `s` counts `[ready, delayed, claimed, dead]`, leaving out the
+/// counts it cannot tell.
+fn counts_are(s: &QueueStats, [ready, delayed, claimed, dead]: [u64; 4]) -> bool {
+    s.ready == ready
+        && s.delayed.is_none_or(|d| d == delayed)
+        && s.claimed.is_none_or(|c| c == claimed)
+        && s.dead == dead
 }
 
 /// A queue name no other case (in any process) uses.

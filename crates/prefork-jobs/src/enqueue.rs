@@ -47,7 +47,7 @@ where
 /// let mut jobs = prefork_jobs::Enqueuer::new(q);
 /// jobs.enqueue("send", &serde_json::json!({"to": "a@example.com"}))?;
 /// jobs.enqueue_in("reminder", &(), Duration::from_secs(3600))?;
-/// assert_eq!(jobs.broker().stats()?.delayed, 1);
+/// assert_eq!(jobs.broker().counts()?.delayed, 1);
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok::<(), prefork_broker::BrokerError>(())
 /// ```
@@ -111,7 +111,7 @@ impl<B: Broker> Enqueuer<B> {
     /// let mut jobs = prefork_jobs::Enqueuer::new(q);
     /// let ids = jobs.enqueue_batch("resize", &[(1, 64), (2, 64), (3, 128)])?;
     /// assert_eq!(ids.len(), 3);
-    /// assert_eq!(jobs.broker().stats()?.ready, 3);
+    /// assert_eq!(jobs.broker().counts()?.ready, 3);
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// # Ok::<(), prefork_broker::BrokerError>(())
     /// ```

@@ -130,7 +130,7 @@ fn lines(dir: &Path) -> Vec<String> {
 }
 
 fn drained(dir: &Path) -> bool {
-    let s = spool(dir).queue(QUEUE).unwrap().stats().unwrap();
+    let s = spool(dir).queue(QUEUE).unwrap().counts().unwrap();
     s.ready + s.delayed + s.claimed == 0
 }
 
@@ -166,7 +166,7 @@ fn sigkills_lose_no_job() {
         ..report
     };
     let duplicates = bound.check(&counts(&dir), JOBS);
-    assert_eq!(spool(&dir).queue(QUEUE).unwrap().stats().unwrap().dead, 0);
+    assert_eq!(spool(&dir).queue(QUEUE).unwrap().counts().unwrap().dead, 0);
     eprintln!(
         "{JOBS} jobs, {} kills + 1 master kill, {duplicates} duplicates",
         report.worker_kills
@@ -260,7 +260,7 @@ fn graceful_quit_returns_unstarted_jobs() {
         lines(&dir).iter().filter(|l| l.starts_with("end ")).count() >= 10
     });
     quit(pool);
-    let s = enq.broker().stats().unwrap();
+    let s = enq.broker().counts().unwrap();
     assert_eq!(s.claimed, 0, "nothing stays claimed: {s:?}");
     assert_eq!(s.dead, 0);
     let all = lines(&dir);

@@ -130,7 +130,7 @@ fn counts(dir: &Path) -> HashMap<String, usize> {
 }
 
 fn drained(dir: &Path) -> bool {
-    let s = spool(dir).queue(QUEUE).unwrap().stats().unwrap();
+    let s = spool(dir).queue(QUEUE).unwrap().counts().unwrap();
     s.ready + s.delayed + s.claimed == 0
 }
 
@@ -159,7 +159,7 @@ fn sigkills_lose_no_job() {
     // master's death took its WORKERS workers with it.
     let duplicates = report.check(&counts(&dir), JOBS);
     let worker_kills = report.worker_kills;
-    assert_eq!(spool(&dir).queue(QUEUE).unwrap().stats().unwrap().dead, 0);
+    assert_eq!(spool(&dir).queue(QUEUE).unwrap().counts().unwrap().dead, 0);
     eprintln!("{JOBS} jobs, {worker_kills} worker kills + 1 master kill, {duplicates} duplicates");
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -285,7 +285,7 @@ fn graceful_stop_releases_prefetched_jobs() {
         counts(&dir).len() >= 20
     });
     quit(pool);
-    let s = enq.broker().stats().unwrap();
+    let s = enq.broker().counts().unwrap();
     assert_eq!(
         s.claimed, 0,
         "nothing stays claimed after a graceful stop: {s:?}"

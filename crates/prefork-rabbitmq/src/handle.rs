@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use amiquip::{AmqpProperties, AmqpValue, ConsumerMessage, ConsumerOptions, FieldTable};
 use crossbeam_channel::RecvTimeoutError;
 use prefork_broker::{
-    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError,
 };
 use tracing::warn;
 
@@ -33,6 +33,11 @@ const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
 const MAX_REASON: usize = 16 << 10;
 /// How long a delay queue outlives its last use.
 const DELAY_QUEUE_EXPIRY_MS: u64 = 60_000;
+/// How often a handle that keeps using a delay queue records it again in
+/// `<queue>.delays` (see [`RabbitMq::record_delay`]).
+const DELAY_RECORD_REFRESH: Duration = Duration::from_secs(10);
+/// The suffix of the queue recording which delay queues are in use.
+const DELAYS_SUFFIX: &str = ".delays";
 /// The most deliveries [`Broker::take_over`] keeps aside while looking for
 /// a dead holder's ones.
 const TAKE_OVER_SPARE: usize = 1024;
@@ -44,7 +49,8 @@ const TAKE_OVER_SPARE: usize = 1024;
 /// classic durable queue `<queue>.dead` (also the queue's dead-letter
 /// target for messages RabbitMQ itself drops); delayed jobs wait in
 /// `<queue>.delay.<ms>` queues whose message TTL dead-letters them into the
-/// queue. The handle reconnects on the next call after a connection error;
+/// queue, each recorded in `<queue>.delays` while in use, so that
+/// [`Broker::stats`] can find them. The handle reconnects on the next call after a connection error;
 /// deliveries of the lost connection then settle as
 /// [`ErrorKind::LeaseLost`] (RabbitMQ requeued them).
 pub struct RabbitMq {
@@ -64,6 +70,10 @@ pub struct RabbitMq {
     prefetch: u16,
     /// Counts published messages, for their ids.
     published: u64,
+    /// The queue recording the delay queues in use (`<queue>.delays`).
+    delays: String,
+    /// When this handle last recorded each delay queue (by its ms).
+    delays_recorded: HashMap<u64, Instant>,
     /// The process that opened the handle: a forked child that drops an
     /// inherited copy must not touch the connection (its close would wait
     /// forever for an I/O thread the child does not have).
@@ -103,6 +113,8 @@ impl RabbitMq {
             config,
             queue: queue.to_owned(),
             dead: format!("{queue}{DEAD_SUFFIX}"),
+            delays: format!("{queue}{DELAYS_SUFFIX}"),
+            delays_recorded: HashMap::new(),
             session: None,
             generation: 0,
             held: HashMap::new(),
@@ -179,6 +191,7 @@ impl RabbitMq {
                 ]),
             )?;
             s.declare(&self.dead, FieldTable::new())?;
+            s.declare(&self.delays, FieldTable::new())?;
             self.generation += 1;
             self.held.clear();
             self.pending.clear();
@@ -239,8 +252,8 @@ impl RabbitMq {
         attempt: u32,
         delay: Duration,
     ) -> Result<(), BrokerError> {
-        let target = if delay.is_zero() {
-            self.queue.clone()
+        let (target, record) = if delay.is_zero() {
+            (self.queue.clone(), None)
         } else {
             let ms = delay_ms(delay)?;
             let name = format!("{}{DELAY_INFIX}{ms}", self.queue);
@@ -250,9 +263,14 @@ impl RabbitMq {
             self.session()?
                 .declare(&name, args)
                 .inspect_err(|_| self.lose_session())?;
-            name
+            let due = self
+                .delays_recorded
+                .get(&ms)
+                .is_none_or(|at| at.elapsed() >= DELAY_RECORD_REFRESH);
+            (name, due.then_some(ms))
         };
         let io_timeout = self.config.io_timeout;
+        let delays = self.delays.clone();
         let s = self.session()?;
         let mut result = Ok(());
         for (p, id) in payloads {
@@ -261,7 +279,76 @@ impl RabbitMq {
                 break;
             }
         }
+        if let (Ok(()), Some(ms)) = (&result, record) {
+            result = s.publish(&delays, ms.to_string().as_bytes(), delay_record(ms));
+        }
         let result = result.and_then(|()| s.confirm_all(io_timeout));
+        match (&result, record) {
+            (Err(_), _) => self.lose_session(),
+            (Ok(()), Some(ms)) => {
+                self.delays_recorded.insert(ms, Instant::now());
+            }
+            (Ok(()), None) => {}
+        }
+        result
+    }
+
+    /// How many jobs wait in the delay queues: the delays recorded in
+    /// `<queue>.delays` (read on a channel of its own whose close puts the
+    /// records back), then a passive `queue.declare` of each one's delay
+    /// queue (one that expired since answers 404, which closes the
+    /// channel: it counts zero and the next gets a new channel).
+    fn delayed_count(&mut self) -> Result<u64, BrokerError> {
+        let (queue, delays) = (self.queue.clone(), self.delays.clone());
+        self.session()?;
+        let conn = &mut self.session.as_mut().expect("connected").conn;
+        let result: Result<u64, BrokerError> = (|| {
+            let open = |conn: &mut amiquip::Connection| {
+                conn.open_channel(None)
+                    .map_err(|e| classify("open a channel to count delayed jobs", e))
+            };
+            let ch = open(conn)?;
+            let mut in_use = std::collections::BTreeSet::new();
+            let read: Result<(), BrokerError> = (|| {
+                while let Some(g) = ch
+                    .basic_get(delays.as_str(), false)
+                    .map_err(|e| classify("basic.get on the delay records", e))?
+                {
+                    if let Some(ms) = std::str::from_utf8(&g.delivery.body)
+                        .ok()
+                        .and_then(|t| t.parse::<u64>().ok())
+                    {
+                        in_use.insert(ms);
+                    }
+                }
+                Ok(())
+            })();
+            let closed = ch
+                .close()
+                .map_err(|e| classify("close the delay-record channel", e));
+            read.and(closed)?;
+            let mut total = 0;
+            let mut ch = None;
+            for ms in in_use {
+                let c = match ch.take() {
+                    Some(c) => c,
+                    None => open(conn)?,
+                };
+                match c.queue_declare_passive(format!("{queue}{DELAY_INFIX}{ms}")) {
+                    Ok(q) => {
+                        total += u64::from(q.declared_message_count().unwrap_or(0));
+                        ch = Some(c);
+                    }
+                    Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
+                    Err(e) => return Err(classify("queue.declare (passive) of a delay queue", e)),
+                }
+            }
+            if let Some(c) = ch {
+                c.close()
+                    .map_err(|e| classify("close the delay-count channel", e))?;
+            }
+            Ok(total)
+        })();
         if result.is_err() {
             self.lose_session();
         }
@@ -419,23 +506,20 @@ impl RabbitMq {
         Ok(got.into_iter().map(|amq| self.claim(amq)).collect())
     }
 
-    /// Lists (`redrive: None`) or re-drives one dead letter, through a
-    /// channel of its own whose close puts back every message it got.
-    fn scan_dead(
-        &mut self,
-        limit: usize,
-        redrive: Option<&DeliveryId>,
-    ) -> Result<Vec<DeadLetter>, BrokerError> {
+    /// Lists the dead letters (`Scan::List`), or re-drives or deletes one,
+    /// through a channel of its own whose close puts back every message it
+    /// got and did not ack.
+    fn scan_dead(&mut self, limit: usize, scan: Scan<'_>) -> Result<Vec<DeadLetter>, BrokerError> {
         let dead = self.dead.clone();
         let queue = self.queue.clone();
         let io_timeout = self.config.io_timeout;
         self.session()?;
         let s = self.session.as_mut().expect("connected");
-        let scan = s
+        let channel = s
             .conn
             .open_channel(None)
             .map_err(|e| classify("open a channel to read dead letters", e));
-        let ch = match scan {
+        let ch = match channel {
             Ok(ch) => ch,
             Err(e) => {
                 self.lose_session();
@@ -454,17 +538,19 @@ impl RabbitMq {
                 };
                 let amq = g.delivery;
                 let letter = dead_letter_of(&amq);
-                if let Some(want) = redrive {
-                    if letter.id() == want {
-                        s.publish(&queue, &amq.body, properties(want.as_str(), 1, None))?;
-                        s.confirm_all(io_timeout)?;
+                match scan {
+                    Scan::List => out.push(letter),
+                    Scan::Redrive(want) | Scan::Delete(want) if letter.id() == want => {
+                        if let Scan::Redrive(_) = scan {
+                            s.publish(&queue, &amq.body, properties(want.as_str(), 1, None))?;
+                            s.confirm_all(io_timeout)?;
+                        }
                         amq.ack(&ch)
-                            .map_err(|e| classify("ack the re-driven dead letter", e))?;
+                            .map_err(|e| classify("ack the dead letter", e))?;
                         found = true;
                         break;
                     }
-                } else {
-                    out.push(letter);
+                    Scan::Redrive(_) | Scan::Delete(_) => {}
                 }
             }
             Ok(())
@@ -477,7 +563,7 @@ impl RabbitMq {
             self.lose_session();
             return Err(e);
         }
-        if let Some(want) = redrive
+        if let Scan::Redrive(want) | Scan::Delete(want) = scan
             && !found
         {
             return Err(BrokerError::new(
@@ -487,6 +573,42 @@ impl RabbitMq {
         }
         Ok(out)
     }
+
+    /// The body of [`Broker::stats`]: a passive `queue.declare` of the
+    /// queue and of `<queue>.dead`, whose `declare-ok` carries each one's
+    /// count of ready messages.
+    fn queue_stats(&mut self) -> Result<QueueStats, BrokerError> {
+        let (queue, dead) = (self.queue.clone(), self.dead.clone());
+        let counts = self.with_session("queue.declare (passive)", |s| {
+            let ready = s.channel.queue_declare_passive(queue.as_str())?;
+            let dead = s.channel.queue_declare_passive(dead.as_str())?;
+            Ok((
+                ready.declared_message_count(),
+                dead.declared_message_count(),
+            ))
+        })?;
+        let delayed = self.delayed_count()?;
+        match counts {
+            (Some(ready), Some(dead)) => {
+                Ok(QueueStats::new(ready.into(), dead.into()).with_delayed(delayed))
+            }
+            _ => Err(BrokerError::new(
+                ErrorKind::Corrupt,
+                "queue.declare-ok without a message count",
+            )),
+        }
+    }
+}
+
+/// What [`RabbitMq::scan_dead`] does with the dead letters it reads.
+#[derive(Debug, Clone, Copy)]
+enum Scan<'a> {
+    /// Lists them.
+    List,
+    /// Re-drives the one with this id into the queue.
+    Redrive(&'a DeliveryId),
+    /// Deletes the one with this id.
+    Delete(&'a DeliveryId),
 }
 
 impl Drop for RabbitMq {
@@ -614,6 +736,17 @@ fn dead_letter_of(amq: &amiquip::Delivery) -> DeadLetter {
             "redelivered",
             if amq.redelivered { "true" } else { "false" },
         )
+}
+
+/// The properties of a record in `<queue>.delays` saying the delay queue
+/// of `ms` is in use: it expires when that queue can hold no job recorded
+/// by it any more. A handle records a queue again at least every
+/// [`DELAY_RECORD_REFRESH`] while it publishes there, and the queue lives
+/// `ms` + [`DELAY_QUEUE_EXPIRY_MS`] after its last publish, its jobs `ms`:
+/// so the record outlives every job of the queue.
+fn delay_record(ms: u64) -> AmqpProperties {
+    let ttl = ms + DELAY_QUEUE_EXPIRY_MS + DELAY_RECORD_REFRESH.as_millis() as u64;
+    AmqpProperties::default().with_expiration(ttl.to_string())
 }
 
 /// The arguments of a delay queue: messages expire after `ms` into the
@@ -796,11 +929,29 @@ impl Broker for RabbitMq {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.scan_dead(limit, None)
+        self.scan_dead(limit, Scan::List)
     }
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
-        self.scan_dead(usize::MAX, Some(id)).map(drop)
+        self.scan_dead(usize::MAX, Scan::Redrive(id)).map(drop)
+    }
+
+    /// As [`redrive`](Broker::redrive), but the dead letter found is only
+    /// acked: gone for good.
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.scan_dead(usize::MAX, Scan::Delete(id)).map(drop)
+    }
+
+    /// A passive `queue.declare` of the queue and of `<queue>.dead`: ready
+    /// and dead are their message counts (messages not delivered to any
+    /// consumer). Delayed is the sum of the same counts of the delay queues
+    /// recorded in `<queue>.delays` (AMQP cannot list queues: every delayed
+    /// publish records its delay queue there, in a record that expires
+    /// after the queue can hold none of its jobs). Claimed is unknown
+    /// (`None`): AMQP 0-9-1 gives no count of unacked messages (only the
+    /// management plugin's HTTP API does, and this crate speaks AMQP only).
+    fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+        self.queue_stats()
     }
 }
 

@@ -3,7 +3,8 @@
 //! here; each idea lives in a module of its own: [`connection`]
 //! (connecting, running commands), [`reading`] (fetch, reclaim, take-over),
 //! [`settling`] (ack, retry, release, dead letter, touch), [`publishing`]
-//! and [`dead_letters`] (listing and re-driving them).
+//! and [`dead_letters`] (listing, re-driving and deleting them; the
+//! counts).
 
 mod connection;
 mod dead_letters;
@@ -16,7 +17,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use prefork_broker::{
-    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError,
 };
 
 use crate::backoff::{Backoff, Rng};
@@ -284,6 +285,20 @@ impl Broker for RedisQueue {
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         self.redrive_dead_letter(id)
+    }
+
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.delete_dead_letter(id)
+    }
+
+    /// One script call, an atomic snapshot: ready is the stream's `XLEN`
+    /// less the group's `XPENDING` count (acks delete their entry), claimed
+    /// that pending count (a dead consumer's entries included until they
+    /// are reclaimed), delayed the `ZCARD` of the delayed set (due entries
+    /// not yet moved into the stream included), dead the `XLEN` of the dead
+    /// letters' stream.
+    fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+        self.queue_stats()
     }
 }
 

@@ -12,8 +12,18 @@
 //! rest, bytes as they are.
 
 /// Every script, in the order of [`Script`]'s variants.
-pub(crate) const ALL: [&str; 9] = [
-    PROMOTE, DELAY, ACK, REQUEUE, DEAD, REDRIVE, TOUCH, RECLAIM, TAKE_OVER,
+pub(crate) const ALL: [&str; 11] = [
+    PROMOTE,
+    DELAY,
+    ACK,
+    REQUEUE,
+    DEAD,
+    REDRIVE,
+    TOUCH,
+    RECLAIM,
+    TAKE_OVER,
+    DELETE_DEAD,
+    STATS,
 ];
 
 /// Indexes into [`ALL`] (and into the loaded hashes).
@@ -28,6 +38,8 @@ pub(crate) enum Script {
     Touch = 6,
     Reclaim = 7,
     TakeOver = 8,
+    DeleteDead = 9,
+    Stats = 10,
 }
 
 /// Moves due delayed entries into the stream.
@@ -152,6 +164,30 @@ end
 redis.call('XDEL', KEYS[2], id)
 redis.call('XADD', KEYS[1], '*', 'p', payload, 'j', ARGV[1])
 return 1
+";
+
+/// Deletes a dead letter for good.
+///
+/// KEYS: dead, dead index. ARGV: job id. Returns 1, or 0 when there is no
+/// such dead letter.
+const DELETE_DEAD: &str = r"
+local id = redis.call('HGET', KEYS[2], ARGV[1])
+if not id then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[1])
+return redis.call('XDEL', KEYS[1], id)
+";
+
+/// The queue's counts in one atomic snapshot: the stream's length, the
+/// group's pending count (claimed: delivered, not acked), the delayed set's
+/// size and the dead letters' stream length. Acks delete their entry, so
+/// the stream holds exactly the ready and the claimed entries.
+///
+/// KEYS: stream, delayed, dead. ARGV: group. Returns `{stream length,
+/// pending, delayed, dead}`.
+const STATS: &str = r"
+local len = redis.call('XLEN', KEYS[1])
+local pending = redis.call('XPENDING', KEYS[1], ARGV[1])[1]
+return {len, pending, redis.call('ZCARD', KEYS[2]), redis.call('XLEN', KEYS[3])}
 ";
 
 /// Resets the idle time of an entry this consumer holds (XCLAIM JUSTID to

@@ -2,7 +2,8 @@
 //! The type, its directories, housekeeping and its trait impl live here;
 //! each idea has a module of its own: [`claims`] (fetch, reclaim, promote,
 //! take-over), [`publishing`], [`settling`] (ack, retry, release, dead
-//! letter, touch) and [`dead_letters`] (listing and re-driving them).
+//! letter, touch) and [`dead_letters`] (listing, re-driving and deleting
+//! them).
 
 mod claims;
 mod dead_letters;
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prefork_broker::{
-    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, SettleError,
+    Broker, BrokerError, DeadLetter, Delivery, DeliveryId, ErrorKind, QueueStats, SettleError,
 };
 
 use crate::holder::{Holder, Judged, Liveness};
@@ -22,7 +23,8 @@ use crate::name::{Dead, JobId};
 use crate::wait::Waiter;
 use crate::{Options, Spool};
 
-/// How many jobs a queue holds in each state, from [`Queue::stats`].
+/// How many jobs a queue holds in each state, from [`Queue::counts`] (the
+/// spool's own form of [`Broker::stats`], with exact `usize` counts).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct Stats {
@@ -129,12 +131,14 @@ impl Queue {
         &self.dir
     }
 
-    /// Counts the jobs in each state (a listing of each directory).
+    /// Counts the jobs in each state (a listing of each directory). It is
+    /// [`Broker::stats`] in the spool's own terms (named apart, so neither
+    /// hides the other).
     ///
     /// # Errors
     ///
     /// When a directory cannot be listed.
-    pub fn stats(&self) -> Result<Stats, BrokerError> {
+    pub fn counts(&self) -> Result<Stats, BrokerError> {
         let count = |dir: &Path, keep: &dyn Fn(&str) -> bool| -> Result<usize, BrokerError> {
             Ok(list(dir)?.iter().filter(|n| keep(n)).count())
         };
@@ -279,6 +283,24 @@ impl Broker for Queue {
 
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         self.redrive_dead_letter(id)
+    }
+
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.delete_dead_letter(id)
+    }
+
+    /// [`Queue::counts`]: a listing of each directory; the quarantined
+    /// files are the extra count `quarantined`. Claimed counts every claim
+    /// file, live or with an expired lease not yet taken back; delayed
+    /// counts the jobs of `delayed/`, due ones not yet moved by a fetch
+    /// included.
+    fn stats(&mut self) -> Result<QueueStats, BrokerError> {
+        let s = self.counts()?;
+        let n = |c: usize| c as u64;
+        Ok(QueueStats::new(n(s.ready), n(s.dead))
+            .with_delayed(n(s.delayed))
+            .with_claimed(n(s.claimed))
+            .with_extra("quarantined", n(s.quarantined)))
     }
 }
 

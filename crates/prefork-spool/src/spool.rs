@@ -1,7 +1,7 @@
 //! [`Spool`]: a directory of queues; opens [`Queue`] handles.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use prefork_broker::{Broker, BrokerError, Connect, ErrorKind};
 
@@ -69,14 +69,15 @@ impl Spool {
     /// assert_eq!(Spool::from_url("spool:jobs")?.root(), Path::new("jobs"));
     /// assert_eq!(Spool::from_url("/var/spool/q")?.root(), Path::new("/var/spool/q"));
     /// assert!(Spool::from_url("spool://").is_err());
+    /// assert!(Spool::from_url("spool:///").is_err()); // not the root directory
     /// assert!(Spool::from_url("redis://127.0.0.1/").is_err());
     /// # Ok::<(), prefork_broker::BrokerError>(())
     /// ```
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::Invalid`] for an empty URL or directory, or a URL of
-    /// another scheme.
+    /// [`ErrorKind::Invalid`] for an empty URL or directory, the file
+    /// system's root (`spool:///`), or a URL of another scheme.
     pub fn from_url(url: &str) -> Result<Spool, BrokerError> {
         let bad =
             |why: &str| BrokerError::new(ErrorKind::Invalid, format!("spool URL {url:?}: {why}"));
@@ -89,6 +90,17 @@ impl Spool {
         };
         if path.is_empty() {
             return Err(bad("no directory"));
+        }
+        let root_only = Path::new(path).components().all(|c| {
+            matches!(
+                c,
+                Component::RootDir | Component::CurDir | Component::ParentDir
+            )
+        }) && path.starts_with('/');
+        if root_only {
+            return Err(bad(
+                "that is the file system's root; name a directory for the spool, e.g. spool:///var/lib/prefork",
+            ));
         }
         Ok(Spool {
             root: PathBuf::from(path),
@@ -162,6 +174,10 @@ mod tests {
             ("", "no directory"),
             ("spool:", "no directory"),
             ("spool://", "no directory"),
+            ("spool:///", "the file system's root"),
+            ("spool:////", "the file system's root"),
+            ("spool:///./..", "the file system's root"),
+            ("/", "the file system's root"),
             ("redis://h/0", "expected spool:///dir"),
         ] {
             let e = Spool::from_url(bad).unwrap_err();

@@ -93,6 +93,12 @@ impl Broker for ForgetfulAck {
     fn redrive(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
         self.0.redrive(id)
     }
+    fn delete_dead(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        self.0.delete_dead(id)
+    }
+    fn stats(&mut self) -> Result<prefork_broker::QueueStats, BrokerError> {
+        Broker::stats(&mut self.0)
+    }
 }
 
 fn broken_kit() -> Kit {
@@ -257,7 +263,7 @@ fn several_processes_ack_each_job_once() {
     let twice: Vec<_> = acks.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "acked more than once: {twice:?}");
     assert_eq!(acks.keys().cloned().collect::<BTreeSet<_>>(), published);
-    let s = q.stats().unwrap();
+    let s = q.counts().unwrap();
     assert_eq!((s.ready, s.claimed, s.quarantined), (0, 0, 0), "{s:?}");
 }
 
@@ -323,7 +329,7 @@ fn sigkill_at_any_instant_loses_nothing() {
         lost.len(),
         lost.first()
     );
-    let s = q.stats().unwrap();
+    let s = q.counts().unwrap();
     assert_eq!(
         (s.ready, s.delayed, s.claimed, s.quarantined),
         (0, 0, 0, 0),

@@ -1,9 +1,9 @@
-//! A tube's dead letters: listing the records of `<tube>.dead` and
-//! re-driving one.
+//! A tube's dead letters: listing the records of `<tube>.dead`,
+//! re-driving or deleting one; and the tube's counts (`stats-tube`).
 
 use std::time::Duration;
 
-use prefork_broker::{BrokerError, DeadLetter, DeliveryId, ErrorKind};
+use prefork_broker::{BrokerError, DeadLetter, DeliveryId, ErrorKind, QueueStats};
 
 use super::Beanstalkd;
 use crate::dead;
@@ -95,30 +95,13 @@ impl Beanstalkd {
 
     /// The body of [`Broker::redrive`](prefork_broker::Broker::redrive).
     pub(super) fn redrive_dead_letter(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        let rid = self.dead_record(id, "redrive")?;
         let not_found = |why: &str| {
             BrokerError::new(
                 ErrorKind::NotFound,
                 format!("no dead letter {id} in tube: {why}"),
             )
         };
-        let Ok(rid) = id.as_str().parse::<u64>() else {
-            return Err(not_found("not a beanstalkd job id"));
-        };
-        match self.exchange1("redrive (stats-job)", Duration::ZERO, |w| {
-            cmd::line(w, format_args!("stats-job {rid}"))
-        })? {
-            Response::Ok(yaml) => {
-                let tube = yaml_field(&yaml, "tube").map(|t| t.trim_matches('"'));
-                if tube != Some(self.dead_tube.as_str()) {
-                    return Err(not_found(&format!(
-                        "job {rid} is in tube {tube:?}, not {:?}",
-                        self.dead_tube
-                    )));
-                }
-            }
-            Response::NotFound => return Err(not_found("no such job")),
-            other => return Err(self.unexpected("redrive (stats-job)", other)),
-        }
         // Claim the record exclusively, so two re-drives cannot both move it.
         let body = match self.exchange1("redrive (reserve-job)", Duration::ZERO, |w| {
             cmd::line(w, format_args!("reserve-job {rid}"))
@@ -149,5 +132,96 @@ impl Beanstalkd {
             Response::Deleted => Ok(()),
             other => Err(self.unexpected("redrive (delete)", other)),
         }
+    }
+
+    /// The body of [`Broker::delete_dead`](prefork_broker::Broker::delete_dead):
+    /// `stats-job` (the job must be in `<tube>.dead`), then `delete`, which
+    /// beanstalkd does for a ready job of any client in one step (a record
+    /// reserved by a listing in progress answers `NOT_FOUND`).
+    pub(super) fn delete_dead_letter(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        let rid = self.dead_record(id, "delete_dead")?;
+        match self.exchange1("delete_dead (delete)", Duration::ZERO, |w| {
+            cmd::line(w, format_args!("delete {rid}"))
+        })? {
+            Response::Deleted => Ok(()),
+            Response::NotFound => Err(BrokerError::new(
+                ErrorKind::NotFound,
+                format!("no dead letter {id} in tube: taken by another client"),
+            )),
+            other => Err(self.unexpected("delete_dead (delete)", other)),
+        }
+    }
+
+    /// The beanstalkd job id of dead letter `id`, checked with `stats-job`
+    /// to be a job of `<tube>.dead`.
+    fn dead_record(&mut self, id: &DeliveryId, what: &str) -> Result<u64, BrokerError> {
+        let not_found = |why: &str| {
+            BrokerError::new(
+                ErrorKind::NotFound,
+                format!("no dead letter {id} in tube: {why}"),
+            )
+        };
+        let Ok(rid) = id.as_str().parse::<u64>() else {
+            return Err(not_found("not a beanstalkd job id"));
+        };
+        let context = format!("{what} (stats-job)");
+        match self.exchange1(&context, Duration::ZERO, |w| {
+            cmd::line(w, format_args!("stats-job {rid}"))
+        })? {
+            Response::Ok(yaml) => {
+                let tube = yaml_field(&yaml, "tube").map(|t| t.trim_matches('"'));
+                if tube != Some(self.dead_tube.as_str()) {
+                    return Err(not_found(&format!(
+                        "job {rid} is in tube {tube:?}, not {:?}",
+                        self.dead_tube
+                    )));
+                }
+                Ok(rid)
+            }
+            Response::NotFound => Err(not_found("no such job")),
+            other => Err(self.unexpected(&context, other)),
+        }
+    }
+
+    /// The body of [`Broker::stats`](prefork_broker::Broker::stats):
+    /// `stats-tube` of the tube and of `<tube>.dead`, pipelined (a tube
+    /// beanstalkd does not know, because nothing is in it and no one
+    /// watches it, counts zero).
+    pub(super) fn tube_stats(&mut self) -> Result<QueueStats, BrokerError> {
+        let (tube, dead_tube) = (self.tube.clone(), self.dead_tube.clone());
+        let replies = self.exchange("stats (stats-tube)", 2, Duration::ZERO, |w| {
+            cmd::line(w, format_args!("stats-tube {tube}"));
+            cmd::line(w, format_args!("stats-tube {dead_tube}"));
+        })?;
+        let mut counts = Vec::with_capacity(2);
+        for r in replies {
+            counts.push(match r {
+                Response::Ok(yaml) => {
+                    let n = |k: &str| -> Result<u64, BrokerError> {
+                        yaml_field(&yaml, k)
+                            .and_then(|v| v.parse().ok())
+                            .ok_or_else(|| {
+                                BrokerError::new(
+                                    ErrorKind::Corrupt,
+                                    format!("stats-tube: no number {k:?} in the reply"),
+                                )
+                            })
+                    };
+                    [
+                        n("current-jobs-ready")?,
+                        n("current-jobs-delayed")?,
+                        n("current-jobs-reserved")?,
+                        n("current-jobs-buried")?,
+                    ]
+                }
+                Response::NotFound => [0; 4],
+                other => return Err(self.unexpected("stats (stats-tube)", other)),
+            });
+        }
+        let ([ready, delayed, reserved, buried], dead) = (counts[0], counts[1]);
+        Ok(QueueStats::new(ready, dead.iter().sum())
+            .with_delayed(delayed)
+            .with_claimed(reserved)
+            .with_extra("buried", buried))
     }
 }

@@ -1,6 +1,7 @@
-//! A [`RedisQueue`]'s dead letters: listing them and re-driving one.
+//! A [`RedisQueue`]'s dead letters: listing them, re-driving or deleting
+//! one; and the queue's counts.
 
-use prefork_broker::{BrokerError, DeadLetter, DeliveryId, ErrorKind};
+use prefork_broker::{BrokerError, DeadLetter, DeliveryId, ErrorKind, QueueStats};
 use redis::Value;
 
 use super::RedisQueue;
@@ -19,6 +20,9 @@ impl RedisQueue {
             return Ok(Vec::new());
         }
         let dead = self.keys.dead.clone();
+        // COUNT is a signed 64-bit integer to Redis: `usize::MAX` (every
+        // one) is refused as out of range.
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let v: Value = self.call("dead_letters", |c, _| {
             redis::cmd("XRANGE")
                 .arg(&dead)
@@ -87,5 +91,55 @@ impl RedisQueue {
                 format!("no dead letter {id} in queue {}", self.name),
             ))
         }
+    }
+
+    /// The body of [`Broker::delete_dead`](prefork_broker::Broker::delete_dead):
+    /// the `DELETE_DEAD` script (`HGET` the index, `HDEL`, `XDEL`).
+    pub(super) fn delete_dead_letter(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        let keys = [self.keys.dead.clone(), self.keys.dead_index.clone()];
+        let args = vec![id.as_str().as_bytes().to_vec()];
+        let v = self.call("delete_dead", |c, shas| {
+            evalsha(c, shas, Script::DeleteDead, &keys, &args)
+        })?;
+        if entry::int(&v) == Some(1) {
+            Ok(())
+        } else {
+            Err(BrokerError::new(
+                ErrorKind::NotFound,
+                format!("no dead letter {id} in queue {}", self.name),
+            ))
+        }
+    }
+
+    /// The body of [`Broker::stats`](prefork_broker::Broker::stats): the
+    /// `STATS` script, one atomic snapshot of `XLEN`, `XPENDING`, `ZCARD`
+    /// and the dead letters' `XLEN`.
+    pub(super) fn queue_stats(&mut self) -> Result<QueueStats, BrokerError> {
+        let keys = [
+            self.keys.stream.clone(),
+            self.keys.delayed.clone(),
+            self.keys.dead.clone(),
+        ];
+        let args = vec![self.options.group.as_bytes().to_vec()];
+        let v = self.call("stats", |c, shas| {
+            evalsha(c, shas, Script::Stats, &keys, &args)
+        })?;
+        let counts: Option<Vec<u64>> = match &v {
+            Value::Array(items) if items.len() == 4 => items
+                .iter()
+                .map(|i| entry::int(i).and_then(|n| u64::try_from(n).ok()))
+                .collect(),
+            _ => None,
+        };
+        let Some([len, pending, delayed, dead]) = counts.and_then(|c| <[u64; 4]>::try_from(c).ok())
+        else {
+            return Err(BrokerError::new(
+                ErrorKind::Corrupt,
+                format!("stats of queue {}: unexpected reply {v:?}", self.name),
+            ));
+        };
+        Ok(QueueStats::new(len.saturating_sub(pending), dead)
+            .with_delayed(delayed)
+            .with_claimed(pending))
     }
 }

@@ -1,4 +1,4 @@
-//! Dead letters: listing them and re-driving one into `ready/`.
+//! Dead letters: listing them, re-driving one into `ready/`, deleting one.
 
 use std::fs;
 use std::io;
@@ -53,15 +53,7 @@ impl Queue {
 
     /// The body of [`Broker::redrive`](prefork_broker::Broker::redrive).
     pub(super) fn redrive_dead_letter(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
-        let not_found = || BrokerError::new(ErrorKind::NotFound, format!("no dead letter {id}"));
-        let job = JobId::parse(id.as_str()).ok_or_else(not_found)?;
-        let found = list(&self.dead)?
-            .into_iter()
-            .find_map(|n| match Dead::parse(&n) {
-                Some(Dead::Job { id, .. }) if id == job => Some(n),
-                _ => None,
-            });
-        let name = found.ok_or_else(not_found)?;
+        let (job, name) = self.find_dead(id)?;
         let r = Ready {
             due_us: self.now_us(),
             id: job,
@@ -69,10 +61,39 @@ impl Queue {
         };
         match fs::rename(self.dead.join(&name), self.ready.join(r.to_string())) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(not_found()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_dead_letter(id)),
             Err(e) => return Err(BrokerError::io("redrive", e)),
         }
         let _ = fs::remove_file(self.dead.join(Dead::Reason { id: job }.to_string()));
         Ok(())
     }
+
+    /// The body of [`Broker::delete_dead`](prefork_broker::Broker::delete_dead):
+    /// one `unlink(2)` of the dead letter, then its reason's.
+    pub(super) fn delete_dead_letter(&mut self, id: &DeliveryId) -> Result<(), BrokerError> {
+        let (job, name) = self.find_dead(id)?;
+        match fs::remove_file(self.dead.join(&name)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_dead_letter(id)),
+            Err(e) => return Err(BrokerError::io("delete a dead letter", e)),
+        }
+        let _ = fs::remove_file(self.dead.join(Dead::Reason { id: job }.to_string()));
+        Ok(())
+    }
+
+    /// The job id and file name in `dead/` of the dead letter `id`.
+    fn find_dead(&self, id: &DeliveryId) -> Result<(JobId, String), BrokerError> {
+        let job = JobId::parse(id.as_str()).ok_or_else(|| no_dead_letter(id))?;
+        list(&self.dead)?
+            .into_iter()
+            .find_map(|n| match Dead::parse(&n) {
+                Some(Dead::Job { id, .. }) if id == job => Some((job, n)),
+                _ => None,
+            })
+            .ok_or_else(|| no_dead_letter(id))
+    }
+}
+
+fn no_dead_letter(id: &DeliveryId) -> BrokerError {
+    BrokerError::new(ErrorKind::NotFound, format!("no dead letter {id}"))
 }

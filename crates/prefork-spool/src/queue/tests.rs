@@ -95,7 +95,7 @@ fn publish_fetch_ack() {
     assert!(one(&mut q).is_none());
     q.ack(a).unwrap();
     q.ack(b).unwrap();
-    assert_eq!(q.stats().unwrap(), Stats::default());
+    assert_eq!(q.counts().unwrap(), Stats::default());
 }
 
 #[test]
@@ -144,7 +144,7 @@ fn retry_and_delayed_publish_wait_for_their_time() {
     let a = one(&mut q).unwrap();
     q.retry(a, Duration::from_secs(10)).unwrap();
     assert!(one(&mut q).is_none());
-    let s = q.stats().unwrap();
+    let s = q.counts().unwrap();
     assert_eq!((s.ready, s.delayed), (0, 2));
     clock.advance(Duration::from_secs(5));
     let b = one(&mut q).expect("b due");
@@ -181,7 +181,7 @@ fn dead_letters_keep_the_reason_and_redrive() {
         (dead[0].id(), dead[0].reason()),
         (&id, "no handler\nnamed x")
     );
-    assert_eq!(q.stats().unwrap().dead, 1);
+    assert_eq!(q.counts().unwrap().dead, 1);
     assert_eq!(
         q.redrive(&DeliveryId::new("nonsense")).unwrap_err().kind(),
         ErrorKind::NotFound
@@ -221,7 +221,7 @@ fn malformed_files_are_quarantined_and_harm_no_other_job() {
     }
     assert_eq!(got, [b"good 1".to_vec(), b"good 2".to_vec()]);
     assert!(q.dead_letters(10).unwrap().is_empty());
-    let s = q.stats().unwrap();
+    let s = q.counts().unwrap();
     assert_eq!((s.ready, s.claimed, s.quarantined), (0, 0, 5), "{s:?}");
     let why = fs::read_to_string(q.quarantine.join(format!("{id}.1.why")));
     let notes: Vec<String> = list(&q.quarantine)
@@ -440,7 +440,7 @@ fn take_over_takes_every_claim_of_the_dead_pid_on_this_host_and_no_other() {
         assert_eq!(c.holder, taker.me, "held by the taker now");
         taker.ack(d).unwrap();
     }
-    assert_eq!(q.stats().unwrap().claimed, 4, "the others are untouched");
+    assert_eq!(q.counts().unwrap().claimed, 4, "the others are untouched");
     assert!(
         taker.take_over(me.pid, &[]).unwrap().is_empty(),
         "a live holder keeps its claims"
@@ -466,7 +466,7 @@ fn take_over_finds_listed_jobs_a_fetch_gave_back_already() {
     let mut sibling = spool.queue("q").unwrap();
     sibling.next_reclaim_us = 0;
     sibling.reclaim(sibling.now_us()).unwrap();
-    assert_eq!(q.stats().unwrap().ready, 2);
+    assert_eq!(q.counts().unwrap().ready, 2);
     let got = q.take_over(NO_SUCH_PID, &[held.id().clone()]).unwrap();
     assert_eq!(got.len(), 1, "only the listed job: {got:?}");
     assert_eq!((got[0].payload(), got[0].attempt()), (&b"orphan"[..], 2));
@@ -486,7 +486,7 @@ fn publish_batch_keeps_order_across_chunks_and_honours_the_delay() {
     q.publish_batch(&[b"later", b"later too"], Duration::from_secs(5))
         .unwrap();
     q.publish_batch(&[], Duration::ZERO).unwrap();
-    assert_eq!(q.stats().unwrap().delayed, 2);
+    assert_eq!(q.counts().unwrap().delayed, 2);
     let got = q.fetch(payloads.len() + 2, Duration::ZERO).unwrap();
     let got: Vec<&[u8]> = got.iter().map(Delivery::payload).collect();
     assert_eq!(got, refs, "all of them, in order, nothing delayed");
@@ -762,7 +762,7 @@ proptest! {
                 _ => {}
             }
             // Every job is in exactly one place.
-            let s = q.stats().unwrap();
+            let s = q.counts().unwrap();
             let count = |f: &dyn Fn(&State) -> bool| jobs.iter().filter(|j| f(j)).count();
             prop_assert_eq!(s.ready + s.delayed, count(&|j| matches!(j, State::Waiting { .. })));
             prop_assert_eq!(s.claimed, count(&|j| matches!(j, State::Held { .. })));
