@@ -212,6 +212,148 @@ pub mod raw_beanstalkd {
     }
 }
 
+/// Raw AMQP 0-9-1 with amiquip, no prefork, on a quorum queue of its own
+/// over a stream with `TCP_NODELAY` (as the adapter opens it): persistent
+/// publishes with publisher confirms, and the usual consumer loop (a
+/// prefetch, one `basic.ack` per delivery).
+pub mod raw_rabbitmq {
+    use std::net::TcpStream;
+
+    use amiquip::{
+        AmqpProperties, AmqpValue, Auth, Channel, Confirm, Connection, ConnectionOptions,
+        ConnectionTuning, FieldTable, Publish, QueueDeclareOptions,
+    };
+    use crossbeam_channel::Receiver;
+
+    use super::{PAYLOAD, black_box};
+
+    /// A connection, its channel (confirms on) and a quorum queue of its
+    /// own, deleted on drop.
+    pub struct Raw {
+        channel: Channel,
+        confirms: Receiver<Confirm>,
+        queue: String,
+        // Dropped last: the channel closes before the connection.
+        _conn: Connection,
+    }
+
+    impl Raw {
+        /// Connects to the server of `url` (`amqp://user:pass@host:port/vhost`)
+        /// and declares the durable quorum queue `queue`.
+        ///
+        /// # Panics
+        ///
+        /// When the URL does not parse or the server cannot be reached.
+        pub fn new(url: &str, queue: &str) -> Raw {
+            let config = prefork_rabbitmq::Config::from_url(url).expect("an amqp:// URL");
+            let password = url
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .and_then(|(userinfo, _)| userinfo.split_once(':'))
+                .map_or("guest", |(_, p)| p);
+            let tcp = TcpStream::connect((config.host(), config.port())).expect("connect");
+            tcp.set_nodelay(true).unwrap();
+            let stream = mio06::net::TcpStream::from_stream(tcp).unwrap();
+            let options = ConnectionOptions::default()
+                .auth(Auth::Plain {
+                    username: config.user().to_owned(),
+                    password: password.to_owned(),
+                })
+                .virtual_host(config.vhost());
+            let mut conn =
+                Connection::insecure_open_stream(stream, options, ConnectionTuning::default())
+                    .expect("AMQP connection");
+            let channel = conn.open_channel(None).unwrap();
+            let confirms = channel.listen_for_publisher_confirms().unwrap();
+            channel.enable_publisher_confirms().unwrap();
+            let arguments: FieldTable = [(
+                "x-queue-type".to_owned(),
+                AmqpValue::LongString("quorum".into()),
+            )]
+            .into_iter()
+            .collect();
+            channel
+                .queue_declare(
+                    queue,
+                    QueueDeclareOptions {
+                        durable: true,
+                        arguments,
+                        ..QueueDeclareOptions::default()
+                    },
+                )
+                .unwrap();
+            Raw {
+                channel,
+                confirms,
+                queue: queue.to_owned(),
+                _conn: conn,
+            }
+        }
+
+        /// Publishes `n` persistent jobs and waits for every confirm: the
+        /// backlog [`Raw::drain`] then takes.
+        ///
+        /// # Panics
+        ///
+        /// On a connection error or a refused publish.
+        pub fn fill(&mut self, n: usize) {
+            for _ in 0..n {
+                let props = AmqpProperties::default().with_delivery_mode(2);
+                self.channel
+                    .basic_publish("", Publish::with_properties(PAYLOAD, &self.queue, props))
+                    .unwrap();
+            }
+            let mut smoother = amiquip::ConfirmSmoother::new();
+            let mut confirmed = 0;
+            while confirmed < n as u64 {
+                for c in smoother.process(self.confirms.recv().unwrap()) {
+                    let Confirm::Ack(p) = c else {
+                        panic!("a publish was refused")
+                    };
+                    confirmed = confirmed.max(p.delivery_tag);
+                }
+            }
+        }
+
+        /// Takes `n` jobs with the usual AMQP consumer loop: `basic.consume`
+        /// with a prefetch of `prefetch`, one `basic.ack` per delivery (not
+        /// waited for), then cancels.
+        ///
+        /// # Panics
+        ///
+        /// On a connection error, or fewer than `n` jobs in the queue.
+        pub fn drain(&mut self, n: usize, prefetch: u16) {
+            self.channel.qos(0, prefetch, false).unwrap();
+            let consumer = self
+                .channel
+                .basic_consume(&self.queue, amiquip::ConsumerOptions::default())
+                .unwrap();
+            for _ in 0..n {
+                match consumer.receiver().recv().unwrap() {
+                    amiquip::ConsumerMessage::Delivery(d) => {
+                        black_box(&d.body);
+                        consumer.ack(d).unwrap();
+                    }
+                    other => panic!("consumer ended: {other:?}"),
+                }
+            }
+            consumer.cancel().unwrap();
+        }
+    }
+
+    impl std::fmt::Debug for Raw {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("Raw").field("queue", &self.queue).finish()
+        }
+    }
+
+    impl Drop for Raw {
+        fn drop(&mut self) {
+            let _ = self.channel.queue_delete(&self.queue, Default::default());
+        }
+    }
+}
+
 /// Runs the arms `rounds` times, interleaved, and prints the median time
 /// per job of each (an arm doing `jobs` jobs per call is divided by it) and
 /// the ratio to the first arm.
