@@ -4,7 +4,12 @@
 //! the master SIGKILLed once and replaced: every job runs, and the duplicates are
 //! bounded by the kills. In dispatch mode the feeder (the one process
 //! holding a broker connection) is SIGKILLed a few times as well; the
-//! embedded spool runs the dispatch case too. The bound and its reasoning
+//! embedded spool runs the dispatch case too. The scale-out cases
+//! (`three_hosts_on_{redis,rabbitmq}_{pull,dispatch}`) run three pools as
+//! three "hosts", each in a PID and UTS namespace of its own on this
+//! machine's loopback, on one queue; a rabbitmq-server of a case's own is
+//! SIGKILLed and restarted under a running pool in
+//! `rabbitmq_restart_loses_no_job_{pull,dispatch}`. The bound and its reasoning
 //! are in `prefork_tests::e2e::KillReport::bound`. Other spool versions:
 //! `crates/prefork-jobs/tests/fork_{pull,dispatch}.rs`; all drive their
 //! pools with `prefork_tests::e2e`.
@@ -20,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use prefork_broker::{Broker, Connect};
 use prefork_jobs::{
     DispatchFeeder, DispatchWorker, Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry,
@@ -77,7 +84,8 @@ fn connect(broker: &str, url: &str) -> Box<dyn Connect> {
     }
 }
 
-/// The test's one job: `append` writes its argument to `out`. Retries are
+/// The test's one job: `append` writes its argument to `out` (after
+/// `$POOL_JOB_MS` of work). Retries are
 /// quick (a job lost with its worker is a failed attempt in dispatch mode)
 /// and many, so that no job reaches the dead letters.
 fn registry(out: PathBuf) -> Registry {
@@ -88,7 +96,12 @@ fn registry(out: PathBuf) -> Registry {
             .max_delay(Duration::from_millis(50)),
     );
     let o = out.clone();
+    // `$POOL_JOB_MS`: how long each `append` job works first (0 if unset),
+    // so that claims are held when the kills land.
+    let work =
+        Duration::from_millis(std::env::var("POOL_JOB_MS").map_or(0, |v| v.parse().unwrap()));
     jobs.register("append", move |_: &mut JobContext<'_>, n: u64| {
+        std::thread::sleep(work);
         e2e::append_line(&o, &n.to_string()).map_err(JobError::from)
     });
     // A job whose argument is a big string: appends `big LEN`.
@@ -113,6 +126,11 @@ fn pool() {
         .with_writer(std::io::stderr)
         .init();
     let var = |k: &str| std::env::var(k).unwrap();
+    // A "host" of the scale-out cases: this pool runs as the init of a PID
+    // and UTS namespace of its own, named by the case.
+    if let Ok(name) = std::env::var("POOL_HOSTNAME") {
+        nix::unistd::sethostname(&name).unwrap();
+    }
     let out = PathBuf::from(var("POOL_OUT"));
     let url = var("POOL_URL");
     let broker = var("POOL_BROKER");
@@ -149,16 +167,35 @@ fn pool() {
 }
 
 fn start_pool(mode: &str, broker: &str, url: &str, queue: &str, out: &Path) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .env("PREFORK_TEST_CASE", "pool")
+    pool_command(
+        Command::new(std::env::current_exe().unwrap()),
+        mode,
+        broker,
+        url,
+        queue,
+        out,
+    )
+    .spawn()
+    .unwrap()
+}
+
+/// `cmd` set up to run the hidden `pool` case.
+fn pool_command(
+    mut cmd: Command,
+    mode: &str,
+    broker: &str,
+    url: &str,
+    queue: &str,
+    out: &Path,
+) -> Command {
+    cmd.env("PREFORK_TEST_CASE", "pool")
         .env("POOL_MODE", mode)
         .env("POOL_BROKER", broker)
         .env("POOL_URL", url)
         .env("POOL_QUEUE", queue)
         .env("POOL_OUT", out)
-        .env("POOL_WORKERS", WORKERS.to_string())
-        .spawn()
-        .unwrap()
+        .env("POOL_WORKERS", WORKERS.to_string());
+    cmd
 }
 
 /// Enqueues `0..JOBS` as `append` jobs on a fresh queue, runs pools in
@@ -410,6 +447,201 @@ fn rabbitmq_restart_loses_no_job(mode: &str) {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// The "hosts" of the scale-out cases.
+const HOSTS: [&str; 3] = ["host-a", "host-b", "host-c"];
+
+/// A pool started as a separate "host": the init of a PID and UTS
+/// namespace of its own (`unshare --pid --uts --fork --mount-proc`), so its
+/// pids are 1, 2, 3... like every other host's, and its host name is
+/// `host`; all on this machine's loopback.
+struct Host {
+    name: &'static str,
+    /// The `unshare` process (in this namespace).
+    unshare: Child,
+    /// Where the pool logs (its stderr, at INFO).
+    log: PathBuf,
+}
+
+impl Host {
+    fn start(
+        name: &'static str,
+        mode: &str,
+        broker: &str,
+        url: &str,
+        queue: &str,
+        out: &Path,
+    ) -> Host {
+        let log = out.with_file_name(format!("{name}.log"));
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--pid", "--uts", "--fork", "--mount-proc", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .env("POOL_HOSTNAME", name)
+            .env("POOL_JOB_MS", "5");
+        let unshare = pool_command(cmd, mode, broker, url, queue, out)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("unshare (util-linux)");
+        Host { name, unshare, log }
+    }
+
+    /// The lines of its log that say a job's claim was lost.
+    fn claims_lost(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("claim lost") || l.contains("LeaseLost"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The pool's master: `unshare`'s child, pid 1 in its namespace.
+    fn master(&self) -> i32 {
+        let mut found = Vec::new();
+        e2e::wait_until("the host's master", Duration::from_secs(10), || {
+            found = e2e::children_of(self.unshare.id());
+            !found.is_empty()
+        });
+        found[0]
+    }
+
+    /// The master's children whose title has `role` ("worker", "feeder"),
+    /// by pid here and in the host's namespace.
+    fn children(&self, role: &str) -> Vec<(i32, i32)> {
+        e2e::children_of(self.master() as u32)
+            .into_iter()
+            .filter(|&p| e2e::cmdline(p).contains(role))
+            .filter_map(|p| Some((p, ns_pid(p)?)))
+            .collect()
+    }
+}
+
+/// `pid`'s pid in its own (innermost) PID namespace, from `NSpid` in
+/// `/proc/PID/status`.
+fn ns_pid(pid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+    line.split_whitespace().last()?.parse().ok()
+}
+
+/// Scale-out past one machine, on loopback: three pools as three "hosts"
+/// ([`Host`]) share one queue on `broker`. Three times a worker of one
+/// host is SIGKILLed whose pid inside its host is a live worker's in the
+/// others (checked: a take-over by pid alone would take a live host's
+/// claims), then one host's master is SIGKILLed, its whole namespace with
+/// it. Every
+/// job runs; the duplicates stay within the kills (one per worker kill,
+/// and what the dead host held: one running job per worker, plus the
+/// lookahead in dispatch mode), which they would not if a host took over
+/// the claims of another host's live worker of the same pid (that job
+/// would run twice while its holder still ran it, for every kill).
+fn hosts_share_a_queue(mode: &str, broker: &str, url: &str) {
+    let queue = e2e::unique_name(&format!("e2e-hosts-{broker}-{mode}"));
+    let dir = std::env::temp_dir().join(&queue);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("runs.log");
+    let mut enq = Enqueuer::new(connect(broker, url).open(&queue).unwrap());
+    let args: Vec<u64> = (0..JOBS).collect();
+    enq.enqueue_batch("append", &args).unwrap();
+    let mut hosts: Vec<Host> = HOSTS
+        .iter()
+        .map(|h| Host::start(h, mode, broker, url, &queue, &out))
+        .collect();
+    let ran = || e2e::counts(&out).len() as u64;
+    // Three times, one host's (a, c, a) claim holder is SIGKILLed whose
+    // pid inside its host is also a live holder's in another host: in pull
+    // mode a worker (its replacement takes the dead pid's claims over), in
+    // dispatch mode the feeder (the only process holding claims; the next
+    // feeder takes over). Each must take only its own host's claims.
+    let role = if mode == "pull" { "worker" } else { "feeder" };
+    let mut shared = Vec::new();
+    for (round, victim) in [0, 2, 0].into_iter().enumerate() {
+        let mark = JOBS * (round as u64 + 1) / 8;
+        e2e::wait_until("the next kill's mark", Duration::from_secs(60), || {
+            ran() >= mark
+        });
+        let per_host: Vec<Vec<(i32, i32)>> = hosts.iter().map(|h| h.children(role)).collect();
+        let live_elsewhere = |ns: i32| {
+            (0..hosts.len()).any(|h| h != victim && per_host[h].iter().any(|&(_, n)| n == ns))
+        };
+        let Some(&(pid, ns)) = per_host[victim].iter().find(|&&(_, ns)| live_elsewhere(ns)) else {
+            panic!(
+                "no {role} pid of {} is live in another host: {per_host:?}",
+                hosts[victim].name
+            );
+        };
+        kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+        eprintln!(
+            "{}: SIGKILLed {role} pid {ns} (here {pid}); another host's {role} of pid {ns} runs on",
+            hosts[victim].name
+        );
+        shared.push(ns);
+    }
+    e2e::wait_until("half of the jobs", Duration::from_secs(60), || {
+        ran() >= JOBS / 2
+    });
+    let mut dead = hosts.remove(1);
+    kill(Pid::from_raw(dead.master()), Signal::SIGKILL).unwrap();
+    let status = dead.unshare.wait().unwrap();
+    eprintln!("{}: master SIGKILLed ({status})", dead.name);
+    e2e::wait_until(
+        "every job, on the hosts left",
+        Duration::from_secs(120),
+        || ran() == JOBS,
+    );
+    for host in &mut hosts {
+        kill(Pid::from_raw(host.master()), Signal::SIGQUIT).unwrap();
+        let status = host.unshare.wait().unwrap();
+        assert!(status.success(), "{} exited with {status}", host.name);
+    }
+    // The claims of a live host were never taken: no holder on the hosts
+    // that lived found one of its jobs gone (the dead host's claims were
+    // taken back once idle for the lease, or at once by RabbitMQ: nobody
+    // held them any more).
+    for host in &hosts {
+        let lost = host.claims_lost();
+        assert!(
+            lost.is_empty(),
+            "{} lost claims it held, to another host:\n{}",
+            host.name,
+            lost.join("\n")
+        );
+    }
+    let seen = e2e::counts(&out);
+    let duplicates: u64 = seen.values().map(|&n| n as u64 - 1).sum();
+    let lookahead = if mode == "dispatch" {
+        8 * WORKERS as u64
+    } else {
+        0
+    };
+    let bound = HOSTS.len() as u64 + WORKERS as u64 + lookahead;
+    let leftovers = std::iter::from_fn(|| enq.broker().fetch_one(Duration::ZERO).unwrap()).count();
+    assert_eq!(leftovers, 0, "jobs left in the queue after every job ran");
+    assert!(enq.broker().dead_letters(10).unwrap().is_empty());
+    assert!(
+        duplicates <= bound,
+        "{duplicates} jobs ran twice; the kills explain {bound}"
+    );
+    eprintln!(
+        "{broker}, {mode} mode, {} hosts: {JOBS} jobs, 3 {role} kills (pids {shared:?}, each live in another host) + 1 host's master, {duplicates} ran twice (bound {bound}), no claim of a live host lost",
+        HOSTS.len(),
+    );
+    drop(enq);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+fn hosts_on_redis(mode: &str) {
+    if let Some(url) = e2e::broker_url("PREFORK_REDIS_URL") {
+        hosts_share_a_queue(mode, "redis", &url);
+    }
+}
+
+fn hosts_on_rabbitmq(mode: &str) {
+    if let Some(url) = e2e::broker_url("PREFORK_RABBITMQ_URL") {
+        hosts_share_a_queue(mode, "rabbitmq", &url);
+    }
+}
+
 fn spool_dispatch_kills_lose_no_job() {
     kills_lose_no_job("dispatch", "spool", None);
 }
@@ -450,6 +682,18 @@ fn main() {
             rabbitmq_restart_loses_no_job("dispatch")
         })
         .limit(Duration::from_secs(300)),
+        Case::new("three_hosts_on_redis_pull", || hosts_on_redis("pull"))
+            .limit(Duration::from_secs(200)),
+        Case::new("three_hosts_on_redis_dispatch", || {
+            hosts_on_redis("dispatch")
+        })
+        .limit(Duration::from_secs(200)),
+        Case::new("three_hosts_on_rabbitmq_pull", || hosts_on_rabbitmq("pull"))
+            .limit(Duration::from_secs(200)),
+        Case::new("three_hosts_on_rabbitmq_dispatch", || {
+            hosts_on_rabbitmq("dispatch")
+        })
+        .limit(Duration::from_secs(200)),
         Case::new("big_jobs_on_redis_pull", big_jobs_on_redis_pull),
         Case::new("big_jobs_on_redis_dispatch", big_jobs_on_redis_dispatch),
         Case::new("pool", pool)
