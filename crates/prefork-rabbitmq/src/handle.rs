@@ -212,6 +212,8 @@ impl RabbitMq {
         }
         self.held.clear();
         self.pending.clear();
+        // The next session's channel has no basic.qos yet.
+        self.prefetch = 0;
     }
 
     /// Runs `op` on the session; an amiquip error drops the session.
@@ -489,6 +491,9 @@ impl RabbitMq {
             })?
         } else {
             let prefetch = u16::try_from(max).unwrap_or(u16::MAX);
+            // Connect first: a new session starts with no prefetch set
+            // (`self.prefetch` 0), whatever the lost one had.
+            self.session()?;
             if self.prefetch != prefetch {
                 self.with_session("basic.qos", |s| s.channel.qos(0, prefetch, false))?;
                 self.prefetch = prefetch;

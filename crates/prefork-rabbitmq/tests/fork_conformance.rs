@@ -529,13 +529,28 @@ fn reconnects_after_the_connection_is_lost() {
     let e = b.ack(d).expect_err("the claim went with the connection");
     assert_eq!(e.error().kind(), ErrorKind::LeaseLost, "{e}");
     proxy.restore();
+    // More jobs ready than a fetch asks for: the new connection's channel
+    // must get the prefetch again (it once kept the lost one's in mind,
+    // sent none, and a fetch of 1 was pushed every ready job).
+    let mut other = open(&q);
+    for i in 0..4u8 {
+        other.publish(&[b'm', i], Duration::ZERO).unwrap();
+    }
     let d = fetch_one(&mut b, Duration::from_secs(10));
     assert_eq!((d.payload(), d.attempt()), (&b"survives"[..], 2));
     b.ack(d).unwrap();
+    let got = b.fetch(2, Duration::from_secs(5)).unwrap();
+    let taken = got.len();
+    assert!((1..=2).contains(&taken), "fetch(2) returned {taken}");
+    assert!(b.ack_batch(got).is_empty());
     b.publish(b"after", Duration::ZERO).unwrap();
-    let d = fetch_one(&mut b, Duration::from_secs(5));
-    assert_eq!(d.payload(), b"after");
-    b.ack(d).unwrap();
+    let mut rest = Vec::new();
+    while rest.len() < 5 - taken {
+        let d = fetch_one(&mut other, Duration::from_secs(5));
+        rest.push(d.payload().to_vec());
+        other.ack(d).unwrap();
+    }
+    assert!(rest.contains(&b"after".to_vec()), "{rest:?}");
     assert_empty(&mut b);
 }
 
