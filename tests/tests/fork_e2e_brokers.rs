@@ -402,7 +402,19 @@ fn rabbitmq_restart_loses_no_job(mode: &str) {
     let args: Vec<u64> = (0..JOBS).collect();
     enq.enqueue_batch("append", &args).unwrap();
     drop(enq);
-    let mut pool = start_pool(mode, "rabbitmq", &url, &queue, &out);
+    let log = dir.join("pool.log");
+    let mut pool = pool_command(
+        Command::new(std::env::current_exe().unwrap()),
+        mode,
+        "rabbitmq",
+        &url,
+        &queue,
+        &out,
+    )
+    .env("RUST_LOG", "info")
+    .stderr(std::fs::File::create(&log).unwrap())
+    .spawn()
+    .unwrap();
     let ran = || e2e::counts(&out).len() as u64;
     e2e::wait_until("a third of the jobs", Duration::from_secs(60), || {
         ran() >= JOBS / 3
@@ -440,8 +452,19 @@ fn rabbitmq_restart_loses_no_job(mode: &str) {
         duplicates <= held,
         "{duplicates} jobs ran twice; the pool can hold {held}"
     );
+    // The outage is told once per process that fetches (each worker in
+    // pull mode, the feeder in dispatch mode), when it starts and when it
+    // ends: not once a retry (about 900 lines for this outage before).
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = |what: &str| text.lines().filter(|l| l.contains(what)).count();
+    let (away, back) = (lines("broker unavailable"), lines("broker available again"));
+    let fetchers = if mode == "pull" { WORKERS } else { 1 };
+    assert!(
+        (1..=fetchers).contains(&away) && back == away,
+        "{away} outage WARNs and {back} ends for {fetchers} fetching processes:\n{text}"
+    );
     eprintln!(
-        "rabbitmq restart, {mode} mode: {JOBS} jobs, server SIGKILLed after {at_kill} had run, {duplicates} ran twice (the pool holds at most {held})"
+        "rabbitmq restart, {mode} mode: {JOBS} jobs, server SIGKILLed after {at_kill} had run, {duplicates} ran twice (the pool holds at most {held}); the outage logged {away} WARN and {back} INFO lines"
     );
     drop(enq);
     std::fs::remove_dir_all(dir).unwrap();

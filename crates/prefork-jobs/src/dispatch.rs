@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Feeder, Job, Orphans, Settle, Worker};
 
+use crate::outage::Outage;
 use crate::registry::{LostJobs, Outcome, Registry};
 use crate::report;
 use crate::retry::Jitter;
@@ -63,6 +64,8 @@ pub struct DispatchFeeder {
     held: HashMap<String, Delivery>,
     /// Adopted deliveries no worker runs: handed out by the next fetch.
     adopted: VecDeque<Delivery>,
+    /// Whether the broker is away, for the outage's two log lines.
+    outage: Outage,
     jitter: Jitter,
     touch_every: Duration,
     last_touch: Instant,
@@ -91,6 +94,7 @@ impl DispatchFeeder {
             broker: None,
             held: HashMap::new(),
             adopted: VecDeque::new(),
+            outage: Outage::default(),
             jitter: Jitter::seeded(),
             touch_every: Duration::from_secs(5),
             last_touch: Instant::now(),
@@ -143,9 +147,14 @@ impl Feeder for DispatchFeeder {
             n => Ok(self.adopted.drain(..n).collect()),
         };
         let batch = match batch {
-            Ok(batch) => batch,
+            Ok(batch) => {
+                if adopted == 0 {
+                    self.outage.ok(&queue);
+                }
+                batch
+            }
             Err(e) if e.is_retryable() => {
-                tracing::warn!(%queue, error = %e, "fetch failed; trying again");
+                self.outage.failed(&queue, &e);
                 std::thread::sleep(wait.min(Duration::from_millis(100)));
                 return Ok(Vec::new());
             }

@@ -22,6 +22,7 @@ mod dispatch;
 mod enqueue;
 mod envelope;
 mod error;
+mod outage;
 mod registry;
 mod report;
 mod retry;

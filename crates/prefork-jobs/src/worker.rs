@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use prefork_broker::{Broker, Connect, Delivery, DeliveryId, SettleError};
 use prefork_master::{BoxError, Context, Orphans, Worker};
 
+use crate::outage::Outage;
 use crate::registry::{Outcome, Registry};
 use crate::retry::Jitter;
 use crate::run::{InHand, JobEvent, Observer, run_one, settled};
@@ -84,6 +85,8 @@ pub struct JobWorker<S = ()> {
     observer: Option<Observer>,
     broker: Option<Box<dyn Broker + Send>>,
     buffered: VecDeque<Delivery>,
+    /// Whether the broker is away, for the outage's two log lines.
+    outage: Outage,
     jitter: Jitter,
     /// Mean time per job (handler plus settle), smoothed, in µs: what the
     /// adaptive batch size is worked out from.
@@ -136,6 +139,7 @@ impl<S: 'static> JobWorker<S> {
             observer: None,
             broker: None,
             buffered: VecDeque::new(),
+            outage: Outage::default(),
             jitter: Jitter::seeded(),
             // Unknown: the first fetch takes one job.
             mean_job_us: BATCH_WINDOW.as_micros() as f64,
@@ -198,9 +202,12 @@ impl<S: 'static> Worker for JobWorker<S> {
         }
         if self.buffered.is_empty() {
             match broker.fetch(batch, self.poll) {
-                Ok(got) => self.buffered.extend(got),
+                Ok(got) => {
+                    self.outage.ok(&self.queue);
+                    self.buffered.extend(got);
+                }
                 Err(e) if e.is_retryable() => {
-                    tracing::warn!(queue = %self.queue, error = %e, "fetch failed; trying again");
+                    self.outage.failed(&self.queue, &e);
                     std::thread::sleep(self.poll.min(Duration::from_millis(100)));
                     return Ok(());
                 }

@@ -63,7 +63,10 @@ impl RedisQueue {
             }
             Err(e) => {
                 self.schedule_retry();
-                tracing::warn!(url = %self.url, queue = %self.name, error = %e, "cannot connect to redis");
+                // DEBUG: the caller gets the error; a pool's worker or
+                // feeder says once that the broker is away (prefork-jobs'
+                // outage report), not once a retry.
+                tracing::debug!(url = %self.url, queue = %self.name, error = %e, "cannot connect to redis");
                 let (kind, _) = classify(&e);
                 let kind = if kind == ErrorKind::Corrupt {
                     ErrorKind::Transient
