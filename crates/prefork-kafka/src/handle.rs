@@ -2,7 +2,7 @@
 //! the buffers of fetched and delayed messages, and the settling of
 //! deliveries through the offset tracker.
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,6 +13,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::client::{self, Group, GroupState, MAX_MESSAGE, Reports, ms};
 use crate::tracker::{Received, Tp};
@@ -29,6 +30,10 @@ pub(crate) const H_REASON: &str = "prefork-reason";
 /// Header of a re-drive marker in the dead-letter topic: the id of the
 /// dead letter that was re-driven.
 pub(crate) const H_REDRIVEN: &str = "prefork-redriven";
+
+/// How many messages beyond the wanted ones [`Broker::take_over`] may
+/// buffer while it reads a dead holder's partitions looking for them.
+const TAKE_OVER_SCAN: usize = 10_000;
 
 /// A fetched message this handle keeps until it is handed out.
 #[derive(Debug)]
@@ -66,8 +71,6 @@ pub struct Kafka {
     delayed: Vec<Msg>,
     /// Handed out and not settled: (partition, offset, generation).
     out: BTreeSet<(Tp, i64, u64)>,
-    /// Commits sent without waiting ([`Broker::ack_deferred`]).
-    deferred: bool,
 }
 
 impl std::fmt::Debug for Kafka {
@@ -161,7 +164,6 @@ impl Kafka {
             ready: VecDeque::new(),
             delayed: Vec::new(),
             out: BTreeSet::new(),
-            deferred: false,
             config,
         })
     }
@@ -286,9 +288,14 @@ impl Kafka {
                 return Ok(true);
             };
             msg.generation = generation;
+            let first = st.tracker.get(&msg.tp).map(|p| p.safe_point().is_none());
+            if first == Some(true) {
+                tracing::debug!(pid = std::process::id(), topic = %msg.tp.0, partition = msg.tp.1, offset = msg.offset, "INV first fetch after assign");
+            }
             if st.tracker.get(&msg.tp).is_none()
                 || st.tracker.part(&msg.tp).received(msg.offset) == Received::Seen
             {
+                tracing::debug!(pid = std::process::id(), topic = %msg.tp.0, partition = msg.tp.1, offset = msg.offset, "INV dropped (seen/untracked)");
                 return Ok(true);
             }
         }
@@ -319,6 +326,7 @@ impl Kafka {
     }
 
     fn hand_out(&mut self, m: Msg) -> Delivery {
+        tracing::debug!(pid = std::process::id(), topic = %m.tp.0, partition = m.tp.1, offset = m.offset, generation = m.generation, "INV hand_out");
         self.out.insert((m.tp.clone(), m.offset, m.generation));
         let kind = if m.retry_topic { 'r' } else { 'q' };
         Delivery::new(DeliveryId::new(m.id), m.payload)
@@ -372,14 +380,25 @@ impl Kafka {
     }
 
     /// Marks a held message finished and commits what became safe.
-    fn finish(&mut self, key: &(Tp, i64, u64), mode: CommitMode) -> Result<(), BrokerError> {
+    fn finish(&mut self, key: &(Tp, i64, u64)) -> Result<(), BrokerError> {
         self.out.remove(key);
         self.lock().tracker.part(&key.0).finished(key.1);
-        self.commit(mode)
+        self.commit()
     }
 
-    /// Commits every partition's safe offset that moved.
-    fn commit(&mut self, mode: CommitMode) -> Result<(), BrokerError> {
+    /// Commits every partition's safe offset that moved, synchronously: one
+    /// `OffsetCommit` round trip for all of them.
+    ///
+    /// Never asynchronously. rdkafka 0.39 reports no result for an
+    /// asynchronous commit (its `commit_callback` is not called for
+    /// them), so there is no telling when one has landed, and librdkafka
+    /// sends each as a request of its own: when jobs finish faster than
+    /// the broker answers commits, hundreds queue up, and a SIGKILL loses
+    /// every one not answered yet (measured on tansu: a worker killed 11 ms
+    /// after its last ack had 415 of its commits unapplied, and they all
+    /// ran again). A synchronous commit is on the broker when the ack
+    /// returns.
+    fn commit(&mut self) -> Result<(), BrokerError> {
         let Some(consumer) = self.consumer.as_ref() else {
             return Ok(());
         };
@@ -387,12 +406,10 @@ impl Kafka {
         if commits.is_empty() {
             return Ok(());
         }
-        match consumer.commit(&client::offsets(&commits), mode) {
+        tracing::debug!(pid = std::process::id(), ?commits, "INV commit");
+        match consumer.commit(&client::offsets(&commits), CommitMode::Sync) {
             Ok(()) => {
                 self.lock().tracker.committed(&commits);
-                if matches!(mode, CommitMode::Async) {
-                    self.deferred = true;
-                }
                 Ok(())
             }
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => Ok(()),
@@ -484,11 +501,82 @@ impl Kafka {
         if commits.is_empty() {
             return Ok(());
         }
+        tracing::debug!(pid = std::process::id(), ?commits, "INV flush_all");
         consumer
             .commit(&client::offsets(&commits), CommitMode::Sync)
             .map_err(|e| client::error(format!("commit offsets of {:?}", self.queue), e))?;
         self.lock().tracker.committed(&commits);
         Ok(())
+    }
+
+    /// Messages fetched and not handed out.
+    fn buffered(&self) -> usize {
+        self.ready.len() + self.delayed.len()
+    }
+
+    /// Whether every one of `tps` is assigned to this handle.
+    fn holds_all<'a>(&self, mut tps: impl Iterator<Item = &'a Tp>) -> bool {
+        let st = self.lock();
+        tps.all(|tp| st.tracker.get(tp).is_some())
+    }
+
+    /// When every partition of the queue's two topics is assigned to this
+    /// handle: where each of those with something to read ends now (its
+    /// high watermark; a partition committed up to its end has nothing to
+    /// read and is left out). `None` while some are elsewhere or the
+    /// handle has not joined yet.
+    fn ends_if_all_assigned(&mut self) -> Result<Option<BTreeMap<Tp, i64>>, BrokerError> {
+        let Some(consumer) = self.consumer.as_ref() else {
+            return Ok(None);
+        };
+        if self.lock().tracker.is_empty() {
+            return Ok(None);
+        }
+        let timeout = self.config.op_timeout;
+        let mut all = Vec::new();
+        for topic in [&self.queue, &self.retry_topic] {
+            let md = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| client::error(format!("read the partitions of {topic:?}"), e))?;
+            let n = md.topics().first().map_or(0, |t| t.partitions().len());
+            all.extend((0..n).map(|p| (topic.clone(), i32::try_from(p).unwrap_or(i32::MAX))));
+        }
+        if !self.holds_all(all.iter()) {
+            return Ok(None);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &all {
+            tpl.add_partition(topic, *partition);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, timeout)
+            .map_err(|e| client::error(format!("read the committed offsets of {:?}", self.queue), e))?;
+        let mut ends = BTreeMap::new();
+        for tp in all {
+            let (low, high) = consumer
+                .fetch_watermarks(&tp.0, tp.1, timeout)
+                .map_err(|e| client::error(format!("read where {:?} ends", tp.0), e))?;
+            let start = match committed.find_partition(&tp.0, tp.1).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => low,
+            };
+            if start < high {
+                ends.insert(tp, high);
+            }
+        }
+        Ok(Some(ends))
+    }
+
+    /// Whether this handle has fetched every partition in `ends` up to
+    /// its end there.
+    fn read_to(&self, ends: &BTreeMap<Tp, i64>) -> bool {
+        let st = self.lock();
+        ends.iter().all(|(tp, high)| {
+            st.tracker
+                .get(tp)
+                .and_then(|p| p.next())
+                .is_some_and(|next| next >= *high)
+        })
     }
 
     pub(crate) fn dead_topic(&self) -> &str {
@@ -558,7 +646,7 @@ impl Broker for Kafka {
             Ok(k) => k,
             Err(e) => return Err(SettleError::new(delivery, e)),
         };
-        if let Err(e) = self.finish(&key, CommitMode::Sync) {
+        if let Err(e) = self.finish(&key) {
             // Not committed: hold it again, so the caller may retry the ack.
             self.lock().tracker.part(&key.0).reopen(key.1);
             self.out.insert(key);
@@ -572,7 +660,7 @@ impl Broker for Kafka {
             Ok(k) => k,
             Err(e) => return Err(SettleError::new(delivery, e)),
         };
-        if let Err(e) = self.finish(&key, CommitMode::Async) {
+        if let Err(e) = self.finish(&key) {
             // Finished here; the next commit carries it (or it runs again).
             tracing::warn!(error = %e, id = %delivery.id(), "deferred commit failed; retried with the next one");
         }
@@ -597,18 +685,16 @@ impl Broker for Kafka {
         for k in &keys {
             self.out.remove(k);
         }
-        if let Err(e) = self.commit(CommitMode::Async) {
+        if let Err(e) = self.commit() {
             tracing::warn!(error = %e, "deferred commit failed; retried with the next one");
         }
         failed
     }
 
     fn flush(&mut self) -> Result<(), BrokerError> {
-        if std::mem::take(&mut self.deferred) {
-            self.flush_all()
-        } else {
-            self.commit(CommitMode::Sync)
-        }
+        // Every deferred ack was committed synchronously; what is left is
+        // a commit that failed (it moved no recorded offset).
+        self.commit()
     }
 
     fn take_over(
@@ -623,8 +709,15 @@ impl Broker for Kafka {
         // The group gives a dead member's partitions to the others once its
         // session times out, and each new owner reads them from the
         // committed offset: the dead holder's jobs come by themselves.
-        // Wait for them here, so the caller runs them first.
-        let deadline = Instant::now() + self.config.take_over_wait;
+        // Wait for them here (up to take_over_wait), so the caller holds
+        // them for the reports of the workers still running them instead
+        // of running them again. The wait ends early once every wanted job
+        // is here, or once every partition of the queue is this handle's
+        // and has been read to where it ended when that was so (a wanted
+        // job not met by then had been committed: nothing to take over).
+        let started = Instant::now();
+        let deadline = started + self.config.take_over_wait;
+        let scan_cap = self.buffered() + 2 * wanted.len() + TAKE_OVER_SCAN;
         let found = |k: &Kafka| {
             k.ready
                 .iter()
@@ -632,8 +725,37 @@ impl Broker for Kafka {
                 .filter(|m| wanted.contains(m.id.as_str()))
                 .count()
         };
-        while found(self) < wanted.len() && Instant::now() < deadline {
-            self.poll_once(Duration::from_millis(100))?;
+        let mut ends: Option<BTreeMap<Tp, i64>> = None;
+        let mut why = "no wait";
+        let mut dbg_last = Instant::now();
+        while Instant::now() < deadline {
+            if found(self) >= wanted.len() {
+                why = "all found";
+                break;
+            }
+            if self.buffered() >= scan_cap {
+                why = "scanned as far as allowed";
+                break;
+            }
+            if ends.as_ref().is_some_and(|e| !self.holds_all(e.keys())) {
+                ends = None; // a rebalance moved partitions meanwhile
+            }
+            if ends.is_none() {
+                ends = self.ends_if_all_assigned()?;
+            }
+            if ends.as_ref().is_some_and(|e| self.read_to(e)) {
+                why = "read every partition to its end";
+                break;
+            }
+            why = "waited as long as allowed";
+            if dbg_last.elapsed() > Duration::from_millis(500) {
+                dbg_last = Instant::now();
+                let st = self.lock();
+                let parts: Vec<String> = st.tracker.parts_dbg();
+                drop(st);
+                tracing::debug!(pid = std::process::id(), ?parts, ?ends, found = found(self), "INV take_over wait");
+            }
+            self.poll_once(Duration::from_millis(50))?;
         }
         let mut got = Vec::new();
         let mut keep = VecDeque::new();
@@ -651,7 +773,8 @@ impl Broker for Kafka {
         }
         self.ready = keep;
         self.delayed.sort_by_key(|m| m.not_before);
-        tracing::info!(holder_pid, taken = got.len(), asked = ids.len(), queue = %self.queue, "took over a dead holder's jobs");
+        tracing::info!(holder_pid, taken = got.len(), asked = ids.len(), waited = ?started.elapsed(), why,
+            queue = %self.queue, "took over a dead holder's jobs");
         Ok(got.into_iter().map(|m| self.hand_out(m)).collect())
     }
 
@@ -670,7 +793,7 @@ impl Broker for Kafka {
         if let Err(e) = self.produce(vec![(self.retry_topic.as_str(), delivery.payload(), h)]) {
             return Err(SettleError::new(delivery, e));
         }
-        if let Err(e) = self.finish(&key, CommitMode::Sync) {
+        if let Err(e) = self.finish(&key) {
             // The copy is out; the original stays finished locally and is
             // committed with the next commit (a crash first runs it twice).
             tracing::warn!(error = %e, id = %delivery.id(), "commit after a retry failed; retried with the next one");
@@ -721,7 +844,7 @@ impl Broker for Kafka {
         if let Err(e) = self.produce(vec![(self.dead_topic.as_str(), delivery.payload(), h)]) {
             return Err(SettleError::new(delivery, e));
         }
-        if let Err(e) = self.finish(&key, CommitMode::Sync) {
+        if let Err(e) = self.finish(&key) {
             tracing::warn!(error = %e, id = %delivery.id(), "commit after a dead letter failed; retried with the next one");
         }
         Ok(())

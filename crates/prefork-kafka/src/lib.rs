@@ -174,9 +174,17 @@ impl Config {
                         parse_ms(v).ok_or_else(|| bad("bad max_poll_interval_ms"))?,
                     )
                 }
+                "take_over_wait_ms" => {
+                    c.take_over_wait = Duration::from_millis(
+                        v.parse::<u64>()
+                            .ok()
+                            .filter(|n| *n <= 86_400_000)
+                            .ok_or_else(|| bad("bad take_over_wait_ms"))?,
+                    )
+                }
                 other => {
                     return Err(bad(&format!(
-                        "unknown parameter {other:?} (known: group, partitions, session_timeout_ms, max_poll_interval_ms)"
+                        "unknown parameter {other:?} (known: group, partitions, session_timeout_ms, max_poll_interval_ms, take_over_wait_ms)"
                     )));
                 }
             }
@@ -238,11 +246,17 @@ impl Config {
     }
 
     /// How long [`Broker::take_over`] waits for a dead holder's jobs to
-    /// reach this handle (default 0: it returns those already fetched).
-    /// Kafka hands a dead member's partitions to the group by itself after
-    /// its session timeout, to whichever member the assignment picks, so
-    /// waiting only helps when this handle is the one member; a wait longer
-    /// than the supervisor's heartbeat timeout gets the process killed.
+    /// reach this handle (default 0: it returns those already fetched; URL
+    /// parameter `take_over_wait_ms`). Kafka hands a dead member's
+    /// partitions to the group by itself after its session timeout, to
+    /// whichever member the assignment picks, so waiting only helps when
+    /// this handle is the group's one member: a dispatch-mode feeder, whose
+    /// replacement then holds the jobs still running on workers for their
+    /// reports instead of running them again. The wait ends as soon as
+    /// every job asked for is here, or every partition of the queue is
+    /// this handle's and has been read to its end. Keep it under the
+    /// supervisor's heartbeat timeout (the process is killed otherwise)
+    /// and above the session timeout plus a rebalance.
     pub fn take_over_wait(mut self, wait: Duration) -> Config {
         self.take_over_wait = wait;
         self
@@ -343,9 +357,10 @@ mod tests {
         assert_eq!(c.bootstrap_servers(), "a:9092,b:9093");
         assert_eq!(c.group_name(), DEFAULT_GROUP);
         let c = Config::from_url(
-            "kafka://h/?partitions=2&session_timeout_ms=3000&max_poll_interval_ms=60000",
+            "kafka://h/?partitions=2&session_timeout_ms=3000&max_poll_interval_ms=60000&take_over_wait_ms=8000",
         )
         .unwrap();
+        assert_eq!(c.take_over_wait, Duration::from_secs(8));
         assert_eq!(c.partitions, 2);
         assert_eq!(c.session_timeout, Duration::from_secs(3));
         assert_eq!(c.max_poll_interval, Duration::from_secs(60));
@@ -361,6 +376,7 @@ mod tests {
             ("kafka://h/topic", "no path"),
             ("kafka://h/?group=", "group must be"),
             ("kafka://h/?partitions=0", "partitions must be"),
+            ("kafka://h/?take_over_wait_ms=soon", "bad take_over_wait_ms"),
             ("kafka://h/?colour=blue", "unknown parameter \"colour\""),
         ] {
             let e = Config::from_url(url).expect_err(url);

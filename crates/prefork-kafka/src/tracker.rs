@@ -89,6 +89,12 @@ impl PartitionTracker {
         }
     }
 
+    /// One past the highest offset received since the partition was
+    /// assigned; `None` before the first.
+    pub(crate) fn next(&self) -> Option<i64> {
+        self.next
+    }
+
     /// How many offsets are open.
     pub(crate) fn open_count(&self) -> usize {
         self.open.len()
@@ -120,6 +126,16 @@ impl Tracker {
     /// offsets later reports the claim lost.
     pub(crate) fn remove(&mut self, tp: &Tp) -> Option<PartitionTracker> {
         self.parts.remove(tp)
+    }
+
+    /// INVESTIGATION
+    pub(crate) fn parts_dbg(&self) -> Vec<String> {
+        self.parts.iter().map(|(tp, p)| format!("{}/{} next={:?} open={}", tp.0, tp.1, p.next, p.open.len())).collect()
+    }
+
+    /// Whether no partition is tracked (none assigned).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.is_empty()
     }
 
     /// Every partition with an offset to commit, and that offset.
