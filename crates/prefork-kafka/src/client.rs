@@ -15,6 +15,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::Config;
@@ -96,9 +97,20 @@ pub(crate) struct GroupState {
 pub(crate) struct Group {
     /// Shared with the handle.
     pub(crate) state: Arc<Mutex<GroupState>>,
+    /// Set when the consumer starts closing: rebalance events are then
+    /// ignored (see [`Group::rebalance`]).
+    pub(crate) closing: std::sync::atomic::AtomicBool,
 }
 
-impl ClientContext for Group {}
+impl ClientContext for Group {
+    // INVESTIGATION ONLY
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        if std::env::var_os("PREFORK_KAFKA_DEBUG").is_some() {
+            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            eprintln!("{}.{:06} pid={} {fac} {msg}", t.as_secs(), t.subsec_micros(), std::process::id());
+        }
+    }
+}
 
 impl ConsumerContext for Group {
     fn commit_callback(
@@ -110,6 +122,50 @@ impl ConsumerContext for Group {
             tracing::warn!(error = %e, partitions = offsets.count(), "offset commit failed: the next commit carries it");
         } else {
             tracing::debug!(pid = std::process::id(), offsets = ?list(offsets), "INV commit_cb ok");
+        }
+    }
+
+    /// Replaces rdkafka's own, which asks librdkafka for the rebalance
+    /// protocol before every assign and unassign. That question, like the
+    /// assign and unassign themselves, is an operation sent to librdkafka's
+    /// group thread and waited for with no time limit; once the group has
+    /// terminated (a closing consumer), such operations are dropped
+    /// unanswered, so a revocation event served during the close blocked
+    /// the handle for good. Seen on tansu (the conformance kit's
+    /// `claims_are_exclusive` and `ack_batch_removes_all` hung in a closing
+    /// handle's poll, in `rd_kafka_rebalance_protocol` and then, without
+    /// it, in `rd_kafka_assign`; gdb backtraces in the README). This
+    /// crate's consumers use the eager protocol (`range` assignment), so
+    /// nothing needs asking, and while the consumer closes (after the
+    /// handle has unsubscribed and served its revocation) events are
+    /// ignored.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        if self.closing.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::debug!(?err, "rebalance event while the consumer closes: ignored");
+            return;
+        }
+        let done = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Assign(tpl));
+                consumer.assign(tpl)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.pre_rebalance(consumer, &Rebalance::Revoke(tpl));
+                consumer.unassign()
+            }
+            other => {
+                let code = RDKafkaErrorCode::from(other);
+                tracing::warn!(error = %code, "rebalance error");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, ?err, "could not apply a rebalance");
         }
     }
 

@@ -3,6 +3,7 @@
 //! deliveries through the offset tracker.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -205,6 +206,9 @@ impl Kafka {
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
                 .set("auto.offset.reset", "earliest")
+                // Eager rebalancing: the Group context's rebalance hook
+                // relies on it (see client::Group).
+                .set("partition.assignment.strategy", "range")
                 .set("session.timeout.ms", ms(session).to_string())
                 .set("heartbeat.interval.ms", ms(session / 3).to_string())
                 .set("max.poll.interval.ms", ms(poll).to_string())
@@ -220,6 +224,7 @@ impl Kafka {
                 .set("fetch.wait.max.ms", "100")
                 .create_with_context(Group {
                     state: Arc::clone(&state),
+                    closing: std::sync::atomic::AtomicBool::new(false),
                 })
                 .map_err(|e| client::error("create the Kafka consumer", e))?;
             consumer
@@ -891,13 +896,40 @@ impl Broker for Kafka {
 }
 
 /// Closes a group consumer (it leaves the group), waiting at most
-/// `within`. rdkafka's own drop waits for the close without a bound, and a
-/// close can hang on a group whose rebalance never completes (seen on
-/// tansu): past the bound the consumer is leaked instead (its threads end
-/// with the process; the group drops the member after its session
-/// timeout).
+/// `within`, in two steps:
+///
+/// 1. While librdkafka's group thread still answers: unsubscribe (a
+///    `LeaveGroup`) and poll until the revocation it brings, and any
+///    queued before it, has been served, so the partitions are given back
+///    and their safe offsets committed by the revocation hook.
+/// 2. Close: from here the rebalance hook does nothing (see
+///    [`Group`]'s `closing`): once the group has terminated, librdkafka
+///    drops the operations an assign or unassign sends it without an
+///    answer, and the caller would wait for ever (seen on tansu, gdb
+///    backtrace in the README).
+///
+/// Past the bound (a group whose rebalance never completes) the consumer
+/// is leaked instead: its threads end with the process, and the group
+/// drops the member after its session timeout.
 fn close(consumer: BaseConsumer<Group>, within: Duration) {
     let deadline = Instant::now() + within;
+    let state = Arc::clone(&consumer.context().state);
+    let holds = || {
+        !state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tracker
+            .is_empty()
+    };
+    if {
+        consumer.unsubscribe();
+        true
+    } {
+        while holds() && Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(50));
+        }
+    }
+    consumer.context().closing.store(true, Ordering::SeqCst);
     if consumer.close_queue().is_ok() {
         while !consumer.closed() && Instant::now() < deadline {
             let _ = consumer.poll(Duration::from_millis(50));
