@@ -64,11 +64,6 @@ impl Case {
         }
     }
 
-    /// The case's name.
-    pub const fn name(&self) -> &'static str {
-        self.name
-    }
-
     /// The same case with another time limit (whole seconds, at least one).
     pub const fn limit(mut self, limit: Duration) -> Case {
         self.limit = limit;

@@ -249,21 +249,8 @@ fn main() {
         );
         return;
     }
-    // publish_batch_round_trip expects the first 50 jobs fetched to come
-    // before a batch delayed by 2 s is due, but a handle's first fetch
-    // joins the group, which takes about 2 s on tansu: the delayed jobs,
-    // due by then, come among the 50. The README's "Conformance" section
-    // says more and proposes the kit change; it runs hidden (by name) here.
-    const CANNOT_HOLD: &[&str] = &["publish_batch_round_trip"];
     let mut cases: Vec<Case> = prefork_conformance::cases!(Case::new, kit())
         .into_iter()
-        .map(|c| {
-            if CANNOT_HOLD.contains(&c.name()) {
-                c.hidden()
-            } else {
-                c
-            }
-        })
         .collect();
     cases.extend([
         Case::new(
