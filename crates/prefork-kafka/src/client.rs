@@ -32,10 +32,6 @@ pub(crate) fn base(config: &Config) -> ClientConfig {
         .set("client.id", format!("prefork-{}", std::process::id()))
         .set("socket.timeout.ms", ms(config.op_timeout).to_string())
         .set("log_level", "3");
-    // INVESTIGATION ONLY (to be removed): librdkafka's own debug log.
-    if let Ok(d) = std::env::var("PREFORK_KAFKA_DEBUG") {
-        c.set("debug", d).set("log_level", "7");
-    }
     c
 }
 
@@ -102,15 +98,7 @@ pub(crate) struct Group {
     pub(crate) closing: std::sync::atomic::AtomicBool,
 }
 
-impl ClientContext for Group {
-    // INVESTIGATION ONLY
-    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
-        if std::env::var_os("PREFORK_KAFKA_DEBUG").is_some() {
-            let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-            eprintln!("{}.{:06} pid={} {fac} {msg}", t.as_secs(), t.subsec_micros(), std::process::id());
-        }
-    }
-}
+impl ClientContext for Group {}
 
 impl ConsumerContext for Group {
     fn commit_callback(
@@ -120,8 +108,6 @@ impl ConsumerContext for Group {
     ) {
         if let Err(e) = result {
             tracing::warn!(error = %e, partitions = offsets.count(), "offset commit failed: the next commit carries it");
-        } else {
-            tracing::debug!(pid = std::process::id(), offsets = ?list(offsets), "INV commit_cb ok");
         }
     }
 
@@ -172,11 +158,6 @@ impl ConsumerContext for Group {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match rebalance {
-            Rebalance::Revoke(tpl) => tracing::debug!(pid = std::process::id(), parts = ?list(tpl), "INV revoke"),
-            Rebalance::Assign(tpl) => tracing::debug!(pid = std::process::id(), parts = ?list(tpl), "INV assign"),
-            Rebalance::Error(_) => {}
-        }
-        match rebalance {
             Rebalance::Revoke(tpl) => {
                 let gone: Vec<Tp> = tpl
                     .elements()
@@ -193,7 +174,6 @@ impl ConsumerContext for Group {
                     .collect();
                 if !commits.is_empty() {
                     // The last moment this member may commit for them.
-                    tracing::debug!(pid = std::process::id(), ?commits, "INV revoke commit");
                     match consumer.commit(&offsets(&commits), CommitMode::Sync) {
                         Ok(()) => tracing::debug!(
                             partitions = commits.len(),
@@ -225,14 +205,6 @@ impl ConsumerContext for Group {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
         }
     }
-}
-
-/// INVESTIGATION: a partition list as (topic, partition, offset) text.
-pub(crate) fn list(tpl: &TopicPartitionList) -> Vec<String> {
-    tpl.elements()
-        .iter()
-        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
-        .collect()
 }
 
 /// A partition list with these offsets.

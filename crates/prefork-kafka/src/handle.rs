@@ -293,14 +293,9 @@ impl Kafka {
                 return Ok(true);
             };
             msg.generation = generation;
-            let first = st.tracker.get(&msg.tp).map(|p| p.safe_point().is_none());
-            if first == Some(true) {
-                tracing::debug!(pid = std::process::id(), topic = %msg.tp.0, partition = msg.tp.1, offset = msg.offset, "INV first fetch after assign");
-            }
             if st.tracker.get(&msg.tp).is_none()
                 || st.tracker.part(&msg.tp).received(msg.offset) == Received::Seen
             {
-                tracing::debug!(pid = std::process::id(), topic = %msg.tp.0, partition = msg.tp.1, offset = msg.offset, "INV dropped (seen/untracked)");
                 return Ok(true);
             }
         }
@@ -331,7 +326,6 @@ impl Kafka {
     }
 
     fn hand_out(&mut self, m: Msg) -> Delivery {
-        tracing::debug!(pid = std::process::id(), topic = %m.tp.0, partition = m.tp.1, offset = m.offset, generation = m.generation, "INV hand_out");
         self.out.insert((m.tp.clone(), m.offset, m.generation));
         let kind = if m.retry_topic { 'r' } else { 'q' };
         Delivery::new(DeliveryId::new(m.id), m.payload)
@@ -411,7 +405,6 @@ impl Kafka {
         if commits.is_empty() {
             return Ok(());
         }
-        tracing::debug!(pid = std::process::id(), ?commits, "INV commit");
         match consumer.commit(&client::offsets(&commits), CommitMode::Sync) {
             Ok(()) => {
                 self.lock().tracker.committed(&commits);
@@ -506,7 +499,6 @@ impl Kafka {
         if commits.is_empty() {
             return Ok(());
         }
-        tracing::debug!(pid = std::process::id(), ?commits, "INV flush_all");
         consumer
             .commit(&client::offsets(&commits), CommitMode::Sync)
             .map_err(|e| client::error(format!("commit offsets of {:?}", self.queue), e))?;
@@ -553,9 +545,9 @@ impl Kafka {
         for (topic, partition) in &all {
             tpl.add_partition(topic, *partition);
         }
-        let committed = consumer
-            .committed_offsets(tpl, timeout)
-            .map_err(|e| client::error(format!("read the committed offsets of {:?}", self.queue), e))?;
+        let committed = consumer.committed_offsets(tpl, timeout).map_err(|e| {
+            client::error(format!("read the committed offsets of {:?}", self.queue), e)
+        })?;
         let mut ends = BTreeMap::new();
         for tp in all {
             let (low, high) = consumer
@@ -732,7 +724,6 @@ impl Broker for Kafka {
         };
         let mut ends: Option<BTreeMap<Tp, i64>> = None;
         let mut why = "no wait";
-        let mut dbg_last = Instant::now();
         while Instant::now() < deadline {
             if found(self) >= wanted.len() {
                 why = "all found";
@@ -753,13 +744,6 @@ impl Broker for Kafka {
                 break;
             }
             why = "waited as long as allowed";
-            if dbg_last.elapsed() > Duration::from_millis(500) {
-                dbg_last = Instant::now();
-                let st = self.lock();
-                let parts: Vec<String> = st.tracker.parts_dbg();
-                drop(st);
-                tracing::debug!(pid = std::process::id(), ?parts, ?ends, found = found(self), "INV take_over wait");
-            }
             self.poll_once(Duration::from_millis(50))?;
         }
         let mut got = Vec::new();
@@ -921,13 +905,9 @@ fn close(consumer: BaseConsumer<Group>, within: Duration) {
             .tracker
             .is_empty()
     };
-    if {
-        consumer.unsubscribe();
-        true
-    } {
-        while holds() && Instant::now() < deadline {
-            let _ = consumer.poll(Duration::from_millis(50));
-        }
+    consumer.unsubscribe();
+    while holds() && Instant::now() < deadline {
+        let _ = consumer.poll(Duration::from_millis(50));
     }
     consumer.context().closing.store(true, Ordering::SeqCst);
     if consumer.close_queue().is_ok() {

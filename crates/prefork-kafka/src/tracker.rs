@@ -128,11 +128,6 @@ impl Tracker {
         self.parts.remove(tp)
     }
 
-    /// INVESTIGATION
-    pub(crate) fn parts_dbg(&self) -> Vec<String> {
-        self.parts.iter().map(|(tp, p)| format!("{}/{} next={:?} open={}", tp.0, tp.1, p.next, p.open.len())).collect()
-    }
-
     /// Whether no partition is tracked (none assigned).
     pub(crate) fn is_empty(&self) -> bool {
         self.parts.is_empty()
