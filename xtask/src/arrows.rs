@@ -56,6 +56,7 @@ pub(crate) const ARROWS: &[(&str, Allowed)] = &[
             "prefork-redis",
             "prefork-beanstalkd",
             "prefork-rabbitmq",
+            "prefork-kafka",
         ]),
     ),
     ("prefork-cli", Allowed::Only(&["prefork"])),

@@ -183,15 +183,19 @@ fn enqueue_dead_list_and_redrive() {
 /// `prefork enqueue` then `prefork work --mode MODE` on the broker at
 /// `$env`: every job runs once, and QUIT stops the pool cleanly.
 fn pool_on_real_broker(env: &str, mode: &str) {
-    let Some(url) = e2e::broker_url(env) else {
-        return;
-    };
+    if let Some(url) = e2e::broker_url(env) {
+        pool_on(&url, mode);
+    }
+}
+
+/// [`pool_on_real_broker`] on the broker at `url`.
+fn pool_on(url: &str, mode: &str) {
     let queue = e2e::unique_name("cli");
     let dir = tmp(&queue);
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("out.log");
     let base = |cmd: &mut Command| {
-        cmd.args(["--broker", &url, "--queue", &queue]);
+        cmd.args(["--broker", url, "--queue", &queue]);
     };
     let args = serde_json::json!({"path": out, "line": "ran"}).to_string();
     let mut enqueue = prefork();
@@ -595,6 +599,27 @@ fn dispatch_pool_on_beanstalkd() {
     pool_on_real_broker("PREFORK_BEANSTALKD_URL", "dispatch");
 }
 
+/// The Kafka URL with a consumer group of the run's own.
+#[cfg(feature = "kafka")]
+fn kafka_url() -> Option<String> {
+    e2e::broker_url("PREFORK_KAFKA_URL")
+        .map(|url| format!("{url}/?group={}", e2e::unique_name("cli-group")))
+}
+
+#[cfg(feature = "kafka")]
+fn pool_on_kafka() {
+    if let Some(url) = kafka_url() {
+        pool_on(&url, "pull");
+    }
+}
+
+#[cfg(feature = "kafka")]
+fn dispatch_pool_on_kafka() {
+    if let Some(url) = kafka_url() {
+        pool_on(&url, "dispatch");
+    }
+}
+
 fn pool_on_rabbitmq() {
     pool_on_real_broker("PREFORK_RABBITMQ_URL", "pull");
 }
@@ -651,7 +676,8 @@ fn bad_or_unreachable_broker_is_a_clear_error() {
 }
 
 fn main() {
-    run(&[
+    #[allow(unused_mut)] // extended when built with kafka
+    let mut cases = vec![
         Case::new("pool_on_redis", pool_on_redis),
         Case::new("pool_on_beanstalkd", pool_on_beanstalkd),
         Case::new("dispatch_pool_on_redis", dispatch_pool_on_redis),
@@ -711,5 +737,11 @@ fn main() {
             "enqueue_dead_list_and_redrive",
             enqueue_dead_list_and_redrive,
         ),
+    ];
+    #[cfg(feature = "kafka")]
+    cases.extend([
+        Case::new("pool_on_kafka", pool_on_kafka).limit(Duration::from_secs(120)),
+        Case::new("dispatch_pool_on_kafka", dispatch_pool_on_kafka).limit(Duration::from_secs(120)),
     ]);
+    run(&cases);
 }

@@ -272,6 +272,15 @@ impl Config {
         &self.group
     }
 
+    /// The claim timeout of a job: the longest a live member may go
+    /// without fetching before the group takes its partitions away (the
+    /// [`max_poll_interval`](Config::max_poll_interval), at least the
+    /// session timeout). A dead member's partitions move after the session
+    /// timeout.
+    pub fn lease_time(&self) -> Duration {
+        self.max_poll_interval.max(self.session_timeout)
+    }
+
     /// Opens a handle on `queue`: its topic `queue`, the retry topic
     /// `queue.retry` and the dead-letter topic `queue.dead`, created when
     /// missing (see [`create_topics`](Config::create_topics)). The handle

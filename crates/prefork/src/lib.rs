@@ -78,6 +78,13 @@ pub mod rabbitmq {
     pub use prefork_rabbitmq::*;
 }
 
+/// The Kafka adapter: [`prefork_kafka`], re-exported whole (feature
+/// `kafka`).
+#[cfg(feature = "kafka")]
+pub mod kafka {
+    pub use prefork_kafka::*;
+}
+
 /// The supervisor: [`prefork_master`], re-exported whole.
 pub mod master {
     pub use prefork_master::*;

@@ -69,12 +69,14 @@ pub fn broker_url(url: &str) -> Result<BrokerUrl, BrokerError> {
         }
         #[cfg(feature = "rabbitmq")]
         Some("amqp") => Kind::RabbitMq(prefork_rabbitmq::Config::from_url(url)?),
+        #[cfg(feature = "kafka")]
+        Some("kafka") => Kind::Kafka(prefork_kafka::Config::from_url(url)?),
         _ if url.is_empty() => return Err(invalid("empty broker URL".to_owned())),
         Some(scheme) => {
             return Err(invalid(format!(
                 "broker scheme {scheme:?} is not built into this binary (it has {}; \
-                 redis://, beanstalk:// and amqp:// come with prefork's cargo features `redis`, \
-                 `beanstalkd` and `rabbitmq`)",
+                 redis://, beanstalk://, amqp:// and kafka:// come with prefork's cargo features \
+                 `redis`, `beanstalkd`, `rabbitmq` and `kafka`)",
                 schemes()
             )));
         }
@@ -109,6 +111,9 @@ fn schemes() -> String {
     }
     if cfg!(feature = "rabbitmq") {
         s.push("amqp://");
+    }
+    if cfg!(feature = "kafka") {
+        s.push("kafka://");
     }
     if s.is_empty() {
         return "none".to_owned();
@@ -145,6 +150,8 @@ enum Kind {
     Beanstalkd(prefork_beanstalkd::Config),
     #[cfg(feature = "rabbitmq")]
     RabbitMq(prefork_rabbitmq::Config),
+    #[cfg(feature = "kafka")]
+    Kafka(prefork_kafka::Config),
 }
 
 impl BrokerUrl {
@@ -158,6 +165,7 @@ impl BrokerUrl {
     /// | redis | the lease: the idle time after which another consumer reclaims a pending entry (`XPENDING IDLE` + `XCLAIM`), checked every half lease | 30 s |
     /// | beanstalkd | the TTR of jobs this process puts (enqueues, and retries), rounded up to whole seconds; a dead holder's connection closes and its job is ready at once whatever the TTR | 60 s |
     /// | rabbitmq | nothing: a claim lives as long as its holder's connection (the server requeues a closed connection's jobs at once), up to the server's `consumer_timeout` (30 min by default, set on the server) | 30 min |
+    /// | kafka | the max poll interval: how long a live member may go without fetching before the group moves its partitions (a dead member's move after the session timeout) | 300 s |
     ///
     /// # Examples
     ///
@@ -183,6 +191,8 @@ impl BrokerUrl {
             Kind::RabbitMq(_) => {
                 let _ = lease;
             }
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(ref mut c) => *c = c.clone().max_poll_interval(lease),
         }
         self
     }
@@ -198,10 +208,13 @@ impl BrokerUrl {
             Kind::Beanstalkd(ref c) => Duration::from_secs(u64::from(c.ttr_secs())),
             #[cfg(feature = "rabbitmq")]
             Kind::RabbitMq(_) => RABBITMQ_CONSUMER_TIMEOUT,
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(ref c) => c.lease_time(),
         }
     }
 
-    /// The broker's name: `spool`, `redis`, `beanstalkd` or `rabbitmq`.
+    /// The broker's name: `spool`, `redis`, `beanstalkd`, `rabbitmq` or
+    /// `kafka`.
     pub fn broker_name(&self) -> &'static str {
         match self.kind {
             #[cfg(feature = "spool")]
@@ -212,6 +225,8 @@ impl BrokerUrl {
             Kind::Beanstalkd(_) => "beanstalkd",
             #[cfg(feature = "rabbitmq")]
             Kind::RabbitMq(_) => "rabbitmq",
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(_) => "kafka",
         }
     }
 
@@ -269,6 +284,8 @@ impl Connect for BrokerUrl {
             Kind::Beanstalkd(ref c) => Connect::open(c, queue),
             #[cfg(feature = "rabbitmq")]
             Kind::RabbitMq(ref c) => Connect::open(c, queue),
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(ref c) => Connect::open(c, queue),
         }
     }
 }
@@ -295,6 +312,13 @@ impl fmt::Display for BrokerUrl {
             Kind::Beanstalkd(ref c) => write!(f, "beanstalk://{}", c.address()),
             #[cfg(feature = "rabbitmq")]
             Kind::RabbitMq(ref c) => f.write_str(&c.redacted_url()),
+            #[cfg(feature = "kafka")]
+            Kind::Kafka(ref c) => write!(
+                f,
+                "kafka://{}/?group={}",
+                c.bootstrap_servers(),
+                c.group_name()
+            ),
         }
     }
 }
@@ -379,6 +403,20 @@ mod tests {
         assert!(!format!("{u:?}").contains("s3cret"));
         let e = broker_url("amqp://guest:s3cret@127.0.0.1:notaport/").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Invalid, "{e}");
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_urls() {
+        let u = broker_url("kafka://127.0.0.1:9092/?group=mailers").unwrap();
+        assert_eq!(u.broker_name(), "kafka");
+        assert_eq!(u.to_string(), "kafka://127.0.0.1:9092/?group=mailers");
+        let u = u.with_lease(Duration::from_secs(600));
+        assert_eq!(u.lease(), Duration::from_secs(600));
+        // The adapter refuses credentials; the message hides the password.
+        let e = broker_url("kafka://app:s3cret@127.0.0.1:9092/").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
         assert!(!e.to_string().contains("s3cret"), "{e}");
     }
 
