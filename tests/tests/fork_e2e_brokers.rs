@@ -648,7 +648,10 @@ fn hosts_share_a_queue(mode: &str, broker: &str, url: &str) {
     // that lived found one of its jobs gone (the dead host's claims were
     // taken back once idle for the lease, or at once by RabbitMQ: nobody
     // held them any more).
-    for host in &hosts {
+    // (Not on Kafka: there a claim is a partition, and every member that
+    // joins or leaves moves partitions between live members by design,
+    // whose held jobs then report their claim lost; no pid is involved.)
+    for host in hosts.iter().filter(|_| broker != "kafka") {
         let lost = host.claims_lost();
         assert!(
             lost.is_empty(),
@@ -664,7 +667,15 @@ fn hosts_share_a_queue(mode: &str, broker: &str, url: &str) {
     } else {
         0
     };
-    let bound = HOSTS.len() as u64 + WORKERS as u64 + lookahead;
+    let mut bound = HOSTS.len() as u64 + WORKERS as u64 + lookahead;
+    if broker == "kafka" && mode == "dispatch" {
+        // A killed feeder's jobs still running on its workers: on Kafka a
+        // new feeder of a group with other members cannot wait for the
+        // dead one's partitions (they may go to another host), so its jobs
+        // run again once the group hands them out (prefork-kafka's
+        // README, take_over_wait).
+        bound += HOSTS.len() as u64 * (WORKERS as u64 + lookahead);
+    }
     let leftovers = std::iter::from_fn(|| enq.broker().fetch_one(Duration::ZERO).unwrap()).count();
     assert_eq!(leftovers, 0, "jobs left in the queue after every job ran");
     assert!(enq.broker().dead_letters(10).unwrap().is_empty());
@@ -673,8 +684,13 @@ fn hosts_share_a_queue(mode: &str, broker: &str, url: &str) {
         "{duplicates} jobs ran twice; the kills explain {bound}"
     );
     eprintln!(
-        "{broker}, {mode} mode, {} hosts: {JOBS} jobs, 3 {role} kills (pids {shared:?}, each live in another host) + 1 host's master, {duplicates} ran twice (bound {bound}), no claim of a live host lost",
+        "{broker}, {mode} mode, {} hosts: {JOBS} jobs, 3 {role} kills (pids {shared:?}, each live in another host) + 1 host's master, {duplicates} ran twice (bound {bound}){}",
         HOSTS.len(),
+        if broker == "kafka" {
+            "; the lost-claim check does not apply (Kafka moves partitions between live members)"
+        } else {
+            ", no claim of a live host lost"
+        },
     );
     drop(enq);
     std::fs::remove_dir_all(dir).unwrap();
@@ -711,6 +727,12 @@ fn kafka_dispatch_kills_lose_no_job() {
     if let Some(url) = kafka_url() {
         let url = format!("{url}&take_over_wait_ms={}", KAFKA_TAKE_OVER.as_millis());
         kills_lose_no_job("dispatch", "kafka", Some(url));
+    }
+}
+
+fn hosts_on_kafka(mode: &str) {
+    if let Some(url) = kafka_url() {
+        hosts_share_a_queue(mode, "kafka", &url);
     }
 }
 
@@ -766,6 +788,12 @@ fn main() {
             hosts_on_rabbitmq("dispatch")
         })
         .limit(Duration::from_secs(200)),
+        Case::new("three_hosts_on_kafka_pull", || hosts_on_kafka("pull"))
+            .limit(Duration::from_secs(240)),
+        Case::new("three_hosts_on_kafka_dispatch", || {
+            hosts_on_kafka("dispatch")
+        })
+        .limit(Duration::from_secs(240)),
         Case::new("kafka_kills_lose_no_job", kafka_kills_lose_no_job)
             .limit(Duration::from_secs(240)),
         Case::new(
