@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use toml::de::{DeTable, DeValue};
 
-pub use value::{Bytes, LogFormat};
 use value::Value;
+pub use value::{Bytes, LogFormat};
 
 use crate::Mode;
 
@@ -368,6 +368,14 @@ const NOT_YET: &[(&str, &str)] = &[
     ),
 ];
 
+/// The settings that apply in one mode only, and that mode.
+const ONE_MODE: &[(&str, Mode)] = &[
+    ("prefetch", Mode::Pull),
+    ("poll_interval", Mode::Pull),
+    ("lookahead", Mode::Dispatch),
+    ("touch_every", Mode::Dispatch),
+];
+
 /// The master's `Builder` setting names and the paths that set them.
 const MASTER_NAMES: &[(&str, &str)] = &[
     ("name", "name"),
@@ -394,7 +402,9 @@ const MASTER_NAMES: &[(&str, &str)] = &[
 fn check_level(level: &String) -> Result<(), String> {
     tracing_subscriber::EnvFilter::try_new(level)
         .map(drop)
-        .map_err(|e| format!("not a log filter ({e}); e.g. \"info\" or \"warn,prefork_jobs=debug\""))
+        .map_err(|e| {
+            format!("not a log filter ({e}); e.g. \"info\" or \"warn,prefork_jobs=debug\"")
+        })
 }
 
 /// A value before it is parsed: from the file, or text from the
@@ -549,16 +559,26 @@ impl Loaded {
             }
             let origin = self.origin(path);
             let value = if *path == "broker" {
-                self.settings.broker.as_ref().map(|_| match self.broker_url() {
-                    Ok(url) => toml::Value::String(url.to_string()).to_string(),
-                    Err(_) => "\"(unreadable)\"".to_owned(),
-                })
+                self.settings
+                    .broker
+                    .as_ref()
+                    .map(|_| match self.broker_url() {
+                        Ok(url) => toml::Value::String(url.to_string()).to_string(),
+                        Err(_) => "\"(unreadable)\"".to_owned(),
+                    })
             } else {
                 show(&self.settings, path)
             };
-            match value {
-                Some(v) => out.push_str(&format!("{key} = {v}  # {origin}\n")),
-                None => out.push_str(&format!("# {key}: not set  # {origin}\n")),
+            let other_mode = ONE_MODE
+                .iter()
+                .find(|(p, _)| p == path)
+                .filter(|(_, mode)| *mode != self.settings.mode);
+            match (value, other_mode) {
+                (Some(v), None) => out.push_str(&format!("{key} = {v}  # {origin}\n")),
+                (None, None) => out.push_str(&format!("# {key}: not set  # {origin}\n")),
+                (_, Some((_, mode))) => {
+                    out.push_str(&format!("# {key}: {mode} mode only\n"));
+                }
             }
         }
         out
@@ -605,8 +625,8 @@ pub fn load(
             Err(e) => {
                 whole = false;
                 problems.push(Problem {
-                origin: Origin::Default,
-                path: None,
+                    origin: Origin::Default,
+                    path: None,
                     message: format!("cannot read {}: {e}", file.display()),
                 });
             }
@@ -620,9 +640,14 @@ pub fn load(
     env.sort();
     for (var, value) in env {
         match KEYS.iter().find(|p| env_name(p) == var) {
-            Some(path) => {
-                apply_text(&mut s, path, &value, Origin::Env(var), &mut origins, &mut problems)
-            }
+            Some(path) => apply_text(
+                &mut s,
+                path,
+                &value,
+                Origin::Env(var),
+                &mut origins,
+                &mut problems,
+            ),
             None => {
                 let names: Vec<String> = KEYS.iter().map(|p| env_name(p)).collect();
                 if let Some(near) = nearest(&var, names.iter().map(String::as_str)) {
@@ -633,7 +658,14 @@ pub fn load(
     }
     for o in flags {
         let origin = Origin::Flag(o.flag.to_owned());
-        apply_text(&mut s, o.path, &o.value, origin, &mut origins, &mut problems);
+        apply_text(
+            &mut s,
+            o.path,
+            &o.value,
+            origin,
+            &mut origins,
+            &mut problems,
+        );
     }
     // Problems between settings, only among values that were read.
     let failed: Vec<String> = problems.iter().filter_map(|p| p.path.clone()).collect();
@@ -780,7 +812,10 @@ fn unknown_key(path: &str) -> String {
         .find(|k| k.rsplit('.').next() == Some(leaf) && **k != path);
     if let Some(near) = by_path.or(by_leaf.copied()) {
         message.push_str(&format!(": did you mean `{near}`?"));
-    } else if let Some(sec) = SECTIONS.iter().find(|sec| path.starts_with(&format!("{sec}."))) {
+    } else if let Some(sec) = SECTIONS
+        .iter()
+        .find(|sec| path.starts_with(&format!("{sec}.")))
+    {
         let keys: Vec<&str> = KEYS
             .iter()
             .filter_map(|k| k.strip_prefix(&format!("{sec}.")))
@@ -884,14 +919,8 @@ fn cross_problems(
             }
         }
     }
-    let pull = s.mode == Mode::Pull;
-    for (path, set, wanted) in [
-        ("prefetch", s.prefetch.is_some(), Mode::Pull),
-        ("poll_interval", origins.contains_key("poll_interval"), Mode::Pull),
-        ("lookahead", s.lookahead.is_some(), Mode::Dispatch),
-        ("touch_every", origins.contains_key("touch_every"), Mode::Dispatch),
-    ] {
-        if set && (wanted == Mode::Pull) != pull {
+    for (path, wanted) in ONE_MODE {
+        if origins.contains_key(path) && *wanted != s.mode {
             out.push(problem(
                 path,
                 format!(

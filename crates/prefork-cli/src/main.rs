@@ -199,7 +199,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     add("broker", "--broker", cli.broker.clone());
     add("queue", "--queue", cli.queue.clone());
-    add("lease", "--lease", cli.lease.map(|d| format!("{}ms", d.as_secs_f64() * 1e3)));
+    add(
+        "lease",
+        "--lease",
+        cli.lease.map(|d| format!("{}ms", d.as_secs_f64() * 1e3)),
+    );
     let mut file = cli.config.clone();
     match &cli.command {
         Cmd::Run(args) => flags.extend(args.overrides()),

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use prefork::jobs::{Registry, RetryPolicy};
 use prefork::{DispatchFeeder, DispatchWorker, JobWorker, Report, TimeLimits};
 
-use crate::config::{LogFormat, Loaded, Override, Settings, master_builder};
+use crate::config::{Loaded, LogFormat, Override, Settings, master_builder};
 use crate::{Mode, events, examples};
 
 /// Starts the log subscriber of `[logging]` on stderr (colours on a
@@ -81,7 +81,8 @@ pub fn run(loaded: &Loaded, events: Option<PathBuf>) -> anyhow::Result<Report> {
     );
     let report = match s.mode {
         Mode::Pull => {
-            let mut worker = JobWorker::new(registry(s), url, &s.queue).poll_interval(s.poll_interval);
+            let mut worker =
+                JobWorker::new(registry(s), url, &s.queue).poll_interval(s.poll_interval);
             if let Some(n) = s.prefetch {
                 worker = worker.prefetch(n);
             }
@@ -154,11 +155,31 @@ impl PoolArgs {
         };
         add("workers", "--workers", self.workers.map(|n| n.to_string()));
         add("mode", "--mode", self.mode.map(|m| m.to_string()));
-        add("prefetch", "--prefetch", self.prefetch.map(|n| n.to_string()));
-        add("timeout", "--timeout", self.timeout.map(|n| format!("{n}s")));
-        add("retry.base", "--retry-base-ms", self.retry_base_ms.map(|n| format!("{n}ms")));
-        add("time_limits.soft", "--soft-limit-ms", self.soft_limit_ms.map(|n| format!("{n}ms")));
-        add("time_limits.hard", "--hard-limit-ms", self.hard_limit_ms.map(|n| format!("{n}ms")));
+        add(
+            "prefetch",
+            "--prefetch",
+            self.prefetch.map(|n| n.to_string()),
+        );
+        add(
+            "timeout",
+            "--timeout",
+            self.timeout.map(|n| format!("{n}s")),
+        );
+        add(
+            "retry.base",
+            "--retry-base-ms",
+            self.retry_base_ms.map(|n| format!("{n}ms")),
+        );
+        add(
+            "time_limits.soft",
+            "--soft-limit-ms",
+            self.soft_limit_ms.map(|n| format!("{n}ms")),
+        );
+        add(
+            "time_limits.hard",
+            "--hard-limit-ms",
+            self.hard_limit_ms.map(|n| format!("{n}ms")),
+        );
         out
     }
 }

@@ -137,7 +137,8 @@ impl Value for bool {
 }
 
 impl Value for Duration {
-    const EXPECTED: &'static str = "a duration with a unit, such as \"30s\", \"250ms\", \"5m\" or \"1h\"";
+    const EXPECTED: &'static str =
+        "a duration with a unit, such as \"30s\", \"250ms\", \"5m\" or \"1h\"";
     fn from_toml(v: &DeValue<'_>) -> Result<Duration, String> {
         Duration::from_text(&text_of::<Duration>(v)?)
     }
@@ -200,7 +201,8 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 ];
 
 impl Value for Bytes {
-    const EXPECTED: &'static str = "a size: a number of bytes, or a string such as \"512MiB\" or \"2GB\"";
+    const EXPECTED: &'static str =
+        "a size: a number of bytes, or a string such as \"512MiB\" or \"2GB\"";
     fn from_toml(v: &DeValue<'_>) -> Result<Bytes, String> {
         match v {
             DeValue::Integer(_) => u64::from_toml(v).map(Bytes),
@@ -252,7 +254,9 @@ impl Value for Vec<i32> {
             .filter(|p| !p.is_empty())
             .map(|p| {
                 p.parse::<i128>()
-                    .map_err(|_| format!("invalid value {s:?}: expected descriptors such as \"3,4\""))
+                    .map_err(|_| {
+                        format!("invalid value {s:?}: expected descriptors such as \"3,4\"")
+                    })
                     .and_then(fd)
             })
             .collect()
