@@ -230,7 +230,7 @@ fn unit_fraction(f: &f64) -> Result<(), String> {
     Ok(())
 }
 
-fn not_empty(s: &String) -> Result<(), String> {
+fn not_empty(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("must not be empty".to_owned());
     }
@@ -299,11 +299,11 @@ enum Owner {
 }
 
 schema! {
-    "name" => name: String, not_empty, Master;
+    "name" => name: String, |s| not_empty(s), Master;
     "workers" => workers: usize, no_check, Master;
     "mode" => mode: Mode, no_check, Cli;
     "broker" => broker: Option<String>, no_check, Cli;
-    "queue" => queue: String, not_empty, Cli;
+    "queue" => queue: String, |s| not_empty(s), Cli;
     "lease" => lease: Option<Duration>, |d| d.as_ref().map_or(Ok(()), positive), Cli;
     "prefetch" => prefetch: Option<usize>, |n| n.as_ref().map_or(Ok(()), at_least_one), Cli;
     "lookahead" => lookahead: Option<usize>, no_check, Master;
@@ -331,7 +331,7 @@ schema! {
     "retry.jitter" => retry.jitter: f64, unit_fraction, Cli;
     "time_limits.soft" => time_limits.soft: Option<Duration>, |d| d.as_ref().map_or(Ok(()), positive), Cli;
     "time_limits.hard" => time_limits.hard: Option<Duration>, |d| d.as_ref().map_or(Ok(()), positive), Cli;
-    "logging.level" => logging.level: String, check_level, Cli;
+    "logging.level" => logging.level: String, |s| check_level(s), Cli;
     "logging.format" => logging.format: LogFormat, no_check, Cli;
 }
 
@@ -399,7 +399,7 @@ const MASTER_NAMES: &[(&str, &str)] = &[
     ("crash_limit", "restart.crash_limit"),
 ];
 
-fn check_level(level: &String) -> Result<(), String> {
+fn check_level(level: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::try_new(level)
         .map(drop)
         .map_err(|e| {

@@ -169,16 +169,16 @@ fn parse_duration(s: &str) -> Option<Duration> {
 /// A duration in its largest whole unit (`90s`, `5m`, `250ms`, `1.5ms`).
 pub(super) fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         return format!("{}ms", d.as_secs_f64() * 1e3);
     }
     if ms == 0 {
         "0s".to_owned()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
@@ -223,7 +223,7 @@ impl Value for Bytes {
     fn show(&self) -> Option<String> {
         let (unit, scale) = SIZE_UNITS
             .iter()
-            .find(|(_, scale)| self.0 % scale == 0 && self.0 >= *scale && *scale >= 1 << 10)
+            .find(|(_, scale)| self.0.is_multiple_of(*scale) && self.0 >= *scale && *scale >= 1 << 10)
             .copied()
             .unwrap_or(("", 1));
         if unit.is_empty() {
