@@ -14,8 +14,10 @@
 //! `crates/prefork-jobs/tests/fork_{pull,dispatch}.rs`; all drive their
 //! pools with `prefork_tests::e2e`.
 //!
+//! The Kafka cases run the same on tansu (`PREFORK_KAFKA_URL`).
+//!
 //! The servers come from `PREFORK_REDIS_URL` / `PREFORK_BEANSTALKD_URL` /
-//! `PREFORK_RABBITMQ_URL`
+//! `PREFORK_RABBITMQ_URL` / `PREFORK_KAFKA_URL`
 //! (`cargo xtask ci`, or `cargo xtask brokers start`); without them a case
 //! fails under CI and prints why it skips elsewhere. Each run uses a queue
 //! of its own.
@@ -47,6 +49,17 @@ const REDIS_LEASE: Duration = Duration::from_secs(2);
 
 /// The beanstalkd time-to-run of the test's jobs (its lease).
 const BEANSTALKD_TTR: Duration = Duration::from_secs(5);
+
+/// The Kafka session timeout: how long a killed member keeps its
+/// partitions.
+const KAFKA_SESSION: Duration = Duration::from_secs(3);
+
+/// How long a new dispatch feeder on Kafka waits for the dead one's jobs:
+/// on tansu 0.6 the partitions of a feeder killed while it led the group
+/// reach the next one 7-8 s later (a 2 s join window, the dead leader's
+/// session expiring, a second 2 s join window). The pool's heartbeat
+/// timeout is 8 s longer.
+const KAFKA_TAKE_OVER: Duration = Duration::from_secs(12);
 
 /// Feeder kills in each dispatch-mode run.
 const FEEDER_KILLS: u64 = 3;
@@ -80,6 +93,14 @@ fn connect(broker: &str, url: &str) -> Box<dyn Connect> {
         // Claims do not expire while a holder's connection lives: a dead
         // holder's jobs come back when RabbitMQ sees its connection close.
         "rabbitmq" => Box::new(prefork_rabbitmq::Config::from_url(url).unwrap()),
+        // A short session timeout, like the leases above: a killed
+        // worker's partitions (and its uncommitted jobs) go to the others
+        // within seconds.
+        "kafka" => Box::new(
+            prefork_kafka::Config::from_url(url)
+                .unwrap()
+                .session_timeout(KAFKA_SESSION),
+        ),
         other => panic!("unknown broker {other}"),
     }
 }
@@ -140,7 +161,13 @@ fn pool() {
     let master = prefork_master::Master::builder()
         .name("e2e-brokers")
         .workers(var("POOL_WORKERS").parse().unwrap())
-        .timeout(Duration::from_secs(10))
+        // On Kafka a new feeder may wait up to KAFKA_TAKE_OVER for the
+        // dead one's partitions without a heartbeat.
+        .timeout(if broker == "kafka" {
+            KAFKA_TAKE_OVER + Duration::from_secs(8)
+        } else {
+            Duration::from_secs(10)
+        })
         .healthy_after(Duration::from_millis(20))
         .backoff_initial(Duration::from_millis(5))
         .crash_limit(10_000)
@@ -665,6 +692,28 @@ fn hosts_on_rabbitmq(mode: &str) {
     }
 }
 
+/// The Kafka URL with a consumer group of the run's own (a dead member of
+/// an earlier run must not hold up this one's rebalances).
+fn kafka_url() -> Option<String> {
+    e2e::broker_url("PREFORK_KAFKA_URL")
+        .map(|url| format!("{url}/?group={}", e2e::unique_name("e2e-group")))
+}
+
+fn kafka_kills_lose_no_job() {
+    if let Some(url) = kafka_url() {
+        kills_lose_no_job("pull", "kafka", Some(url));
+    }
+}
+
+fn kafka_dispatch_kills_lose_no_job() {
+    // The new feeder waits for the dead one's partitions, so it holds the
+    // jobs still running for their reports instead of running them again.
+    if let Some(url) = kafka_url() {
+        let url = format!("{url}&take_over_wait_ms={}", KAFKA_TAKE_OVER.as_millis());
+        kills_lose_no_job("dispatch", "kafka", Some(url));
+    }
+}
+
 fn spool_dispatch_kills_lose_no_job() {
     kills_lose_no_job("dispatch", "spool", None);
 }
@@ -717,6 +766,13 @@ fn main() {
             hosts_on_rabbitmq("dispatch")
         })
         .limit(Duration::from_secs(200)),
+        Case::new("kafka_kills_lose_no_job", kafka_kills_lose_no_job)
+            .limit(Duration::from_secs(240)),
+        Case::new(
+            "kafka_dispatch_kills_lose_no_job",
+            kafka_dispatch_kills_lose_no_job,
+        )
+        .limit(Duration::from_secs(240)),
         Case::new("big_jobs_on_redis_pull", big_jobs_on_redis_pull),
         Case::new("big_jobs_on_redis_dispatch", big_jobs_on_redis_dispatch),
         Case::new("pool", pool)

@@ -37,6 +37,7 @@ pub(crate) const ARROWS: &[(&str, Allowed)] = &[
     ("prefork-redis", Allowed::Only(&["prefork-broker"])),
     ("prefork-beanstalkd", Allowed::Only(&["prefork-broker"])),
     ("prefork-rabbitmq", Allowed::Only(&["prefork-broker"])),
+    ("prefork-kafka", Allowed::Only(&["prefork-broker"])),
     ("prefork-conformance", Allowed::Only(&["prefork-broker"])),
     (
         "prefork-jobs",

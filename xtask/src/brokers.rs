@@ -2,7 +2,8 @@
 //!
 //! Each adapter crate (`crates/prefork-redis`, ...) is tested against a real
 //! server. For every adapter crate present, this module installs the server
-//! when it is missing (`apt-get`), starts it on `127.0.0.1` on a free port
+//! when it is missing (`apt-get`, or the spec's own `obtain` hook for a
+//! server Debian does not package: tansu for Kafka, see `kafka.rs`), starts it on `127.0.0.1` on a free port
 //! with its data in a directory of its own, waits until it answers, and
 //! hands its URL to the tests in an environment variable
 //! (`PREFORK_REDIS_URL`, ...). Servers are stopped by pid: under `ci` when
@@ -32,6 +33,8 @@ pub(crate) enum Probe {
     /// Send these bytes on a fresh connection; the reply must start with
     /// the second ones.
     Exchange(&'static [u8], &'static [u8]),
+    /// A check of its own, given the port (a binary protocol's handshake).
+    Custom(fn(u16) -> bool),
 }
 
 /// Everything a [`Spec`]'s launcher needs to build its command.
@@ -71,6 +74,13 @@ pub(crate) struct Spec {
     /// A server-specific readiness check and stop, when the probe and
     /// SIGTERM are not enough (RabbitMQ).
     pub(crate) hooks: Option<&'static Hooks>,
+    /// Obtains the server binary when Debian packages none (instead of
+    /// `apt`), returning its path; given the workspace root, to cache it
+    /// under `target/`.
+    pub(crate) obtain: Option<fn(&Path) -> Result<PathBuf>>,
+    /// Debian packages the adapter crate itself needs to build (a C
+    /// library's build tools), installed before clippy and the tests.
+    pub(crate) build_apt: &'static [&'static str],
 }
 
 /// What a server needs beyond a [`Probe`] and SIGTERM; each gets the
@@ -84,8 +94,7 @@ pub(crate) struct Hooks {
     pub(crate) stop: fn(&Path) -> Result<()>,
 }
 
-/// The brokers we know how to run. tansu for Kafka (installed with
-/// `cargo install`) joins this table when its adapter crate arrives.
+/// The brokers we know how to run.
 pub(crate) const SPECS: &[Spec] = &[
     Spec {
         name: "redis",
@@ -106,6 +115,8 @@ pub(crate) const SPECS: &[Spec] = &[
         probe: Probe::Exchange(b"PING\r\n", b"+PONG"),
         ready_within: Duration::from_secs(10),
         hooks: None,
+        obtain: None,
+        build_apt: &[],
     },
     Spec {
         name: "beanstalkd",
@@ -131,6 +142,8 @@ pub(crate) const SPECS: &[Spec] = &[
         probe: Probe::Exchange(b"stats\r\n", b"OK "),
         ready_within: Duration::from_secs(10),
         hooks: None,
+        obtain: None,
+        build_apt: &[],
     },
     Spec {
         name: "rabbitmq",
@@ -145,6 +158,22 @@ pub(crate) const SPECS: &[Spec] = &[
         probe: Probe::Exchange(b"AMQP\x00\x00\x09\x01", b"\x01\x00\x00"),
         ready_within: Duration::from_secs(60),
         hooks: Some(&crate::rabbitmq::HOOKS),
+        obtain: None,
+        build_apt: &[],
+    },
+    Spec {
+        name: "kafka",
+        adapter: "prefork-kafka",
+        program: "tansu",
+        apt: &[],
+        env_var: "PREFORK_KAFKA_URL",
+        url: |port| format!("kafka://127.0.0.1:{port}"),
+        launch: crate::kafka::launch,
+        probe: Probe::Custom(crate::kafka::ready),
+        ready_within: Duration::from_secs(10),
+        obtain: Some(crate::kafka::obtain),
+        hooks: None,
+        build_apt: &["cmake", "libcurl4-openssl-dev"],
     },
 ];
 
@@ -270,27 +299,59 @@ impl Drop for Brokers {
     }
 }
 
-/// Installs the Debian packages of the servers not found on `PATH`.
+/// Installs the Debian packages of the servers not found on `PATH`, and
+/// obtains those that are not packaged.
 fn install_missing(specs: &[&Spec]) -> Result<()> {
     let packages: Vec<&str> = specs
         .iter()
-        .filter(|s| which(s.program).is_none())
+        .filter(|s| s.obtain.is_none() && which(s.program).is_none())
         .flat_map(|s| s.apt.iter().copied())
         .collect();
     apt_install(&packages)?;
     for spec in specs {
-        if which(spec.program).is_none() {
-            bail!("{} is still not on PATH after installing", spec.program);
-        }
+        program_path(spec)?;
     }
     Ok(())
+}
+
+/// The server binary: obtained (and cached) by the spec's own hook, or
+/// found on `PATH`.
+fn program_path(spec: &Spec) -> Result<PathBuf> {
+    match spec.obtain {
+        Some(obtain) => obtain(&crate::run::workspace_root())
+            .with_context(|| format!("could not obtain {}", spec.program)),
+        None => which(spec.program)
+            .with_context(|| format!("{} is not on PATH (after installing)", spec.program)),
+    }
+}
+
+/// Installs the Debian packages that the present adapter crates need to
+/// build (those not installed yet).
+///
+/// # Errors
+/// When apt-get fails.
+pub(crate) fn install_build_deps(root: &Path) -> Result<()> {
+    let missing: Vec<&str> = needed(root)
+        .iter()
+        .flat_map(|s| s.build_apt.iter().copied())
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    apt_install(&missing)
+}
+
+/// Whether the Debian package `name` is installed.
+fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
 /// Starts one server on a free port and waits until it is ready. A server
 /// that exits at once (say, its port was taken in between) is tried again
 /// on another port, twice.
 fn start_one(spec: &'static Spec, mode: Mode) -> Result<Server> {
-    let program = which(spec.program).with_context(|| format!("{} not found", spec.program))?;
+    let program = program_path(spec)?;
     let mut last_error = None;
     for _attempt in 0..3 {
         let port = free_port()?;
@@ -391,7 +452,10 @@ fn wait_ready(spec: &Spec, child: &mut Child, port: u16, dir: &Path, log: &Path)
 
 /// Whether the server on `port` answers its probe.
 fn probe(probe: Probe, port: u16) -> bool {
-    let Probe::Exchange(send, expect) = probe;
+    let (send, expect) = match probe {
+        Probe::Exchange(send, expect) => (send, expect),
+        Probe::Custom(check) => return check(port),
+    };
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
         return false;

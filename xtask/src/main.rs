@@ -26,6 +26,7 @@
 mod arrows;
 mod brokers;
 mod invariants;
+mod kafka;
 mod peers;
 mod rabbitmq;
 mod run;

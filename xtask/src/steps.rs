@@ -31,12 +31,15 @@ pub(crate) fn fmt(ctx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Step 2: clippy on every target of every member, warnings denied.
+/// Step 2: clippy on every target of every member, warnings denied (after
+/// installing the Debian packages adapter crates need to build, e.g.
+/// cmake for rdkafka's bundled librdkafka).
 ///
 /// # Errors
 /// When clippy is missing and cannot be installed, or reports anything.
 pub(crate) fn clippy(ctx: &mut Ctx) -> Result<()> {
     ensure_component(ctx, "clippy", "clippy")?;
+    brokers::install_build_deps(&ctx.root)?;
     run(&mut ctx.cargo([
         "clippy",
         "--workspace",
@@ -62,13 +65,15 @@ fn ensure_component(ctx: &Ctx, sub: &str, component: &str) -> Result<()> {
 }
 
 /// Starts the brokers that the present adapter crates need, on loopback,
-/// and puts their URLs into the test environment. They stay up until the
+/// and puts their URLs into the test environment (installing first what
+/// the adapter crates need to build, for `test` runs that skip clippy). They stay up until the
 /// run ends (see [`Ctx::stop_brokers`]).
 ///
 /// # Errors
 /// When a broker cannot be installed or started: under CI a missing broker
 /// is a failure, never a skip.
 pub(crate) fn start_brokers(ctx: &mut Ctx) -> Result<()> {
+    brokers::install_build_deps(&ctx.root)?;
     let needed = brokers::needed(&ctx.root);
     if needed.is_empty() {
         println!("no adapter crate needs a broker server");
