@@ -223,7 +223,9 @@ impl Value for Bytes {
     fn show(&self) -> Option<String> {
         let (unit, scale) = SIZE_UNITS
             .iter()
-            .find(|(_, scale)| self.0.is_multiple_of(*scale) && self.0 >= *scale && *scale >= 1 << 10)
+            .find(|(_, scale)| {
+                self.0.is_multiple_of(*scale) && self.0 >= *scale && *scale >= 1 << 10
+            })
             .copied()
             .unwrap_or(("", 1));
         if unit.is_empty() {
