@@ -575,6 +575,11 @@ impl Loaded {
                 .filter(|(_, mode)| *mode != self.settings.mode);
             match (value, other_mode) {
                 (Some(v), None) => out.push_str(&format!("{key} = {v}  # {origin}\n")),
+                (None, None) if *path == "broker" => out.push_str(&format!(
+                    "# {key}: not set: {}  # {origin}\n",
+                    self.broker_url()
+                        .map_or_else(|e| e.to_string(), |url| url.to_string())
+                )),
                 (None, None) => out.push_str(&format!("# {key}: not set  # {origin}\n")),
                 (_, Some((_, mode))) => {
                     out.push_str(&format!("# {key}: {mode} mode only\n"));

@@ -47,6 +47,15 @@ fn an_empty_file_gives_the_defaults() {
     assert_eq!(l.settings, Settings::default());
     assert_eq!(l.settings.workers, 4);
     assert_eq!(l.origin("workers"), &Origin::Default);
+    let spool = std::env::temp_dir().join("prefork-spool");
+    assert!(
+        l.to_toml().contains(&format!(
+            "# broker: not set: spool://{}  # default\n",
+            spool.display()
+        )),
+        "{}",
+        l.to_toml()
+    );
 }
 
 /// The master-owned defaults here are the master's own: a builder from
