@@ -36,7 +36,7 @@ pub struct Append {
     pub start_line: Option<String>,
 }
 
-/// The example handlers, with retries starting at `retry_base`:
+/// The example handlers, with `retry` as their default retry policy:
 ///
 /// | job | args | does |
 /// |---|---|---|
@@ -46,14 +46,9 @@ pub struct Append {
 /// | `fail` | a string | always fails (retried, then dead) |
 /// | `panic` | a string | panics with it (retried, then dead) |
 /// | `append` | `{"path": "...", "line": "...", "sleep_ms": 0, "start_line": "..."}` | appends `start_line` (optional), sleeps `sleep_ms` (optional), then appends `line`, to the file with `O_APPEND` |
-pub fn registry(retry_base: Duration) -> Registry {
+pub fn registry(retry: RetryPolicy) -> Registry {
     let mut r = Registry::new();
-    r.default_retry(
-        RetryPolicy::new(5)
-            .base(retry_base)
-            .max_delay(retry_base * 64)
-            .jitter(0.5),
-    );
+    r.default_retry(retry);
     r.register(
         "noop",
         |_: &mut JobContext<'_>, _: serde_json::Value| Ok(()),
@@ -112,7 +107,7 @@ mod tests {
 
     #[test]
     fn examples_behave_as_documented() {
-        let r = registry(Duration::from_millis(10));
+        let r = registry(RetryPolicy::new(5).base(Duration::from_millis(10)));
         let run = |job: &str, args: serde_json::Value, attempt: u32| {
             r.run(&Envelope::new("q", job, args).to_bytes(), attempt, 0.0)
         };

@@ -13,10 +13,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod config;
 pub mod demo;
 pub mod events;
 pub mod examples;
 pub mod operator;
+pub mod pool;
 
 /// How a pool gets its jobs (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use prefork::Enqueuer;
 use prefork::broker::{Broker, DeliveryId};
-use prefork::{DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
-use prefork_cli::{Mode, demo, events, examples, operator};
+use prefork_cli::config::{self, Override};
+use prefork_cli::{Mode, demo, operator, pool};
 
 /// Pre-forking job workers on a broker (the embedded spool by default).
 #[derive(Debug, Parser)]
@@ -20,12 +21,13 @@ use prefork_cli::{Mode, demo, events, examples, operator};
 struct Cli {
     /// Broker URL: spool:///dir (default: $TMPDIR/prefork-spool),
     /// redis://[:password@]host:port[/db], beanstalk://host:port,
-    /// amqp://user:password@host:port/vhost.
-    #[arg(long, global = true, env = "PREFORK_BROKER")]
+    /// amqp://user:password@host:port/vhost (setting `broker`, also
+    /// $PREFORK_BROKER).
+    #[arg(long, global = true)]
     broker: Option<String>,
-    /// Queue name.
-    #[arg(long, global = true, default_value = "default")]
-    queue: String,
+    /// Queue name (setting `queue`, default `default`).
+    #[arg(long, global = true)]
+    queue: Option<String>,
     /// Claim timeout, in seconds: how long a fetched job that is neither
     /// settled nor renewed stays with its holder before the broker hands
     /// it out again. Redis: the lease (min-idle time of reclaims, default
@@ -34,6 +36,10 @@ struct Cli {
     /// puts (default 60; a dead holder's jobs come back at once anyway).
     #[arg(long, global = true, value_name = "SECS", value_parser = parse_secs)]
     lease: Option<Duration>,
+    /// A TOML config file (see docs/config.md); PREFORK_* variables and
+    /// flags override its settings.
+    #[arg(long, global = true, value_name = "FILE", env = "PREFORK_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -58,37 +64,15 @@ enum Cmd {
         quiet: bool,
     },
     /// Run a pool of the example job handlers until QUIT (graceful) or
-    /// TERM/INT (quick).
-    Work {
-        /// Worker processes.
-        #[arg(long, default_value_t = 4)]
-        workers: usize,
-        /// Pull: each worker owns a broker connection and fetches for
-        /// itself. Dispatch: one feeder process owns the connection and
-        /// fetches only for idle workers; the master hands each job to an
-        /// idle worker and settles a killed worker's job at once.
-        #[arg(long, value_enum, default_value_t = Mode::Pull)]
-        mode: Mode,
-        /// Jobs claimed per fetch, fixed (pull mode; default: an adaptive
-        /// batch of about 10 ms of work; the dispatch feeder fetches as
-        /// many as there are idle workers).
-        #[arg(long)]
-        prefetch: Option<usize>,
-        /// Liveness timeout of a worker, in seconds.
-        #[arg(long, default_value_t = 30)]
-        timeout: u64,
-        /// First retry delay, in ms (doubling, capped at 64x).
-        #[arg(long, default_value_t = 1000)]
-        retry_base_ms: u64,
-        /// Soft time limit of every job, in ms.
-        #[arg(long)]
-        soft_limit_ms: Option<u64>,
-        /// Hard time limit of every job, in ms (the worker is killed).
-        #[arg(long)]
-        hard_limit_ms: Option<u64>,
-        /// Append one line per settled job to this file (see `events`).
-        #[arg(long)]
-        events: Option<PathBuf>,
+    /// TERM/INT (quick), from --config, PREFORK_* variables and flags.
+    #[command(visible_alias = "work")]
+    Run(pool::PoolArgs),
+    /// Check a config file (default: --config) with the PREFORK_*
+    /// variables over it: print every problem and fail, or print the
+    /// effective settings. Connects to nothing.
+    CheckConfig {
+        /// The file.
+        file: Option<PathBuf>,
     },
     /// Enqueue a job: `prefork enqueue sleep '{"ms": 100}'`; prints each
     /// job's id (which `dead redrive` and `dead delete` also take).
@@ -205,29 +189,38 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours on a terminal only: not in a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let url = match &cli.broker {
-        Some(u) => prefork::broker_url(u)?,
-        None => {
-            let dir = std::env::temp_dir().join("prefork-spool");
-            prefork::broker_url(&format!("spool://{}", dir.display()))?
+    // The settings: defaults < --config < PREFORK_* < flags.
+    let mut flags = Vec::new();
+    let mut add = |path, flag, value: Option<String>| {
+        if let Some(value) = value {
+            flags.push(Override { path, value, flag });
         }
     };
-    let url = match cli.lease {
-        Some(lease) => url.with_lease(lease),
-        None => url,
-    };
+    add("broker", "--broker", cli.broker.clone());
+    add("queue", "--queue", cli.queue.clone());
+    add(
+        "lease",
+        "--lease",
+        cli.lease.map(|d| format!("{}ms", d.as_secs_f64() * 1e3)),
+    );
+    let mut file = cli.config.clone();
+    match &cli.command {
+        Cmd::Run(args) => flags.extend(args.overrides()),
+        Cmd::CheckConfig { file: Some(f) } => {
+            if file.as_ref().is_some_and(|c| c != f) {
+                anyhow::bail!("check-config: give the file once (FILE or --config)");
+            }
+            file = Some(f.clone());
+        }
+        Cmd::CheckConfig { file: None } if file.is_none() => {
+            anyhow::bail!("check-config: which file? (check-config FILE)")
+        }
+        _ => {}
+    }
+    let loaded = config::load(file.as_deref(), std::env::vars(), &flags)?;
+    let url = loaded.broker_url()?;
+    let queue = loaded.settings.queue.clone();
     match cli.command {
         Cmd::Demo {
             jobs,
@@ -239,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 jobs,
                 workers,
                 mode,
-                dir: match cli.broker {
+                dir: match loaded.settings.broker {
                     Some(_) => Some(
                         url.spool()
                             .context("the demo runs on the embedded spool only (spool://DIR)")?
@@ -258,66 +251,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Work {
-            workers,
-            mode,
-            prefetch,
-            timeout,
-            retry_base_ms,
-            soft_limit_ms,
-            hard_limit_ms,
-            events,
-        } => {
-            init_logs();
-            let registry = || {
-                let mut jobs = examples::registry(Duration::from_millis(retry_base_ms));
-                let mut limits = TimeLimits::none();
-                limits.soft = soft_limit_ms.map(Duration::from_millis);
-                limits.hard = hard_limit_ms.map(Duration::from_millis);
-                jobs.default_time_limits(limits);
-                jobs
-            };
-            // Fail now, with the broker's name, rather than in every forked
-            // worker; the workers (or the feeder) open their own handles
-            // after the fork.
-            url.check(&cli.queue)?;
-            let mut master = prefork::Master::builder()
-                .name("prefork")
-                .workers(workers)
-                .timeout(Duration::from_secs(timeout));
-            if let Some(path) = events.clone() {
-                master = master.on_phase(move |phase| {
-                    if phase == prefork::Phase::Running
-                        && let Err(e) = events::write_running(&path)
-                    {
-                        tracing::warn!(error = %e, path = %path.display(), "cannot write the events file");
-                    }
-                });
+        Cmd::Run(args) => Ok(pool::run(&loaded, args.events)?.exit_code()),
+        Cmd::CheckConfig { .. } => {
+            for (var, near) in &loaded.near_misses {
+                eprintln!("prefork: warning: ${var} is not a setting (did you mean ${near}?)");
             }
-            let master = master.build()?;
-            let report = match mode {
-                Mode::Pull => {
-                    let mut worker = JobWorker::new(registry(), url.clone(), &cli.queue);
-                    if let Some(n) = prefetch {
-                        worker = worker.prefetch(n);
-                    }
-                    if let Some(path) = events {
-                        worker = worker.on_outcome(events::writer(path));
-                    }
-                    master.run(worker)?
-                }
-                Mode::Dispatch => {
-                    // The feeder reads the registry for the retry policy of
-                    // jobs lost with their worker; the workers run it.
-                    let feeder = DispatchFeeder::new(registry(), url.clone(), &cli.queue);
-                    let mut worker = DispatchWorker::new(registry());
-                    if let Some(path) = events {
-                        worker = worker.on_outcome(events::writer(path));
-                    }
-                    master.run_dispatch(feeder, worker)?
-                }
-            };
-            Ok(report.exit_code())
+            print!("{}", loaded.to_toml());
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Enqueue {
             job,
@@ -326,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             delay_ms,
         } => {
             let args = operator::read_args(&args, std::io::stdin().lock())?;
-            let mut enq = Enqueuer::new(url.open_queue(&cli.queue)?);
+            let mut enq = Enqueuer::new(url.open_queue(&queue)?);
             if delay_ms == 0 {
                 // One broker round trip per batch where the broker can.
                 let mut left = count;
@@ -347,7 +287,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dead { action } => {
-            let mut q = url.open_queue(&cli.queue)?;
+            let mut q = url.open_queue(&queue)?;
             match action {
                 DeadCmd::List {
                     limit,
@@ -374,9 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Cmd::Stats { json } => {
-            let s = url.open_queue(&cli.queue)?.stats()?;
+            let s = url.open_queue(&queue)?.stats()?;
             if json {
-                println!("{}", operator::stats_json(&cli.queue, &s));
+                println!("{}", operator::stats_json(&queue, &s));
             } else {
                 println!("{s}");
             }
