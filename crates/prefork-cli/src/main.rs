@@ -12,7 +12,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use prefork::broker::{Broker, DeliveryId};
 use prefork::{DispatchFeeder, DispatchWorker, Enqueuer, JobWorker, TimeLimits};
-use prefork_cli::{Mode, demo, events, examples, operator};
+use prefork_cli::{Mode, control, demo, events, examples, operator};
 
 /// Pre-forking job workers on a broker (the embedded spool by default).
 #[derive(Debug, Parser)]
@@ -89,6 +89,48 @@ enum Cmd {
         /// Append one line per settled job to this file (see `events`).
         #[arg(long)]
         events: Option<PathBuf>,
+        /// The master's control socket, for `status`, `scale`, `stop` and
+        /// `reload` (mode 0600; `none`: no socket). Default:
+        /// $XDG_RUNTIME_DIR/prefork/prefork.sock, /run/prefork/prefork.sock
+        /// for root, else $TMPDIR/prefork-UID/prefork.sock.
+        #[arg(long, env = "PREFORK_CONTROL_SOCKET", value_name = "PATH")]
+        control_socket: Option<String>,
+        /// A group (name or gid) whose members may use the control socket
+        /// too (mode 0660).
+        #[arg(long, value_name = "GROUP")]
+        control_group: Option<String>,
+    },
+    /// Show a running master's phase and workers (pid, state, job, jobs
+    /// finished, restarts, memory), through its control socket.
+    Status {
+        /// Print the master's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: control::SocketArg,
+    },
+    /// Set a running master's number of workers (as TTIN/TTOU do one at a time).
+    Scale {
+        /// The number of workers wanted (0 pauses the pool).
+        workers: usize,
+        #[command(flatten)]
+        socket: control::SocketArg,
+    },
+    /// Stop a running master: quick (as TERM) or --graceful (as QUIT).
+    Stop {
+        /// Let every worker finish its job first (QUIT).
+        #[arg(long)]
+        graceful: bool,
+        /// Wait up to SECS for the master to exit.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        wait: Option<Duration>,
+        #[command(flatten)]
+        socket: control::SocketArg,
+    },
+    /// Replace every worker of a running master, one at a time (as HUP).
+    Reload {
+        #[command(flatten)]
+        socket: control::SocketArg,
     },
     /// Enqueue a job: `prefork enqueue sleep '{"ms": 100}'`; prints each
     /// job's id (which `dead redrive` and `dead delete` also take).
@@ -217,6 +259,22 @@ fn init_logs() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The control socket's clients need no broker.
+    let said = match &cli.command {
+        Cmd::Status { json, socket } => Some(control::status(&socket.path(), *json)?),
+        Cmd::Scale { workers, socket } => Some(control::scale(&socket.path(), *workers)?),
+        Cmd::Stop {
+            graceful,
+            wait,
+            socket,
+        } => Some(control::stop(&socket.path(), *graceful, *wait)?),
+        Cmd::Reload { socket } => Some(control::reload(&socket.path())?),
+        _ => None,
+    };
+    if let Some(text) = said {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     let url = match &cli.broker {
         Some(u) => prefork::broker_url(u)?,
         None => {
@@ -267,6 +325,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             soft_limit_ms,
             hard_limit_ms,
             events,
+            control_socket,
+            control_group,
         } => {
             init_logs();
             let registry = || {
@@ -282,9 +342,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // after the fork.
             url.check(&cli.queue)?;
             let mut master = prefork::Master::builder()
-                .name("prefork")
+                .name(prefork_cli::MASTER_NAME)
                 .workers(workers)
                 .timeout(Duration::from_secs(timeout));
+            if let Some(path) = control::socket_for_work(control_socket.as_deref())? {
+                master = master.control_socket(path);
+            }
+            if let Some(group) = &control_group {
+                master = master.control_group(control::group_id(group)?);
+            }
             if let Some(path) = events.clone() {
                 master = master.on_phase(move |phase| {
                     if phase == prefork::Phase::Running
@@ -372,6 +438,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 DeadCmd::Redrive { targets } => act(&mut *q, operator::Action::Redrive, targets),
                 DeadCmd::Delete { targets } => act(&mut *q, operator::Action::Delete, targets),
             }
+        }
+        Cmd::Status { .. } | Cmd::Scale { .. } | Cmd::Stop { .. } | Cmd::Reload { .. } => {
+            unreachable!("answered above")
         }
         Cmd::Stats { json } => {
             let s = url.open_queue(&cli.queue)?.stats()?;

@@ -279,8 +279,13 @@ struct Conn {
     output: Vec<u8>,
     written: usize,
     deadline: Instant,
-    /// A reply is queued: read nothing more, close once it is written.
+    /// A reply is queued: no request is read any more.
     answered: bool,
+    /// The reply is written and the write side shut: what the client
+    /// still sends is read and dropped until it closes (closing with
+    /// unread input would reset the connection, and the client could
+    /// miss the end of the reply).
+    draining: bool,
 }
 
 /// The master's end of the control socket: the listener and its clients,
@@ -405,6 +410,10 @@ impl Server {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
+        if conn.draining {
+            self.discard(token, registry);
+            return;
+        }
         if !conn.answered {
             match read_request(conn) {
                 Input::More => {}
@@ -461,6 +470,7 @@ impl Server {
         for token in late {
             let answered = self.conns.get(&token).is_some_and(|c| c.answered);
             if answered {
+                // Its reply is written, or the client does not read it.
                 self.close(token, registry);
             } else {
                 tracing::debug!("a control client sent no request in time");
@@ -529,6 +539,7 @@ impl Server {
                     written: 0,
                     deadline: now + REQUEST_TIMEOUT,
                     answered: false,
+                    draining: false,
                 },
             );
             if let Some(why) = refusal {
@@ -561,8 +572,34 @@ impl Server {
         ))
     }
 
-    /// Writes what is queued for `token`; closes it once the reply is out
-    /// or the client is gone.
+    /// Reads and drops what a client sends after its reply, closing the
+    /// connection at its end (or after 1 MiB: a client that keeps
+    /// sending is not owed a clean close).
+    fn discard(&mut self, token: Token, registry: &Registry) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        let mut dropped = 0;
+        loop {
+            match conn.stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    dropped += n;
+                    if dropped > 1 << 20 {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.close(token, registry);
+    }
+
+    /// Writes what is queued for `token`; once the reply is out, shuts the
+    /// write side (the client reads the end of the reply) and drains.
     fn flush(&mut self, token: Token, registry: &Registry) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
@@ -579,8 +616,10 @@ impl Server {
                 }
             }
         }
-        if conn.answered {
-            self.close(token, registry);
+        if conn.answered && !conn.draining {
+            conn.draining = true;
+            let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+            self.discard(token, registry);
         }
     }
 
