@@ -149,6 +149,23 @@ impl Pool {
         );
     }
 
+    /// Enqueues an `append` job that writes `start`, sleeps `sleep_ms`,
+    /// then writes `end` to a file, and waits until it has started.
+    /// Returns the file.
+    fn run_append(&self, sleep_ms: u64) -> PathBuf {
+        let file = self.dir.join("ran.txt");
+        let args = serde_json::json!({
+            "path": file, "line": "end", "start_line": "start", "sleep_ms": sleep_ms
+        });
+        self.enqueue("append", &args.to_string());
+        e2e::wait_until("the job to start", Duration::from_secs(10), || {
+            std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .contains("start")
+        });
+        file
+    }
+
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -330,16 +347,7 @@ fn scale_up_and_down_changes_the_process_tree() {
 /// `stop` (quick) does not wait for it.
 fn stop_graceful_lets_the_running_job_finish() {
     let mut pool = Pool::start("stop", 1, "pull", &[]);
-    let file = pool.dir.join("ran.txt");
-    let args = serde_json::json!({
-        "path": file, "line": "end", "start_line": "start", "sleep_ms": 1500
-    });
-    pool.enqueue("append", &args.to_string());
-    e2e::wait_until("the job to start", Duration::from_secs(10), || {
-        std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .contains("start")
-    });
+    let file = pool.run_append(1500);
     assert_eq!(pool.ok(&["stop", "--graceful"]), "stopping (graceful)\n");
     pool.wait_exit(Duration::from_secs(20));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "start\nend\n");
@@ -354,16 +362,7 @@ fn stop_graceful_lets_the_running_job_finish() {
     );
 
     let mut pool = Pool::start("stop-quick", 1, "pull", &[]);
-    let file = pool.dir.join("ran.txt");
-    let args = serde_json::json!({
-        "path": file, "line": "end", "start_line": "start", "sleep_ms": 20000
-    });
-    pool.enqueue("append", &args.to_string());
-    e2e::wait_until("the job to start", Duration::from_secs(10), || {
-        std::fs::read_to_string(&file)
-            .unwrap_or_default()
-            .contains("start")
-    });
+    let file = pool.run_append(20000);
     let t0 = Instant::now();
     let said = pool.ok(&["stop", "--wait", "10"]);
     assert!(said.starts_with("stopped (quick) in"), "{said}");
