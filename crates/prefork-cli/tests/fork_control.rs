@@ -21,6 +21,8 @@ struct Pool {
     dir: PathBuf,
     socket: PathBuf,
     log: PathBuf,
+    /// The directory is this pool's (removed with it) rather than shared.
+    owns_dir: bool,
 }
 
 impl Pool {
@@ -33,7 +35,8 @@ impl Pool {
         // Others may reach the socket's directory (the other-user case).
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.join("control.sock");
-        let pool = Pool::spawn(&dir, &socket, workers, mode, extra);
+        let mut pool = Pool::spawn(&dir, &socket, workers, mode, extra);
+        pool.owns_dir = true;
         pool.wait_running(workers);
         pool
     }
@@ -61,6 +64,7 @@ impl Pool {
             dir: dir.to_owned(),
             socket: socket.to_owned(),
             log,
+            owns_dir: false,
         }
     }
 
@@ -192,7 +196,6 @@ impl Pool {
         self.ok(&["stop", "--graceful"]);
         self.wait_exit(Duration::from_secs(30));
         assert!(!self.socket.exists(), "the socket file is removed at exit");
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -203,6 +206,10 @@ impl Drop for Pool {
             let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             let _ = self.child.wait();
+        }
+        // Kept when the case fails: its log says why.
+        if self.owns_dir && !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -369,7 +376,6 @@ fn stop_graceful_lets_the_running_job_finish() {
     pool.wait_exit(Duration::from_secs(10));
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "start\n");
-    let _ = std::fs::remove_dir_all(&pool.dir);
 }
 
 /// `reload` replaces every worker: new pids in every slot, the old ones
@@ -511,6 +517,13 @@ fn malformed_and_oversized_requests_get_an_error() {
     assert!(reply.contains("request too large"), "{reply}");
     let reply = raw(&pool.socket, br#"{"request":"status"}"#);
     assert!(reply.starts_with(r#"{"ok":true,"status":"#), "{reply}");
+    // One request per connection: what follows the first line is dropped.
+    let reply = raw(
+        &pool.socket,
+        b"{\"request\":\"status\"}\n{\"request\":\"stop\"}\n",
+    );
+    assert_eq!(reply.lines().count(), 1, "{reply}");
+    assert!(reply.starts_with(r#"{"ok":true,"status":"#), "{reply}");
     // A silent client blocks nobody, and is sent away at its deadline.
     let mut silent = UnixStream::connect(&pool.socket).unwrap();
     pool.status();
@@ -564,7 +577,6 @@ fn a_second_master_on_the_same_socket_is_refused_while_the_first_lives() {
     let mut first = first;
     first.child.kill().unwrap();
     first.child.wait().unwrap();
-    drop(first);
     assert!(socket.exists());
     let out = Command::new(env!("CARGO_BIN_EXE_prefork"))
         .args(["status", "--socket"])

@@ -279,6 +279,9 @@ struct Conn {
     output: Vec<u8>,
     written: usize,
     deadline: Instant,
+    /// A request was read and waits for the loop's reply: nothing more is
+    /// read meanwhile (one request per connection).
+    pending: bool,
     /// A reply is queued: no request is read any more.
     answered: bool,
     /// The reply is written and the write side shut: what the client
@@ -414,7 +417,7 @@ impl Server {
             self.discard(token, registry);
             return;
         }
-        if !conn.answered {
+        if !conn.answered && !conn.pending {
             match read_request(conn) {
                 Input::More => {}
                 Input::Gone => {
@@ -427,7 +430,10 @@ impl Server {
                     return;
                 }
                 Input::Line(line) => match serde_json::from_slice::<Request>(&line) {
-                    Ok(req) => incoming.push((token, req)),
+                    Ok(req) => {
+                        conn.pending = true;
+                        incoming.push((token, req));
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "a malformed control request");
                         self.reply(
@@ -455,6 +461,7 @@ impl Server {
         line.push(b'\n');
         conn.output = line;
         conn.written = 0;
+        conn.pending = false;
         conn.answered = true;
         self.flush(token, registry);
     }
@@ -538,6 +545,7 @@ impl Server {
                     output: Vec::new(),
                     written: 0,
                     deadline: now + REQUEST_TIMEOUT,
+                    pending: false,
                     answered: false,
                     draining: false,
                 },
