@@ -198,8 +198,11 @@ pub struct ProcessStatus {
     /// How many times this slot's process died without being asked to
     /// and was replaced.
     pub restarts: u32,
-    /// Proportional set size in bytes, read by the master from
-    /// `/proc/PID/smaps_rollup` (`None` where it cannot be read).
+    /// Proportional set size in bytes: read by the master from
+    /// `/proc/PID/smaps_rollup` for as many processes as 20 ms allow (a
+    /// `status` never holds the loop longer), else the figure the worker
+    /// last sent with its stats (after it finished jobs, or by the memory
+    /// limit's checks); `None` when neither is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pss_bytes: Option<u64>,
 }
@@ -244,10 +247,14 @@ pub fn request(path: &Path, req: &Request) -> io::Result<Reply> {
     stream.set_write_timeout(Some(REQUEST_TIMEOUT))?;
     let mut line = serde_json::to_vec(req).map_err(io::Error::other)?;
     line.push(b'\n');
-    stream.write_all(&line)?;
+    // A master that refuses the connection (too many clients) answers
+    // and closes before reading: its reply is still there to read.
+    let sent = stream.write_all(&line);
     let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
+    let read = BufReader::new(stream).read_line(&mut answer);
     if answer.is_empty() {
+        sent?;
+        read?;
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,
             "the master closed the connection without a reply",

@@ -101,6 +101,10 @@ const MESSAGES_PER_TURN: usize = 256;
 
 const SIGNAL_TOKEN: Token = Token(0);
 
+/// How long one `status` request may spend reading the processes' PSS
+/// from `/proc` (the loop waits meanwhile): about 100 to 400 processes.
+const PSS_BUDGET: Duration = Duration::from_millis(20);
+
 /// A pre-forking master: forks the workers, supervises them from a
 /// single-threaded `mio` loop, and answers Unicorn's signals.
 ///
@@ -437,11 +441,18 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             let reply = match command {
                 None => {
                     let mut status = self.sup.status(now);
+                    // Reading smaps_rollup costs 50-200 µs a process: past
+                    // the budget, the figures the workers last sent stand.
+                    let t0 = Instant::now();
                     for p in status.workers.iter_mut().chain(status.feeder.as_mut()) {
-                        p.pss_bytes = p
-                            .pid
-                            .and_then(|pid| crate::memory::rss_pss_of(pid).ok())
-                            .map(|(_, pss)| pss);
+                        if t0.elapsed() >= PSS_BUDGET {
+                            break;
+                        }
+                        if let Some(pid) = p.pid
+                            && let Ok((_, pss)) = crate::memory::rss_pss_of(pid)
+                        {
+                            p.pss_bytes = Some(pss);
+                        }
                     }
                     Reply {
                         status: Some(status),

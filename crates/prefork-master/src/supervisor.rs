@@ -156,6 +156,8 @@ struct Life {
     /// adaptive lookahead learns the jobs' run time from it).
     handed_at: Option<Instant>,
     jobs_finished: u64,
+    /// The PSS the worker last reported measuring (its stats), if any.
+    pss: Option<u64>,
 }
 
 impl Life {
@@ -335,7 +337,8 @@ impl Supervisor {
     }
 
     /// What the master knows of itself and every process, for the control
-    /// socket's `status` (the loop adds what only it can read: PSS).
+    /// socket's `status` (PSS as the workers last reported it: the loop
+    /// reads fresher figures where it has the time).
     pub(crate) fn status(&self, now: Instant) -> Status {
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let wall = SystemTime::now();
@@ -377,7 +380,7 @@ impl Supervisor {
                 job,
                 jobs_finished: p.jobs_finished,
                 restarts: self.slot_ref(p.role).map_or(0, |s| s.restarts),
-                pss_bytes: None,
+                pss_bytes: p.pss,
             };
             match p.role {
                 Role::Feeder => feeder = Some(entry),
@@ -959,6 +962,8 @@ impl Supervisor {
         };
         p.last_beat = now;
         p.jobs_finished = jobs_finished;
+        // 0: the worker could not read it.
+        p.pss = (pss > 0).then_some(pss).or(p.pss);
         if p.state != State::Live || p.recycle.is_some() {
             return;
         }
@@ -1230,6 +1235,7 @@ impl Supervisor {
                 job_deadline: None,
                 handed_at: None,
                 jobs_finished: 0,
+                pss: None,
             },
         );
         self.actions.push(Action::Spawn {

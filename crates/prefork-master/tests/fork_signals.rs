@@ -259,9 +259,14 @@ fn a_worker_holds_no_control_socket() {
     d.wait_ready(3);
     let status = request(&path, &Request::Status).unwrap().status.unwrap();
     assert_eq!(status.target, 3);
-    let master = fd_targets(d.pid());
-    // Three channels, the listener, the idle client.
-    assert_eq!(sockets(&master), 5, "{master:?}");
+    // Three channels, the listener, the idle client (the master closes
+    // the status client's end once it has seen it leave).
+    let mut master = Vec::new();
+    let five = wait_until(WAIT, || {
+        master = fd_targets(d.pid());
+        sockets(&master) == 5
+    });
+    assert!(five, "{master:?}");
     for w in d.workers() {
         holds_only_its_own(&d, w, &inherited, &master);
     }

@@ -1143,7 +1143,10 @@ fn status_in_pull_mode_tells_what_the_heartbeat_said() {
         (st.mode.as_str(), st.queued, st.feeder.is_none()),
         ("pull", None, true)
     );
-    assert_eq!(st.workers[0].state, "idle");
+    assert_eq!(
+        (st.workers[0].state.as_str(), st.workers[0].pss_bytes),
+        ("idle", None)
+    );
     sim.tell(
         serial,
         Message::Heartbeat(Progress::Busy {
@@ -1155,12 +1158,14 @@ fn status_in_pull_mode_tells_what_the_heartbeat_said() {
         serial,
         Message::Stats(Stats {
             jobs_finished: 12,
+            pss_bytes: 5 << 20,
             ..Stats::default()
         }),
     );
     let st = sim.sup.status(sim.now);
     let w = &st.workers[0];
     assert_eq!((w.state.as_str(), w.jobs_finished), ("busy", 12));
+    assert_eq!(w.pss_bytes, Some(5 << 20), "as the worker measured it");
     let job = w.job.as_ref().unwrap();
     assert_eq!(
         (job.id.as_deref(), job.activity.as_deref()),
