@@ -361,7 +361,10 @@ const NOT_YET: &[(&str, &str)] = &[
         "switching the workers' group is not supported yet: start prefork with that group",
     ),
     ("metrics", "a metrics endpoint is not supported yet"),
-    ("control", "a control socket is not supported yet"),
+    (
+        "control",
+        "the control socket is not set in the file yet: use `--control-socket PATH` (or $PREFORK_CONTROL_SOCKET) and `--control-group GROUP`",
+    ),
     (
         "recycle.max_jobs",
         "the master counts iterations, not jobs: use `recycle.max_iterations` (an iteration is one job, or one fetch that found none)",

@@ -199,6 +199,9 @@ fn run_in(opts: &DemoOptions, dir: &Path) -> anyhow::Result<Summary> {
         .arg(format!("spool://{}", dir.display()))
         .arg("--events")
         .arg(&events)
+        // The demo's pool is its own business: it takes no socket another
+        // master (`prefork work`) may hold.
+        .args(["--control-socket", crate::control::OFF])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)

@@ -1,5 +1,6 @@
 //! The library half of the `prefork` command: the example job handlers,
-//! the progress events, the demo and the operator commands' logic. The binary (`src/main.rs`) is
+//! the progress events, the demo, the operator commands' logic and the
+//! control socket's clients. The binary (`src/main.rs`) is
 //! argument parsing over these; broker URLs are the facade's
 //! ([`prefork::broker_url`]).
 //!
@@ -14,11 +15,16 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod events;
 pub mod examples;
 pub mod operator;
 pub mod pool;
+
+/// The name `prefork work` gives its master: its process titles, logs and
+/// default control socket (`NAME.sock`) carry it.
+pub const MASTER_NAME: &str = "prefork";
 
 /// How a pool gets its jobs (`--mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use prefork::Enqueuer;
 use prefork::broker::{Broker, DeliveryId};
 use prefork_cli::config::{self, Override};
-use prefork_cli::{Mode, demo, operator, pool};
+use prefork_cli::{Mode, control, demo, operator, pool};
 
 /// Pre-forking job workers on a broker (the embedded spool by default).
 #[derive(Debug, Parser)]
@@ -73,6 +73,38 @@ enum Cmd {
     CheckConfig {
         /// The file.
         file: Option<PathBuf>,
+    },
+    /// Show a running master's phase and workers (pid, state, job, jobs
+    /// finished, restarts, memory), through its control socket.
+    Status {
+        /// Print the master's JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        socket: control::SocketArg,
+    },
+    /// Set a running master's number of workers (as TTIN/TTOU do one at a time).
+    Scale {
+        /// The number of workers wanted (0 pauses the pool).
+        workers: usize,
+        #[command(flatten)]
+        socket: control::SocketArg,
+    },
+    /// Stop a running master: quick (as TERM) or --graceful (as QUIT).
+    Stop {
+        /// Let every worker finish its job first (QUIT).
+        #[arg(long)]
+        graceful: bool,
+        /// Wait up to SECS for the master to exit.
+        #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+        wait: Option<Duration>,
+        #[command(flatten)]
+        socket: control::SocketArg,
+    },
+    /// Replace every worker of a running master, one at a time (as HUP).
+    Reload {
+        #[command(flatten)]
+        socket: control::SocketArg,
     },
     /// Enqueue a job: `prefork enqueue sleep '{"ms": 100}'`; prints each
     /// job's id (which `dead redrive` and `dead delete` also take).
@@ -190,6 +222,22 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The control socket's clients need no broker.
+    let said = match &cli.command {
+        Cmd::Status { json, socket } => Some(control::status(&socket.path(), *json)?),
+        Cmd::Scale { workers, socket } => Some(control::scale(&socket.path(), *workers)?),
+        Cmd::Stop {
+            graceful,
+            wait,
+            socket,
+        } => Some(control::stop(&socket.path(), *graceful, *wait)?),
+        Cmd::Reload { socket } => Some(control::reload(&socket.path())?),
+        _ => None,
+    };
+    if let Some(text) = said {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    }
     // The settings: defaults < --config < PREFORK_* < flags.
     let mut flags = Vec::new();
     let mut add = |path, flag, value: Option<String>| {
@@ -251,7 +299,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{summary}");
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Run(args) => Ok(pool::run(&loaded, args.events)?.exit_code()),
+        Cmd::Run(args) => Ok(pool::run(&loaded, &args)?.exit_code()),
         Cmd::CheckConfig { .. } => {
             for (var, near) in &loaded.near_misses {
                 eprintln!("prefork: warning: ${var} is not a setting (did you mean ${near}?)");
@@ -312,6 +360,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 DeadCmd::Redrive { targets } => act(&mut *q, operator::Action::Redrive, targets),
                 DeadCmd::Delete { targets } => act(&mut *q, operator::Action::Delete, targets),
             }
+        }
+        Cmd::Status { .. } | Cmd::Scale { .. } | Cmd::Stop { .. } | Cmd::Reload { .. } => {
+            unreachable!("answered above")
         }
         Cmd::Stats { json } => {
             let s = url.open_queue(&queue)?.stats()?;

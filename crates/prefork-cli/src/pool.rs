@@ -41,15 +41,17 @@ pub fn registry(s: &Settings) -> Registry {
     jobs
 }
 
-/// Runs the pool until it stops (QUIT, TERM, INT, or a crash loop) and
-/// returns the master's report. `events`: append one line per settled
-/// job to this file (what `demo` reads).
+/// Runs the pool until it stops (QUIT, TERM, INT, a control-socket
+/// `stop`, or a crash loop) and returns the master's report. From `args`,
+/// the flags that are not settings: `--events` (append one line per
+/// settled job to that file, what `demo` reads) and the control socket's.
 ///
 /// # Errors
 ///
 /// When the broker cannot be reached (checked once before the fork, with
 /// the broker named and any password hidden), or the master cannot start.
-pub fn run(loaded: &Loaded, events: Option<PathBuf>) -> anyhow::Result<Report> {
+pub fn run(loaded: &Loaded, args: &PoolArgs) -> anyhow::Result<Report> {
+    let events = args.events.clone();
     let s = &loaded.settings;
     init_logs(s);
     for (var, near) in &loaded.near_misses {
@@ -61,6 +63,12 @@ pub fn run(loaded: &Loaded, events: Option<PathBuf>) -> anyhow::Result<Report> {
     // the fork.
     url.check(&s.queue)?;
     let mut master = master_builder(s);
+    if let Some(path) = crate::control::socket_for_work(args.control_socket.as_deref())? {
+        master = master.control_socket(path);
+    }
+    if let Some(group) = &args.control_group {
+        master = master.control_group(crate::control::group_id(group)?);
+    }
     if let Some(path) = events.clone() {
         master = master.on_phase(move |phase| {
             if phase == prefork::Phase::Running
@@ -142,6 +150,17 @@ pub struct PoolArgs {
     /// setting: a flag only).
     #[arg(long, value_name = "FILE")]
     pub events: Option<PathBuf>,
+    /// The master's control socket, for `status`, `scale`, `stop` and
+    /// `reload` (mode 0600; `none`: no socket). Default:
+    /// $XDG_RUNTIME_DIR/prefork/prefork.sock, /run/prefork/prefork.sock
+    /// for root, else $TMPDIR/prefork-UID/prefork.sock (a flag and its
+    /// variable only, not a setting of the file yet).
+    #[arg(long, env = "PREFORK_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<String>,
+    /// A group (name or gid) whose members may use the control socket
+    /// too (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
 }
 
 impl PoolArgs {

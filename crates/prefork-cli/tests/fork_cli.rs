@@ -12,8 +12,12 @@ use std::time::Duration;
 use prefork_tests::e2e;
 use prefork_tests::harness::{Case, run};
 
+/// The `prefork` binary; its pools (`work`) open no control socket, so
+/// that they run beside other pools (`fork_control` tests the socket).
 fn prefork() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_prefork"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_prefork"));
+    c.env("PREFORK_CONTROL_SOCKET", "none");
+    c
 }
 
 /// Asserts a `prefork` command succeeded, showing its stderr if not.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use prefork_tests::e2e;
 use prefork_tests::harness::{Case, run};
 
-/// `prefork`, with no `PREFORK_*` setting inherited from the caller.
+/// `prefork`, with no `PREFORK_*` setting inherited from the caller, and
+/// no control socket.
 fn prefork() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_prefork"));
     for (var, _) in std::env::vars() {
@@ -23,6 +24,9 @@ fn prefork() -> Command {
         }
     }
     cmd.env_remove("RUST_LOG");
+    // No control socket: pools of other tests may run beside these, and
+    // two masters on the default socket refuse each other.
+    cmd.env("PREFORK_CONTROL_SOCKET", "none");
     cmd
 }
 

@@ -123,6 +123,8 @@ fn operator_commands_on(url: &str) {
     let pool = Command::new(env!("CARGO_BIN_EXE_prefork"))
         .args(["--broker", url, "--queue", &q])
         .args(["work", "--workers", "2", "--retry-base-ms", "1"])
+        // No control socket: this case runs beside other pools.
+        .env("PREFORK_CONTROL_SOCKET", "none")
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::master::Master;
@@ -104,6 +105,10 @@ pub(crate) struct Settings {
     /// Dispatch mode: jobs asked for beyond the idle workers.
     /// `None`: adaptive (see `Builder::dispatch_lookahead`).
     pub(crate) dispatch_lookahead: Option<usize>,
+    /// The control socket's path, if the master listens on one.
+    pub(crate) control_socket: Option<PathBuf>,
+    /// A group (gid) whose members may use the control socket.
+    pub(crate) control_group: Option<u32>,
 }
 
 impl Default for Settings {
@@ -129,6 +134,8 @@ impl Default for Settings {
             close_fds: CloseFds::MasterOnly,
             feeder: false,
             dispatch_lookahead: None,
+            control_socket: None,
+            control_group: None,
         }
     }
 }
@@ -378,6 +385,29 @@ impl Builder {
         self
     }
 
+    /// Listen for operators on a UNIX stream socket at `path`: `status`,
+    /// `scale N`, `stop [--graceful]` and `reload`, one line of JSON each
+    /// way (the [`control`](crate::control) module has the protocol and a
+    /// client). Off by default. The file is created with mode 0600 (0660
+    /// with a [`control_group`](Builder::control_group)); a socket file
+    /// left by a dead master is replaced, and [`Master::run`] fails while
+    /// a live master listens at `path`. Only the socket's owner, root and
+    /// the control group's members may act; the file is removed when the
+    /// master stops. The parent directory must exist.
+    pub fn control_socket(mut self, path: impl Into<PathBuf>) -> Builder {
+        self.settings.control_socket = Some(path.into());
+        self
+    }
+
+    /// Lets the members of group `gid` (its primary or supplementary
+    /// members) use the [`control_socket`](Builder::control_socket) too:
+    /// the socket file gets this group and mode 0660. Default: none (the
+    /// owner and root only).
+    pub fn control_group(mut self, gid: u32) -> Builder {
+        self.settings.control_group = Some(gid);
+        self
+    }
+
     /// Runs in the master just before each fork.
     pub fn before_fork(mut self, hook: impl FnMut(&WorkerInfo) + 'static) -> Builder {
         self.hooks.before_fork = Some(Box::new(hook));
@@ -559,6 +589,24 @@ fn validate(s: &Settings) -> Result<(), ConfigError> {
         return Err(err(
             "close_other_fds",
             format!("{bad} is not a file descriptor"),
+        ));
+    }
+    if let Some(path) = &s.control_socket {
+        // sun_path holds 108 bytes, the terminating NUL included.
+        let len = path.as_os_str().len();
+        if len == 0 || len > 107 {
+            return Err(err(
+                "control_socket",
+                format!(
+                    "must be a path of 1 to 107 bytes, what a UNIX socket address holds (got {len})"
+                ),
+            ));
+        }
+    }
+    if s.control_group.is_some() && s.control_socket.is_none() {
+        return Err(err(
+            "control_group",
+            "is set without a control_socket: there is no socket to open to the group",
         ));
     }
     Ok(())

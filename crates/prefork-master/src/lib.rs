@@ -21,6 +21,7 @@
 mod backoff;
 mod child;
 mod config;
+pub mod control;
 mod feeder;
 mod master;
 mod memory;

@@ -58,10 +58,12 @@ use prefork_selfpipe::SignalQueue;
 
 use crate::backoff::XorShift;
 use crate::child;
-use crate::config::{Builder, Hooks, Settings};
+use crate::config::{Builder, Hooks, MAX_WORKERS, Settings};
+use crate::control::{self, Reply, Request};
 use crate::feeder::{Feeder, Job, Settle};
+use crate::report::Shutdown;
 use crate::report::{Phase, Report, Role, WorkerInfo};
-use crate::supervisor::{Action, Event, Serial, Supervisor, signal_name};
+use crate::supervisor::{Action, Command, Event, Serial, Supervisor, signal_name};
 use crate::worker::{BoxError, Context, Worker};
 
 /// The signals the master handles (see `docs/signals.md`).
@@ -98,6 +100,10 @@ pub(crate) const MAX_JOB_FRAME: usize = MAX_JOB_BYTES + 1024;
 const MESSAGES_PER_TURN: usize = 256;
 
 const SIGNAL_TOKEN: Token = Token(0);
+
+/// How long one `status` request may spend reading the processes' PSS
+/// from `/proc` (the loop waits meanwhile): about 100 to 400 processes.
+const PSS_BUDGET: Duration = Duration::from_millis(20);
 
 /// A pre-forking master: forks the workers, supervises them from a
 /// single-threaded `mio` loop, and answers Unicorn's signals.
@@ -247,6 +253,14 @@ impl Master {
         let poll = Poll::new()?;
         poll.registry()
             .register(&mut queue, SIGNAL_TOKEN, Interest::READABLE)?;
+        let control = match &self.settings.control_socket {
+            Some(path) => Some(control::Server::bind(
+                path,
+                self.settings.control_group,
+                poll.registry(),
+            )?),
+            None => None,
+        };
         let rng = XorShift::from_entropy();
         let sup = Supervisor::new(self.settings.clone(), rng);
         let mut m = Loop {
@@ -263,11 +277,16 @@ impl Master {
             master_pid: std::process::id(),
             feeder,
             actions: Vec::new(),
+            control,
+            requests: Vec::new(),
         };
         let report = m.run();
         // Close the workers' channels before the queue restores the
         // previous signal dispositions.
         m.procs.clear();
+        if let Some(c) = m.control.take() {
+            c.remove_file();
+        }
         report
     }
 }
@@ -312,6 +331,10 @@ struct Loop<W, F> {
     /// Scratch space for the supervisor's actions (kept between turns: no
     /// allocation per job).
     actions: Vec<Action>,
+    /// The control socket, when the master listens on one.
+    control: Option<control::Server>,
+    /// Requests the control socket read this turn, to answer.
+    requests: Vec<control::Incoming>,
 }
 
 fn token(serial: Serial) -> Token {
@@ -342,9 +365,12 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             }
             self.flush_pending();
             let timeout = if self.backlog.is_empty() {
-                self.sup
-                    .next_deadline()
-                    .map(|t| t.saturating_duration_since(Instant::now()))
+                let control = self.control.as_ref().and_then(|c| c.next_deadline());
+                let next = match (self.sup.next_deadline(), control) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                next.map(|t| t.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
             };
@@ -367,6 +393,15 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
                     for &sig in &signals {
                         self.on_signal(sig);
                     }
+                } else if control::Server::owns(event.token()) {
+                    if let (Some(c), Some(poll)) = (self.control.as_mut(), self.poll.as_ref()) {
+                        c.ready(
+                            event.token(),
+                            Instant::now(),
+                            poll.registry(),
+                            &mut self.requests,
+                        );
+                    }
                 } else {
                     readable.push(event.token().0 as Serial);
                 }
@@ -374,7 +409,78 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
             for serial in readable {
                 self.read(serial);
             }
+            self.answer_requests();
             self.sup.handle(Instant::now(), Event::Tick);
+        }
+    }
+
+    /// Answers the requests the control socket read this turn, and drops
+    /// its clients that ran out of time. A command goes to the supervisor
+    /// as the signal it stands for would (`Event::Command`); its reply is
+    /// written before the actions are carried out, so a `stop` is answered
+    /// before the master goes.
+    fn answer_requests(&mut self) {
+        let (Some(_), Some(_)) = (self.control.as_ref(), self.poll.as_ref()) else {
+            return;
+        };
+        let requests = std::mem::take(&mut self.requests);
+        for (token, request) in requests {
+            let now = Instant::now();
+            let command = match request {
+                Request::Status => None,
+                Request::Scale { workers } if workers > MAX_WORKERS => {
+                    let why = format!("at most {MAX_WORKERS} workers (asked for {workers})");
+                    self.reply(token, &Reply::error(why));
+                    continue;
+                }
+                Request::Scale { workers } => Some(Command::Scale(workers)),
+                Request::Stop { graceful: true } => Some(Command::Stop(Shutdown::Graceful)),
+                Request::Stop { graceful: false } => Some(Command::Stop(Shutdown::Quick)),
+                Request::Reload => Some(Command::Reload),
+            };
+            let reply = match command {
+                None => {
+                    let mut status = self.sup.status(now);
+                    // Reading smaps_rollup costs 50-200 µs a process: past
+                    // the budget, the figures the workers last sent stand.
+                    let t0 = Instant::now();
+                    for p in status.workers.iter_mut().chain(status.feeder.as_mut()) {
+                        if t0.elapsed() >= PSS_BUDGET {
+                            break;
+                        }
+                        if let Some(pid) = p.pid
+                            && let Ok((_, pss)) = crate::memory::rss_pss_of(pid)
+                        {
+                            p.pss_bytes = Some(pss);
+                        }
+                    }
+                    Reply {
+                        status: Some(status),
+                        ..Reply::done()
+                    }
+                }
+                Some(command) if !self.sup.accepts(command) => {
+                    Reply::error("the master is stopping: only stop is carried out")
+                }
+                Some(command) => {
+                    self.sup.handle(now, Event::Command(command));
+                    Reply {
+                        workers: matches!(command, Command::Scale(_)).then(|| self.sup.target()),
+                        ..Reply::done()
+                    }
+                }
+            };
+            self.reply(token, &reply);
+            self.carry_out();
+        }
+        if let (Some(c), Some(poll)) = (self.control.as_mut(), self.poll.as_ref()) {
+            c.expire(Instant::now(), poll.registry());
+        }
+    }
+
+    fn reply(&mut self, token: Token, reply: &Reply) {
+        if let (Some(c), Some(poll)) = (self.control.as_mut(), self.poll.as_ref()) {
+            c.reply(token, reply, poll.registry());
         }
     }
 
@@ -649,7 +755,11 @@ impl<W: Worker, F: Feeder> Loop<W, F> {
     ) -> ! {
         // Its poll and the other workers' channels and pidfds: the child
         // closes them (dropping these types only closes fds).
-        let master_fds = (std::mem::take(&mut self.procs), self.poll.take());
+        let master_fds = (
+            std::mem::take(&mut self.procs),
+            self.poll.take(),
+            self.control.take(),
+        );
         let feeder = self.feeder.as_mut().filter(|_| role == Role::Feeder);
         child::become_child(
             child::Birth {

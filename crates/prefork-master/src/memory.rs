@@ -7,7 +7,17 @@ use std::io;
 
 /// `(rss, pss)` in bytes of the calling process.
 pub(crate) fn own_rss_pss() -> io::Result<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/self/smaps_rollup")?;
+    rollup("/proc/self/smaps_rollup")
+}
+
+/// `(rss, pss)` in bytes of process `pid` (the master reads its
+/// children's for the control socket's `status`).
+pub(crate) fn rss_pss_of(pid: i32) -> io::Result<(u64, u64)> {
+    rollup(&format!("/proc/{pid}/smaps_rollup"))
+}
+
+fn rollup(path: &str) -> io::Result<(u64, u64)> {
+    let text = std::fs::read_to_string(path)?;
     parse_rollup(&text).ok_or_else(|| io::ErrorKind::InvalidData.into())
 }
 
@@ -52,5 +62,8 @@ mod tests {
     fn measures_this_process() {
         let (rss, pss) = own_rss_pss().unwrap();
         assert!(rss > 0 && pss > 0 && pss <= rss, "rss {rss} pss {pss}");
+        let (rss, pss) = rss_pss_of(std::process::id() as i32).unwrap();
+        assert!(rss > 0 && pss > 0 && pss <= rss, "rss {rss} pss {pss}");
+        assert!(rss_pss_of(i32::MAX).is_err());
     }
 }

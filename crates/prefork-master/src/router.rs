@@ -195,7 +195,6 @@ impl Router {
     }
 
     /// The job `serial` runs, if any.
-    #[cfg(test)]
     pub(crate) fn job_of(&self, serial: Serial) -> Option<&str> {
         self.workers.get(&serial)?.jobs.front().map(String::as_str)
     }
@@ -208,7 +207,6 @@ impl Router {
     }
 
     /// Jobs waiting for a worker.
-    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         self.queue.len()
     }

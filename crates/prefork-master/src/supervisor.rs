@@ -21,6 +21,7 @@ use prefork_heartbeat::{Control, Message, Progress};
 
 use crate::backoff::{XorShift, backoff, jittered_count, jittered_duration};
 use crate::config::{MAX_WORKERS, Settings};
+use crate::control::{JobStatus, ProcessStatus, Status};
 use crate::feeder::Job;
 use crate::report::{Cause, ExitStatus, Phase, Report, Role, Shutdown, WorkerExit};
 use crate::router::{Route, Router};
@@ -46,6 +47,9 @@ pub(crate) enum Event {
     Reaped { pid: i32, status: ExitStatus },
     /// A signal from the self-pipe (CHLD excepted: it makes the loop reap).
     Signal(c_int),
+    /// A request from the control socket that changes something: the
+    /// same [`Command`] a signal becomes, without a signal.
+    Command(Command),
     /// Time passed: handle the deadlines due by now.
     Tick,
 }
@@ -77,6 +81,20 @@ pub(crate) enum Action {
     Phase(Phase),
     /// A worker was reaped: run the exit hook.
     Exited(WorkerExit),
+}
+
+/// What an operator asks of the master, by a signal (QUIT, TERM, INT,
+/// HUP, WINCH, TTIN, TTOU become one of these) or through the control
+/// socket: one implementation for both ways in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Command {
+    /// Stop the pool: graceful (QUIT) or quick (TERM, INT).
+    Stop(Shutdown),
+    /// Replace every worker, one at a time (HUP).
+    Reload,
+    /// Set the number of workers wanted (TTIN and TTOU: one more or less,
+    /// WINCH: 0), capped at [`MAX_WORKERS`].
+    Scale(usize),
 }
 
 /// What a worker said about itself in its latest heartbeat.
@@ -138,6 +156,8 @@ struct Life {
     /// adaptive lookahead learns the jobs' run time from it).
     handed_at: Option<Instant>,
     jobs_finished: u64,
+    /// The PSS the worker last reported measuring (its stats), if any.
+    pss: Option<u64>,
 }
 
 impl Life {
@@ -165,6 +185,8 @@ struct Slot {
     failures: u32,
     /// Not before this time may the slot's next worker be forked.
     respawn_at: Option<Instant>,
+    /// Deaths the slot's processes were not asked for (for `status`).
+    restarts: u32,
 }
 
 /// The supervisor's state. See the module doc.
@@ -198,6 +220,8 @@ pub(crate) struct Supervisor {
     /// Pull mode: dead workers (pids) that may have left broker claims,
     /// for the next worker to be ready to take over.
     orphans: Vec<u32>,
+    /// When `start` was called.
+    started_at: Option<Instant>,
 }
 
 impl Supervisor {
@@ -226,11 +250,13 @@ impl Supervisor {
             router,
             feeder_at: None,
             orphans: Vec::new(),
+            started_at: None,
         }
     }
 
     /// Begins: forks the first workers.
     pub(crate) fn start(&mut self, now: Instant) {
+        self.started_at = Some(now);
         self.actions.push(Action::Phase(Phase::Starting));
         self.reconcile(now);
     }
@@ -243,6 +269,7 @@ impl Supervisor {
             Event::ChannelFailed { serial, protocol } => self.channel_failed(now, serial, protocol),
             Event::Reaped { pid, status } => self.reaped(now, pid, status),
             Event::Signal(sig) => self.signal(now, sig),
+            Event::Command(command) => self.command(now, command, None),
             Event::Tick => self.tick(now),
         }
         self.route(now);
@@ -307,6 +334,80 @@ impl Supervisor {
     /// The number of workers wanted now.
     pub(crate) fn target(&self) -> usize {
         self.target
+    }
+
+    /// What the master knows of itself and every process, for the control
+    /// socket's `status` (PSS as the workers last reported it: the loop
+    /// reads fresher figures where it has the time).
+    pub(crate) fn status(&self, now: Instant) -> Status {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let wall = SystemTime::now();
+        let mut workers = Vec::new();
+        let mut feeder = None;
+        for (&serial, p) in &self.procs {
+            let dispatched = self.router.as_ref().and_then(|r| r.job_of(serial));
+            let activity = match &p.activity {
+                Activity::Busy { what, since } => Some((what.clone(), *since)),
+                Activity::Idle => None,
+            };
+            let job = match (dispatched, &activity) {
+                (None, None) => None,
+                (id, _) => Some(JobStatus {
+                    id: id.map(str::to_owned),
+                    activity: activity.as_ref().map(|(what, _)| what.clone()),
+                    for_ms: match (id, p.handed_at, &activity) {
+                        (Some(_), Some(at), _) => Some(ms(now.saturating_duration_since(at))),
+                        (_, _, Some((_, since))) => {
+                            Some(ms(wall.duration_since(*since).unwrap_or_default()))
+                        }
+                        _ => None,
+                    },
+                }),
+            };
+            let state = match p.state {
+                State::Killed(_) => "killed",
+                State::Stopping { .. } => "stopping",
+                State::Live if !p.ready => "starting",
+                State::Live if job.is_some() || p.handed_at.is_some() => "busy",
+                State::Live => "idle",
+            };
+            let entry = ProcessStatus {
+                slot: p.role.worker_index(),
+                serial,
+                pid: p.pid,
+                state: state.to_owned(),
+                uptime_ms: ms(now.saturating_duration_since(p.spawned_at)),
+                job,
+                jobs_finished: p.jobs_finished,
+                restarts: self.slot_ref(p.role).map_or(0, |s| s.restarts),
+                pss_bytes: p.pss,
+            };
+            match p.role {
+                Role::Feeder => feeder = Some(entry),
+                Role::Worker(_) => workers.push(entry),
+            }
+        }
+        workers.sort_by_key(|w| (w.slot, w.serial));
+        Status {
+            name: self.s.name.clone(),
+            pid: std::process::id(),
+            phase: self.phase.to_string(),
+            uptime_ms: ms(self
+                .started_at
+                .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))),
+            mode: if self.router.is_some() {
+                "dispatch"
+            } else {
+                "pull"
+            }
+            .to_owned(),
+            target: self.target,
+            spawned: self.spawned,
+            failures: self.failures,
+            queued: self.router.as_ref().map(Router::queued),
+            workers,
+            feeder,
+        }
     }
 
     /// The number of worker processes alive (in any state).
@@ -491,28 +592,17 @@ impl Supervisor {
             return;
         }
         tracing::info!(signal = signal_name(sig), "signal received");
-        match sig {
-            libc::SIGQUIT => self.shutdown(now, Shutdown::Graceful, Some(sig)),
-            libc::SIGTERM if self.s.term_is_graceful => {
-                self.shutdown(now, Shutdown::Graceful, Some(sig))
-            }
-            libc::SIGTERM | libc::SIGINT => self.shutdown(now, Shutdown::Quick, Some(sig)),
+        let command = match sig {
+            libc::SIGQUIT => Command::Stop(Shutdown::Graceful),
+            libc::SIGTERM if self.s.term_is_graceful => Command::Stop(Shutdown::Graceful),
+            libc::SIGTERM | libc::SIGINT => Command::Stop(Shutdown::Quick),
+            libc::SIGHUP => Command::Reload,
+            libc::SIGWINCH => Command::Scale(0),
+            libc::SIGTTIN => Command::Scale(self.target + 1),
+            libc::SIGTTOU => Command::Scale(self.target.saturating_sub(1)),
             _ if self.is_stopping() => {
                 tracing::debug!(signal = sig, "ignored while stopping");
-            }
-            libc::SIGHUP => {
-                if self.target == 0 {
-                    self.target = self.s.workers;
-                }
-                let mut n = 0;
-                for p in self.procs.values_mut() {
-                    if p.state == State::Live && p.role != Role::Feeder {
-                        p.recycle = Some(Recycle::Reload);
-                        n += 1;
-                    }
-                }
-                tracing::info!(workers = n, "HUP: replacing every worker, one at a time");
-                self.reloading = n > 0;
+                return;
             }
             libc::SIGUSR1 => {
                 tracing::info!("USR1: reopening logs");
@@ -523,20 +613,72 @@ impl Supervisor {
                         self.actions.push(Action::Send(serial, msg));
                     }
                 }
+                self.reconcile(now);
+                return;
             }
-            libc::SIGWINCH => {
-                tracing::info!("WINCH: stopping every worker, the master stays");
-                self.target = 0;
+            other => {
+                tracing::debug!(signal = other, "signal ignored");
+                self.reconcile(now);
+                return;
             }
-            libc::SIGTTIN => {
-                self.target = (self.target + 1).min(MAX_WORKERS);
-                tracing::info!(target = self.target, "TTIN: one worker more");
+        };
+        self.command(now, command, Some(sig));
+    }
+
+    /// Whether `command` would be carried out now: every command but a
+    /// stop is ignored once the master is stopping.
+    pub(crate) fn accepts(&self, command: Command) -> bool {
+        matches!(command, Command::Stop(_)) || !self.is_stopping()
+    }
+
+    /// Carries out an operator's command, from `signal` or (`None`) from
+    /// the control socket.
+    fn command(&mut self, now: Instant, command: Command, signal: Option<c_int>) {
+        let via = signal.map_or("control socket", signal_name);
+        match command {
+            Command::Stop(kind) => {
+                if signal.is_none() {
+                    tracing::info!(via, shutdown = %kind, "stop requested");
+                }
+                self.shutdown(now, kind, signal);
             }
-            libc::SIGTTOU => {
-                self.target = self.target.saturating_sub(1);
-                tracing::info!(target = self.target, "TTOU: one worker less");
+            _ if self.is_stopping() => {
+                tracing::debug!(via, ?command, "ignored while stopping");
             }
-            other => tracing::debug!(signal = other, "signal ignored"),
+            Command::Reload => {
+                if self.target == 0 {
+                    self.target = self.s.workers;
+                }
+                let mut n = 0;
+                for p in self.procs.values_mut() {
+                    if p.state == State::Live && p.role != Role::Feeder {
+                        p.recycle = Some(Recycle::Reload);
+                        n += 1;
+                    }
+                }
+                tracing::info!(
+                    via,
+                    workers = n,
+                    "reload: replacing every worker, one at a time"
+                );
+                self.reloading = n > 0;
+            }
+            Command::Scale(n) => {
+                let from = self.target;
+                self.target = n.min(MAX_WORKERS);
+                match signal {
+                    Some(libc::SIGWINCH) => {
+                        tracing::info!("WINCH: stopping every worker, the master stays")
+                    }
+                    _ => tracing::info!(
+                        via,
+                        from,
+                        target = self.target,
+                        "scaling to {} workers",
+                        self.target
+                    ),
+                }
+            }
         }
         self.reconcile(now);
     }
@@ -820,6 +962,8 @@ impl Supervisor {
         };
         p.last_beat = now;
         p.jobs_finished = jobs_finished;
+        // 0: the worker could not read it.
+        p.pss = (pss > 0).then_some(pss).or(p.pss);
         if p.state != State::Live || p.recycle.is_some() {
             return;
         }
@@ -922,6 +1066,7 @@ impl Supervisor {
             self.recycling = None;
         }
         if cause != Cause::Requested {
+            self.slot(p.role).restarts += 1;
             self.failures += 1;
             if !self.is_stopping() {
                 // A job past its hard time limit failed, not the slot: it
@@ -1090,6 +1235,7 @@ impl Supervisor {
                 job_deadline: None,
                 handed_at: None,
                 jobs_finished: 0,
+                pss: None,
             },
         );
         self.actions.push(Action::Spawn {

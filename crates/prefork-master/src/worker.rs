@@ -565,6 +565,12 @@ impl Context {
         };
         self.send(&Message::Heartbeat(progress));
         self.last_beat = Instant::now();
+        // The count of jobs finished goes with the heartbeat that follows
+        // them (the master's `status` shows it): at most one stats report
+        // per heartbeat, and none while no job finished.
+        if self.jobs_finished != self.jobs_finished_reported {
+            self.report_stats();
+        }
     }
 
     /// Before an iteration: heartbeat and memory report when due.
@@ -573,9 +579,6 @@ impl Context {
         self.iteration_started = SystemTime::now();
         if now.duration_since(self.last_beat) >= self.beat_every {
             self.beat();
-            if self.jobs_finished != self.jobs_finished_reported {
-                self.report_stats();
-            }
         }
         if let Some(every) = self.memory_every
             && now.duration_since(self.last_memory) >= every

@@ -230,9 +230,7 @@ fn a_worker_holds_none_of_the_masters_descriptors() {
     // close-on-exec) is inherited by the daemon; leave that aside.
     let inherited = fd_targets(std::process::id() as i32);
     let d = Daemon::start(&[("TESTD_WORKERS", "3")], 3);
-    let log = d.dir.join("log").to_string_lossy().into_owned();
     let master = fd_targets(d.pid());
-    let sockets = |fds: &[String]| fds.iter().filter(|t| t.starts_with("socket:")).count();
     assert_eq!(
         sockets(&master),
         3,
@@ -240,43 +238,79 @@ fn a_worker_holds_none_of_the_masters_descriptors() {
     );
     assert!(master.iter().any(|t| t.contains("eventpoll")), "{master:?}");
     for w in d.workers() {
-        // The test daemon's ready hook writes `ready/PID` and closes it;
-        // the ready file can be seen while that file is still open, and
-        // the worker reads its own `/proc/PID/stat` now and then (its
-        // memory and title upkeep), opening and closing it: look again
-        // until neither is open.
-        let mut fds: Vec<String> = Vec::new();
-        wait_until(WAIT, || {
-            fds = fd_targets(w)
-                .into_iter()
-                .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
-                .collect();
-            !fds.iter()
-                .any(|t| t.contains("/ready/") || t.starts_with("/proc/"))
-        });
-        // stdout and stderr (the log), its marks file, its own channel: no
-        // epoll, no signal pipe, no sibling's channel.
-        let own = fds
-            .iter()
-            .find(|t| t.starts_with("socket:"))
-            .expect("its channel")
-            .clone();
-        let marks = d
-            .dir
-            .join(format!("marks.{w}"))
-            .to_string_lossy()
-            .into_owned();
-        assert_eq!(
-            fds,
-            [log.clone(), log.clone(), marks, own.clone()],
-            "worker {w}"
-        );
-        assert!(
-            !master.contains(&own),
-            "the worker's end is not the master's"
-        );
+        holds_only_its_own(&d, w, &inherited, &master);
     }
     d.quit();
+}
+
+/// The control socket's listener and its clients stay in the master: a
+/// worker forked while a client is connected holds neither, and a request
+/// and a signal reach the same handler (scale and TTIN).
+fn a_worker_holds_no_control_socket() {
+    use prefork_master::control::{Request, request};
+    let inherited = fd_targets(std::process::id() as i32);
+    let d = Daemon::start(&[("TESTD_WORKERS", "1"), ("TESTD_CONTROL", "1")], 1);
+    let path = d.dir.join("control.sock");
+    let _idle = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let reply = request(&path, &Request::Scale { workers: 2 }).unwrap();
+    assert_eq!((reply.ok, reply.workers), (true, Some(2)));
+    d.wait_ready(2);
+    d.signal(Signal::SIGTTIN);
+    d.wait_ready(3);
+    let status = request(&path, &Request::Status).unwrap().status.unwrap();
+    assert_eq!(status.target, 3);
+    // Three channels, the listener, the idle client (the master closes
+    // the status client's end once it has seen it leave).
+    let mut master = Vec::new();
+    let five = wait_until(WAIT, || {
+        master = fd_targets(d.pid());
+        sockets(&master) == 5
+    });
+    assert!(five, "{master:?}");
+    for w in d.workers() {
+        holds_only_its_own(&d, w, &inherited, &master);
+    }
+    d.quit();
+    assert!(!path.exists(), "the socket file goes with the master");
+}
+
+fn sockets(fds: &[String]) -> usize {
+    fds.iter().filter(|t| t.starts_with("socket:")).count()
+}
+
+/// Worker `w` holds stdout and stderr (the log), its marks file and its
+/// own channel: no epoll, no signal pipe, no sibling's channel, nothing
+/// else of the `master`'s (`inherited`: what the test process passed on).
+fn holds_only_its_own(d: &Daemon, w: i32, inherited: &[String], master: &[String]) {
+    let log = d.dir.join("log").to_string_lossy().into_owned();
+    // The test daemon's ready hook writes `ready/PID` and closes it; the
+    // ready file can be seen while that file is still open, and the worker
+    // reads its own `/proc/PID/stat` now and then (its memory and title
+    // upkeep), opening and closing it: look again until neither is open.
+    let mut fds: Vec<String> = Vec::new();
+    wait_until(WAIT, || {
+        fds = fd_targets(w)
+            .into_iter()
+            .filter(|t| !inherited.contains(t) || t.starts_with("socket:"))
+            .collect();
+        !fds.iter()
+            .any(|t| t.contains("/ready/") || t.starts_with("/proc/"))
+    });
+    let own = fds
+        .iter()
+        .find(|t| t.starts_with("socket:"))
+        .expect("its channel")
+        .clone();
+    let marks = d
+        .dir
+        .join(format!("marks.{w}"))
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(fds, [log.clone(), log, marks, own.clone()], "worker {w}");
+    assert!(
+        !master.contains(&own),
+        "the worker's end is not the master's"
+    );
 }
 
 fn main() {
@@ -309,6 +343,10 @@ fn main() {
             usr1_reopens_the_logs_of_every_worker,
         ),
         Case::new("usr2_is_ignored_for_now", usr2_is_ignored_for_now),
+        Case::new(
+            "a_worker_holds_no_control_socket",
+            a_worker_holds_no_control_socket,
+        ),
         Case::new(
             "process_titles_say_who_is_who",
             process_titles_say_who_is_who,

@@ -990,3 +990,193 @@ fn dispatch_mode_the_adaptive_lookahead_learns_the_run_time_on_the_simulated_clo
     sim.pump();
     assert!(sim.kills.is_empty());
 }
+
+/// The control socket's commands take the signals' path: a scale is what
+/// TTIN/TTOU/WINCH do, a stop what QUIT or INT do, a reload what HUP does,
+/// and none but a stop is carried out once the master is stopping.
+#[test]
+fn commands_do_what_the_signals_do() {
+    let mut sim = Sim::new(settings(2));
+    sim.ready_all();
+    sim.sup.handle(sim.now, Event::Command(Command::Scale(4)));
+    sim.pump();
+    assert_eq!(
+        sim.live().iter().map(|l| l.1).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    sim.ready_all();
+    sim.sup.handle(sim.now, Event::Command(Command::Scale(1)));
+    sim.pump();
+    assert_eq!(sim.live().iter().map(|l| l.1).collect::<Vec<_>>(), vec![0]);
+    sim.obey();
+    sim.sup
+        .handle(sim.now, Event::Command(Command::Scale(MAX_WORKERS + 5)));
+    assert_eq!(sim.sup.target(), MAX_WORKERS, "capped as TTIN is");
+    sim.sup.handle(sim.now, Event::Command(Command::Scale(0)));
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Paused);
+    sim.obey();
+    // Reload after a pause brings the configured count back, as HUP does.
+    sim.sup.handle(sim.now, Event::Command(Command::Reload));
+    sim.pump();
+    assert_eq!(sim.live().len(), 2);
+    sim.ready_all();
+    let old = sim.serials();
+    sim.sup.handle(sim.now, Event::Command(Command::Reload));
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Reloading);
+    for _ in 0..old.len() {
+        sim.ready_all();
+        sim.obey();
+    }
+    assert!(
+        sim.serials().iter().all(|s| !old.contains(s)),
+        "every worker replaced"
+    );
+    assert_eq!(sim.sup.phase(), Phase::Running);
+    // A graceful stop sends Stop, no signal; once stopping, only a stop is
+    // accepted, and a quick one overrides the graceful one.
+    assert!(sim.sup.accepts(Command::Reload));
+    sim.sup
+        .handle(sim.now, Event::Command(Command::Stop(Shutdown::Graceful)));
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Graceful));
+    assert!(sim.kills.is_empty(), "{:?}", sim.kills);
+    assert!(!sim.sup.accepts(Command::Reload));
+    assert!(!sim.sup.accepts(Command::Scale(3)));
+    assert!(sim.sup.accepts(Command::Stop(Shutdown::Quick)));
+    sim.sup
+        .handle(sim.now, Event::Command(Command::Stop(Shutdown::Quick)));
+    sim.pump();
+    assert_eq!(sim.sup.phase(), Phase::Stopping(Shutdown::Quick));
+    assert_eq!(sim.kills.len(), 2, "SIGTERM to both: {:?}", sim.kills);
+    assert!(sim.kills.iter().all(|(_, s)| *s == libc::SIGTERM));
+    sim.obey();
+    let report = sim.sup.report().expect("stopped");
+    assert_eq!((report.shutdown, report.signal), (Shutdown::Quick, None));
+}
+
+/// `status` names every process with its slot, pid and state, the job a
+/// dispatch worker holds and for how long, what a busy heartbeat said, and
+/// the restarts of a slot whose worker died.
+#[test]
+fn status_describes_every_process_and_its_job() {
+    let (mut sim, worker, feeder) = dispatch_sim(Some(0), 2);
+    let other = sim
+        .live()
+        .iter()
+        .map(|l| l.0)
+        .find(|s| *s != worker && *s != feeder)
+        .unwrap();
+    let st = sim.sup.status(sim.now);
+    assert_eq!(
+        (st.mode.as_str(), st.target, st.phase.as_str()),
+        ("dispatch", 2, "running")
+    );
+    assert_eq!(st.workers.len(), 2);
+    assert_eq!(
+        st.workers.iter().map(|w| w.slot).collect::<Vec<_>>(),
+        [Some(0), Some(1)]
+    );
+    assert!(
+        st.workers
+            .iter()
+            .all(|w| w.state == "idle" && w.job.is_none())
+    );
+    let f = st.feeder.as_ref().expect("the feeder");
+    assert_eq!((f.slot, f.pid), (None, Some(sim.pid(feeder))));
+    sim.tell(feeder, job_msg("17-3"));
+    sim.pump();
+    sim.advance(250 * MS);
+    let st = sim.sup.status(sim.now);
+    let busy: Vec<_> = st.workers.iter().filter(|w| w.state == "busy").collect();
+    assert_eq!(busy.len(), 1, "{st:?}");
+    let job = busy[0].job.as_ref().unwrap();
+    assert_eq!(job.id.as_deref(), Some("17-3"));
+    assert_eq!(job.for_ms, Some(250));
+    assert_eq!(job.activity, None);
+    let holder = busy[0].serial;
+    assert_eq!(busy[0].pid, Some(sim.pid(holder)));
+    // A heartbeat names the job; the other worker's death counts a restart.
+    let since_unix_ms = unix_now_ms() - 1000;
+    sim.tell(
+        holder,
+        Message::Heartbeat(Progress::Busy {
+            job: "sleep 42".into(),
+            since_unix_ms,
+        }),
+    );
+    let idle = if holder == worker { other } else { worker };
+    let idle_slot = sim.sup.procs[&idle].role.worker_index();
+    sim.exit(
+        idle,
+        ExitStatus::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        },
+    );
+    // An early death: replaced after its backoff.
+    sim.advance(3 * SEC);
+    let st = sim.sup.status(sim.now);
+    let w = st.workers.iter().find(|w| w.serial == holder).unwrap();
+    assert_eq!(
+        w.job.as_ref().unwrap().activity.as_deref(),
+        Some("sleep 42")
+    );
+    let replaced = st.workers.iter().find(|w| w.slot == idle_slot).unwrap();
+    assert_eq!(
+        (replaced.restarts, replaced.state.as_str()),
+        (1, "starting")
+    );
+    assert_eq!(w.restarts, 0);
+    assert_eq!(st.failures, 1);
+}
+
+/// In pull mode the job comes from the heartbeat alone.
+#[test]
+fn status_in_pull_mode_tells_what_the_heartbeat_said() {
+    let mut sim = Sim::new(settings(1));
+    sim.ready_all();
+    let serial = sim.serials()[0];
+    let st = sim.sup.status(sim.now);
+    assert_eq!(
+        (st.mode.as_str(), st.queued, st.feeder.is_none()),
+        ("pull", None, true)
+    );
+    assert_eq!(
+        (st.workers[0].state.as_str(), st.workers[0].pss_bytes),
+        ("idle", None)
+    );
+    sim.tell(
+        serial,
+        Message::Heartbeat(Progress::Busy {
+            job: "report 7".into(),
+            since_unix_ms: unix_now_ms() - 3000,
+        }),
+    );
+    sim.tell(
+        serial,
+        Message::Stats(Stats {
+            jobs_finished: 12,
+            pss_bytes: 5 << 20,
+            ..Stats::default()
+        }),
+    );
+    let st = sim.sup.status(sim.now);
+    let w = &st.workers[0];
+    assert_eq!((w.state.as_str(), w.jobs_finished), ("busy", 12));
+    assert_eq!(w.pss_bytes, Some(5 << 20), "as the worker measured it");
+    let job = w.job.as_ref().unwrap();
+    assert_eq!(
+        (job.id.as_deref(), job.activity.as_deref()),
+        (None, Some("report 7"))
+    );
+    assert!((3000..4000).contains(&job.for_ms.unwrap()), "{job:?}");
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}

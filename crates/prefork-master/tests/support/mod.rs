@@ -99,6 +99,9 @@ fn daemon_main() -> ! {
     {
         builder = builder.max_age(Duration::from_millis(age));
     }
+    if std::env::var_os("TESTD_CONTROL").is_some() {
+        builder = builder.control_socket(dir.join("control.sock"));
+    }
     if std::env::var_os("TESTD_TERM_GRACEFUL").is_some() {
         builder = builder.term_is_graceful(true);
     }
