@@ -30,10 +30,12 @@
 //! or the same through `E2E_BROKER` (comma-separated), `E2E_MODE`,
 //! `E2E_WORKERS`, `E2E_JOBS`, `E2E_ROUNDS`, `E2E_RATE`, `E2E_LATENCY_JOBS`,
 //! `E2E_PREFETCH` (0, the default: the adaptive batch). Brokers: `spool:///dir` (a fresh temp dir by default;
-//! `Durability::Buffered`), `redis://...`, `beanstalk://...`, `amqp://...`.
-//! Without `--broker`: the spool, plus `PREFORK_REDIS_URL`,
-//! `PREFORK_BEANSTALKD_URL` and `PREFORK_RABBITMQ_URL` when set (a line
-//! says which are skipped).
+//! `Durability::Buffered`), `redis://...`, `beanstalk://...`, `amqp://...`,
+//! `kafka://...` (each measurement's pool a consumer group of its own,
+//! timed from its first job: the group join is not the loop). Without
+//! `--broker`: the spool, plus `PREFORK_REDIS_URL`,
+//! `PREFORK_BEANSTALKD_URL`, `PREFORK_RABBITMQ_URL` and `PREFORK_KAFKA_URL`
+//! when set (a line says which are skipped).
 //! `--mode` takes one mode or more (comma-separated; default pull;
 //! `dispatch` keeps the defaults (the adaptive lookahead),
 //! `dispatch-0` sets `dispatch_lookahead(0)`); the
@@ -52,7 +54,7 @@ use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use prefork_benches::{raw_beanstalkd, raw_rabbitmq, raw_redis};
+use prefork_benches::{raw_beanstalkd, raw_kafka, raw_rabbitmq, raw_redis};
 use prefork_broker::{Broker, Connect};
 use prefork_jobs::{
     DispatchFeeder, DispatchWorker, Enqueuer, Envelope, JobContext, JobError, JobWorker, Registry,
@@ -234,6 +236,7 @@ fn parse_args() -> Result<Args, String> {
             "PREFORK_REDIS_URL",
             "PREFORK_BEANSTALKD_URL",
             "PREFORK_RABBITMQ_URL",
+            "PREFORK_KAFKA_URL",
         ] {
             match std::env::var(var) {
                 Ok(url) if !url.is_empty() => args.brokers.push(url),
@@ -250,6 +253,17 @@ fn parse_args() -> Result<Args, String> {
 /// for at most in one go).
 const RABBITMQ_RAW_PREFETCH: u16 = 64;
 
+/// Kafka's [`Connect`] for the harness: every handle of one queue in a
+/// consumer group named after it, so each measurement's pool is a group of
+/// its own.
+struct KafkaGroupPerQueue(prefork_kafka::Config);
+
+impl Connect for KafkaGroupPerQueue {
+    fn open(&self, queue: &str) -> Result<Box<dyn Broker + Send>, prefork_broker::BrokerError> {
+        Connect::open(&self.0.clone().group(format!("e2e-{queue}")), queue)
+    }
+}
+
 /// A broker under test.
 #[derive(Debug, Clone)]
 enum Target {
@@ -257,6 +271,7 @@ enum Target {
     Redis(String),
     Beanstalkd(String),
     RabbitMq(String),
+    Kafka(String),
 }
 
 impl Target {
@@ -274,9 +289,11 @@ impl Target {
             Ok(Target::Beanstalkd(url.to_owned()))
         } else if url.starts_with("amqp://") {
             Ok(Target::RabbitMq(url.to_owned()))
+        } else if url.starts_with("kafka://") {
+            Ok(Target::Kafka(url.to_owned()))
         } else {
             Err(format!(
-                "broker {:?}: want spool:///dir, redis://..., beanstalk://... or amqp://...",
+                "broker {:?}: want spool:///dir, redis://..., beanstalk://..., amqp://... or kafka://...",
                 prefork_rabbitmq::redact_url(url)
             ))
         }
@@ -285,7 +302,9 @@ impl Target {
     fn url(&self) -> String {
         match self {
             Target::Spool(d) => format!("spool://{}", d.display()),
-            Target::Redis(u) | Target::Beanstalkd(u) | Target::RabbitMq(u) => u.clone(),
+            Target::Redis(u) | Target::Beanstalkd(u) | Target::RabbitMq(u) | Target::Kafka(u) => {
+                u.clone()
+            }
         }
     }
 
@@ -295,6 +314,7 @@ impl Target {
             Target::Redis(_) => "redis",
             Target::Beanstalkd(_) => "beanstalkd",
             Target::RabbitMq(_) => "rabbitmq",
+            Target::Kafka(_) => "kafka",
         }
     }
 
@@ -304,6 +324,7 @@ impl Target {
             Target::Redis(_) => "raw XADD+XREADGROUP+XACK",
             Target::Beanstalkd(_) => "raw put+reserve+delete",
             Target::RabbitMq(_) => "raw consumer (prefetch 64, ack each)",
+            Target::Kafka(_) => "raw group consumer (sync commit each)",
         }
     }
 
@@ -317,6 +338,9 @@ impl Target {
             Target::Redis(u) => Box::new(prefork_redis::Redis::new(u).unwrap()),
             Target::Beanstalkd(u) => Box::new(prefork_beanstalkd::Config::from_url(u).unwrap()),
             Target::RabbitMq(u) => Box::new(prefork_rabbitmq::Config::from_url(u).unwrap()),
+            Target::Kafka(u) => Box::new(KafkaGroupPerQueue(
+                prefork_kafka::Config::from_url(u).unwrap(),
+            )),
         }
     }
 
@@ -360,6 +384,15 @@ impl Target {
                 raw.fill(jobs as usize);
                 t = Instant::now();
                 raw.drain(jobs as usize, RABBITMQ_RAW_PREFETCH);
+            }
+            // Kafka: the backlog produced first, untimed; the clock starts
+            // at the first message a group consumer gets (the group join,
+            // about 2 s on tansu, is not the loop).
+            Target::Kafka(u) => {
+                let config = prefork_kafka::Config::from_url(u).unwrap();
+                let mut raw = raw_kafka::Raw::new(config.bootstrap_servers(), queue);
+                raw.fill(jobs as usize);
+                return raw.drain(jobs as usize);
             }
         }
         jobs as f64 / t.elapsed().as_secs_f64()
@@ -546,14 +579,25 @@ fn pool_drain(target: &Target, mode: Mode, workers: usize, a: &Args) -> f64 {
         enq.enqueue("noop", &()).unwrap();
     }
     drop(enq);
-    let t = Instant::now();
+    let mut t = Instant::now();
     let pool = run.spawn("pool", mode, workers, a.prefetch, 0);
     let limit = t + Duration::from_secs(120);
+    // Kafka: timed from the first job done, since joining the group (about
+    // 2 s on tansu, more with several members) is no part of the loop.
+    let mut counted = a.jobs;
+    if matches!(target, Target::Kafka(_)) {
+        while run.done() == 0 {
+            assert!(Instant::now() < limit, "the pool ran no job in 120 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        t = Instant::now();
+        counted -= run.done();
+    }
     while run.done() < a.jobs {
         assert!(Instant::now() < limit, "the pool did not drain in 120 s");
         std::thread::sleep(Duration::from_millis(2));
     }
-    let rate = a.jobs as f64 / t.elapsed().as_secs_f64();
+    let rate = counted as f64 / t.elapsed().as_secs_f64();
     stop(pool);
     rate
 }
@@ -568,7 +612,13 @@ fn latency(target: &Target, mode: Mode, workers: usize, a: &Args) -> (f64, f64) 
     } else {
         run.spawn("pool", mode, workers, 1, 0)
     };
-    std::thread::sleep(Duration::from_millis(300)); // started and blocked in fetch
+    // Started and blocked in fetch; on Kafka, also through the group's
+    // joins and rebalances (the first stamp would wait for them).
+    std::thread::sleep(if matches!(target, Target::Kafka(_)) {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(300)
+    });
     let every = Duration::from_secs_f64(1.0 / a.rate as f64);
     let start = Instant::now();
     for i in 0..a.latency_jobs {

@@ -354,6 +354,95 @@ pub mod raw_rabbitmq {
     }
 }
 
+/// Raw Kafka with rdkafka, no prefork: a backlog produced to a topic of
+/// its own, then drained by a group consumer of its own that commits each
+/// message's offset synchronously (the fetch/ack loop of a consumer that
+/// a kill must not make skip or repeat a finished message, as the
+/// adapter's pull-mode ack).
+pub mod raw_kafka {
+    use std::time::{Duration, Instant};
+
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    use super::{PAYLOAD, black_box};
+
+    /// The bootstrap servers and the topic (also the group's name).
+    #[derive(Debug)]
+    pub struct Raw {
+        servers: String,
+        topic: String,
+    }
+
+    impl Raw {
+        /// A loop on `topic` of the cluster at `servers` (`host:port,...`).
+        pub fn new(servers: &str, topic: &str) -> Raw {
+            Raw {
+                servers: servers.to_owned(),
+                topic: topic.to_owned(),
+            }
+        }
+
+        /// Produces `n` jobs and waits until every one is acknowledged.
+        ///
+        /// # Panics
+        ///
+        /// When the broker cannot be reached.
+        pub fn fill(&mut self, n: usize) {
+            let p: BaseProducer = ClientConfig::new()
+                .set("bootstrap.servers", &self.servers)
+                .set("acks", "all")
+                .create()
+                .expect("a producer");
+            for _ in 0..n {
+                loop {
+                    match p.send(BaseRecord::<(), [u8]>::to(&self.topic).payload(PAYLOAD)) {
+                        Ok(()) => break,
+                        Err(_) => {
+                            p.poll(Duration::from_millis(10));
+                        }
+                    }
+                }
+            }
+            p.flush(Duration::from_secs(30))
+                .expect("every job produced");
+        }
+
+        /// Takes `n` jobs with a group consumer, a synchronous commit each; returns
+        /// jobs/s from the first job to the last (the join excluded).
+        ///
+        /// # Panics
+        ///
+        /// When fewer than `n` jobs come within 60 s.
+        pub fn drain(&mut self, n: usize) -> f64 {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &self.servers)
+                .set("group.id", format!("raw-{}", self.topic))
+                .set("auto.offset.reset", "earliest")
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("a consumer");
+            c.subscribe(&[&self.topic]).expect("subscribe");
+            let limit = Instant::now() + Duration::from_secs(60);
+            let mut first = None;
+            let mut got = 0;
+            while got < n {
+                assert!(Instant::now() < limit, "only {got} of {n} jobs in 60 s");
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                    black_box(m.payload());
+                    first.get_or_insert_with(Instant::now);
+                    c.commit_message(&m, CommitMode::Sync).expect("commit");
+                    got += 1;
+                }
+            }
+            let t = first.expect("a first job");
+            (n - 1) as f64 / t.elapsed().as_secs_f64()
+        }
+    }
+}
+
 /// Runs the arms `rounds` times, interleaved, and prints the median time
 /// per job of each (an arm doing `jobs` jobs per call is divided by it) and
 /// the ratio to the first arm.
