@@ -292,6 +292,56 @@ fn operator_commands_on_rabbitmq() {
     operator_commands("PREFORK_RABBITMQ_URL");
 }
 
+/// The operator commands on Kafka, where counts are not exact (every
+/// message past a partition's committed offset counts, finished ones above
+/// an unfinished one included; see prefork-kafka's README): `stats --json`
+/// answers with every field, the dead letters a pool made are listed with
+/// their job and reason, and `dead redrive` and `dead delete` act on them
+/// by id, each reporting what it did.
+#[cfg(feature = "kafka")]
+fn operator_commands_on_kafka() {
+    let Some(url) = e2e::broker_url("PREFORK_KAFKA_URL") else {
+        return;
+    };
+    let url = format!("{url}/?group={}", e2e::unique_name("ops-group"));
+    let url = url.as_str();
+    let q = e2e::unique_name("ops-kafka");
+    let s = stats(url, &q);
+    for field in ["ready", "delayed", "claimed", "dead"] {
+        assert!(s.get(field).is_some(), "no {field} in {s}");
+    }
+    assert_eq!(s["dead"], 0, "{s}");
+    for _ in 0..2 {
+        ok(url, &q, &["enqueue", "fail", "\"always\""]);
+    }
+    let pool = Command::new(env!("CARGO_BIN_EXE_prefork"))
+        .args(["--broker", url, "--queue", &q])
+        .args(["work", "--workers", "2", "--retry-base-ms", "1"])
+        .env("PREFORK_CONTROL_SOCKET", "none")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    e2e::wait_until("2 dead letters", Duration::from_secs(90), || {
+        dead_json(url, &q, &[]).len() == 2
+    });
+    e2e::quit(pool);
+    let dead = dead_json(url, &q, &[]);
+    for d in &dead {
+        assert_eq!(d["job"], "fail", "{d}");
+        assert!(text(&d["reason"]).contains("always"), "{d}");
+    }
+    assert_eq!(stats(url, &q)["dead"], 2);
+    let (first, second) = (text(&dead[0]["id"]), text(&dead[1]["id"]));
+    let (out, _) = failed(url, &q, &["dead", "redrive", &first, "bogus"]);
+    assert!(out.starts_with(&format!("redriven {first}")), "{out}");
+    assert!(out.contains("not found bogus: "), "{out}");
+    let report: Value =
+        serde_json::from_str(&ok(url, &q, &["dead", "delete", &second, "--json"])).unwrap();
+    assert_eq!(report["results"][0]["result"], "deleted", "{report}");
+    assert!(dead_json(url, &q, &[]).is_empty());
+    assert_eq!(stats(url, &q)["dead"], 0);
+}
+
 fn operator_commands_on_the_spool() {
     let dir = std::env::temp_dir().join(e2e::unique_name("ops-spool"));
     operator_commands_on(&format!("spool://{}", dir.display()));
@@ -313,7 +363,8 @@ fn spool_at_the_root_is_refused() {
 
 fn main() {
     let long = Duration::from_secs(120);
-    run(&[
+    #[allow(unused_mut)] // extended when built with kafka
+    let mut cases = vec![
         Case::new("operator_commands_on_redis", operator_commands_on_redis).limit(long),
         Case::new(
             "operator_commands_on_beanstalkd",
@@ -331,5 +382,8 @@ fn main() {
         )
         .limit(long),
         Case::new("spool_at_the_root_is_refused", spool_at_the_root_is_refused),
-    ]);
+    ];
+    #[cfg(feature = "kafka")]
+    cases.push(Case::new("operator_commands_on_kafka", operator_commands_on_kafka).limit(long));
+    run(&cases);
 }
