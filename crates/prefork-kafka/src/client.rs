@@ -35,6 +35,21 @@ pub(crate) fn base(config: &Config) -> ClientConfig {
     c
 }
 
+/// `settings` with fetches sized for jobs up to [`MAX_MESSAGE`] bytes
+/// (librdkafka's defaults would refuse the largest), for every consumer.
+pub(crate) fn fetch_sizes(settings: &mut ClientConfig) -> &mut ClientConfig {
+    settings
+        .set("fetch.max.bytes", (MAX_MESSAGE * 2).to_string())
+        .set(
+            "max.partition.fetch.bytes",
+            (MAX_MESSAGE + (1 << 20)).to_string(),
+        )
+        .set(
+            "receive.message.max.bytes",
+            (MAX_MESSAGE * 2 + (1 << 20)).to_string(),
+        )
+}
+
 /// Whole milliseconds, at least 1.
 pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)

@@ -18,7 +18,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::client::{self, MAX_MESSAGE};
+use crate::client;
 use crate::handle::{H_ATTEMPT, H_DELETED, H_ID, H_REASON, H_REDRIVEN, Kafka};
 
 fn text(h: Option<&rdkafka::message::BorrowedHeaders>, key: &str) -> Option<String> {
@@ -36,21 +36,14 @@ pub(crate) fn read(k: &Kafka) -> Result<Vec<DeadLetter>, BrokerError> {
     let config = k.config();
     // librdkafka wants a group id even for a consumer that only assigns
     // partitions; this one never joins it nor commits.
-    let consumer: BaseConsumer = client::base(config)
-        .set("group.id", format!("{}.dead-reader", config.group_name()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .set("fetch.max.bytes", (MAX_MESSAGE * 2).to_string())
-        .set(
-            "max.partition.fetch.bytes",
-            (MAX_MESSAGE + (1 << 20)).to_string(),
-        )
-        .set(
-            "receive.message.max.bytes",
-            (MAX_MESSAGE * 2 + (1 << 20)).to_string(),
-        )
-        .create()
-        .map_err(|e| client::error("create a Kafka reader", e))?;
+    let consumer: BaseConsumer = client::fetch_sizes(
+        client::base(config)
+            .set("group.id", format!("{}.dead-reader", config.group_name()))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false"),
+    )
+    .create()
+    .map_err(|e| client::error("create a Kafka reader", e))?;
     let meta = consumer
         .fetch_metadata(Some(topic), config.op_timeout)
         .map_err(|e| client::error(format!("metadata of {topic:?}"), e))?;

@@ -206,7 +206,8 @@ impl Kafka {
             let session = c.session_timeout.max(Duration::from_millis(100));
             let poll = c.max_poll_interval.max(session);
             let state = Arc::new(Mutex::new(GroupState::default()));
-            let consumer: BaseConsumer<Group> = client::base(c)
+            let mut settings = client::base(c);
+            settings
                 .set("group.id", &c.group)
                 .set("enable.auto.commit", "false")
                 .set("enable.auto.offset.store", "false")
@@ -217,16 +218,8 @@ impl Kafka {
                 .set("session.timeout.ms", ms(session).to_string())
                 .set("heartbeat.interval.ms", ms(session / 3).to_string())
                 .set("max.poll.interval.ms", ms(poll).to_string())
-                .set("fetch.max.bytes", (MAX_MESSAGE * 2).to_string())
-                .set(
-                    "max.partition.fetch.bytes",
-                    (MAX_MESSAGE + (1 << 20)).to_string(),
-                )
-                .set(
-                    "receive.message.max.bytes",
-                    (MAX_MESSAGE * 2 + (1 << 20)).to_string(),
-                )
-                .set("fetch.wait.max.ms", "100")
+                .set("fetch.wait.max.ms", "100");
+            let consumer: BaseConsumer<Group> = client::fetch_sizes(&mut settings)
                 .create_with_context(Group {
                     state: Arc::clone(&state),
                     closing: std::sync::atomic::AtomicBool::new(false),

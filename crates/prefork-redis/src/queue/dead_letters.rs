@@ -83,14 +83,7 @@ impl RedisQueue {
         let v = self.call("redrive", |c, shas| {
             evalsha(c, shas, Script::Redrive, &keys, &args)
         })?;
-        if entry::int(&v) == Some(1) {
-            Ok(())
-        } else {
-            Err(BrokerError::new(
-                ErrorKind::NotFound,
-                format!("no dead letter {id} in queue {}", self.name),
-            ))
-        }
+        self.found(&v, id)
     }
 
     /// The body of [`Broker::delete_dead`](prefork_broker::Broker::delete_dead):
@@ -101,7 +94,13 @@ impl RedisQueue {
         let v = self.call("delete_dead", |c, shas| {
             evalsha(c, shas, Script::DeleteDead, &keys, &args)
         })?;
-        if entry::int(&v) == Some(1) {
+        self.found(&v, id)
+    }
+
+    /// What a script acting on one dead letter returned: 1 when it found
+    /// `id`, else [`ErrorKind::NotFound`].
+    fn found(&self, v: &Value, id: &DeliveryId) -> Result<(), BrokerError> {
+        if entry::int(v) == Some(1) {
             Ok(())
         } else {
             Err(BrokerError::new(
